@@ -1,0 +1,112 @@
+"""Bounded per-request buffers and the byte budget they share.
+
+A buffered record is a plain tuple (see `Entry`); its cost in bytes is
+estimated as a fixed overhead plus the lengths of its texts. Each request keeps
+at most `max_records` records and `max_bytes` bytes (the most recent ones);
+all live requests together stay within one `Budget`. What does not fit is
+dropped and counted.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+from ._sync import new_lock
+from .context import RequestState
+
+# Entry fields, in order: logger, levelno, message, time_ns, pathname, lineno,
+# funcName, thread, exc_text, stack_text, extra.
+Entry = tuple[Any, ...]
+
+# Estimated bytes of one entry besides its texts: the tuple (11 slots), the
+# time int and the lineno int, the deque slot.
+ENTRY_OVERHEAD = 200
+# Requests take bytes from the shared budget in chunks, so the lock is rare.
+CHUNK = 64 * 1024
+
+
+def entry_size(entry: Entry) -> int:
+    """Estimated bytes held by one buffered entry."""
+    size = ENTRY_OVERHEAD + len(entry[2])
+    if entry[8] is not None:
+        size += len(entry[8])
+    if entry[9] is not None:
+        size += len(entry[9])
+    if entry[10] is not None:
+        size += 64 * len(entry[10])
+    return size
+
+
+class Budget:
+    """A byte budget shared by all live request buffers of one Hindsight."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self.dropped = 0
+        self._lock = new_lock()
+        _budgets.add(self)
+
+    def take(self, wanted: int) -> int:
+        """Reserve up to `wanted` bytes; return how many were granted."""
+        with self._lock:
+            granted = min(wanted, self.total - self.used)
+            if granted <= 0:
+                return 0
+            self.used += granted
+            return granted
+
+    def give(self, amount: int) -> None:
+        """Return bytes reserved by `take`."""
+        if amount:
+            with self._lock:
+                self.used = max(0, self.used - amount)
+
+
+_budgets: weakref.WeakSet[Budget] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The requests of other threads do not exist in the child.
+    for budget in list(_budgets):
+        budget.used = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def keep(state: RequestState, entry: Entry) -> None:
+    """Append `entry` to the request's buffer, dropping the oldest entries over the limits."""
+    records = state.records
+    records.append(entry)
+    state.nbytes += entry_size(entry)
+    if state.nbytes > state.reserved:
+        state.reserved += state.budget.take(max(CHUNK, state.nbytes - state.reserved))
+    if (
+        len(records) > state.max_records
+        or state.nbytes > state.max_bytes
+        or state.nbytes > state.reserved
+    ):
+        _trim(state)
+
+
+def _trim(state: RequestState) -> None:
+    records = state.records
+    limit = min(state.max_bytes, state.reserved)
+    dropped = 0
+    while records and (len(records) > state.max_records or state.nbytes > limit):
+        state.nbytes -= entry_size(records.popleft())
+        dropped += 1
+    state.dropped += dropped
+    state.budget.dropped += dropped
+
+
+def release_memory(state: RequestState) -> None:
+    """Empty the buffer and return its reserved bytes to the budget."""
+    state.records.clear()
+    state.nbytes = 0
+    reserved, state.reserved = state.reserved, 0
+    state.budget.give(reserved)

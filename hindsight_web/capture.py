@@ -1,0 +1,308 @@
+"""The logging seam: every stdlib logging call made during a request reaches hindsight.
+
+Why methods of `logging.Logger` are wrapped rather than a `logging.Handler` added:
+the contract is that the app's logging configuration keeps working unchanged,
+however and whenever it is set. A handler on the root logger would make a later
+`basicConfig()` a no-op, be removed by `dictConfig()`, miss loggers with
+`propagate=False`, and, worst of all, see only records the logger's level lets
+through, each one a full LogRecord built at a cost of several microseconds. So,
+as sentry-python does with `Logger.callHandlers`, three methods are wrapped once
+per process:
+
+- `isEnabledFor` also says yes, during a request, to levels down to
+  `capture_level` that the configuration would not write, so `logger.debug()`
+  and code guarded by `isEnabledFor(DEBUG)` both reach `_log`;
+- `_log` sends what the configuration would write down the normal path, and
+  keeps the rest as a small tuple (formatted message, time, caller, traceback
+  text) instead of a LogRecord;
+- `makeRecord` tags every record with `request_id`, `user_id` and `session_id`
+  (None outside requests), so a formatter may always use them.
+
+A kept tuple becomes a real LogRecord, through the logger's own `makeRecord`
+(so the app's record factory applies) and filters, only if the request is
+released. Outside requests every wrapper defers to the original at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from . import errors
+from .buffer import Entry, keep
+from .context import RequestState, _current
+
+__all__ = ["build_record", "deliver", "install", "uninstall"]
+
+_Logger = logging.Logger
+_orig_is_enabled_for = _Logger.isEnabledFor
+_orig_log = _Logger._log
+_orig_make_record = _Logger.makeRecord
+
+_exception_formatter = logging.Formatter()
+_scalars = (str, int, float, bool, type(None), bytes)
+# Frames of these files are logging's plumbing, not the caller of a log call.
+_internal_files: set[str] = {logging.addLevelName.__code__.co_filename}
+
+
+def _is_enabled_for(self: logging.Logger, level: int) -> bool:
+    if _orig_is_enabled_for(self, level):
+        return True
+    state = _current.get()
+    return (
+        state is not None
+        and not state.closed
+        and level >= state.capture_level
+        and not self.disabled
+        and not self._hindsight_internal  # type: ignore[attr-defined]
+        and self.manager.disable < level
+    )
+
+
+def _log(
+    self: logging.Logger,
+    level: int,
+    msg: object,
+    args: Any,
+    exc_info: Any = None,
+    extra: Mapping[str, object] | None = None,
+    stack_info: bool = False,
+    stacklevel: int = 1,
+) -> None:
+    state = _current.get()
+    if (
+        state is None
+        or state.closed
+        or level < state.capture_level
+        or self.disabled
+        or self._hindsight_internal  # type: ignore[attr-defined]
+    ):
+        # One more level: this wrapper's frame stands between the caller and the original.
+        return _orig_log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
+    detail = state.detail_level
+    live = detail is not None and level >= detail
+    if not live and _orig_is_enabled_for(self, level) and _would_write(self, level):
+        return _orig_log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
+    try:
+        entry = _make_entry(self, level, msg, args, exc_info, extra, stack_info, stacklevel)
+        if live:
+            deliver(self, build_record(entry, state))
+        else:
+            keep(state, entry)
+    except Exception as exc:
+        errors.report("capture", exc)
+    return None
+
+
+def _make_record(
+    self: logging.Logger,
+    name: str,
+    level: int,
+    fn: str,
+    lno: int,
+    msg: object,
+    args: Any,
+    exc_info: Any,
+    func: str | None = None,
+    extra: Mapping[str, object] | None = None,
+    sinfo: str | None = None,
+) -> logging.LogRecord:
+    record: logging.LogRecord = _orig_make_record(
+        self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo
+    )
+    tag(record, _current.get())
+    return record
+
+
+def tag(record: logging.LogRecord, state: RequestState | None) -> None:
+    """Give `record` the request's attributes, unless the log call's `extra` set them."""
+    d = record.__dict__
+    if state is None:
+        d.setdefault("request_id", None)
+        d.setdefault("user_id", None)
+        d.setdefault("session_id", None)
+        return
+    d.setdefault("request_id", state.request_id)
+    d.setdefault("user_id", state.user_id)
+    d.setdefault("session_id", state.session_id)
+    for key, value in state.fields.items():
+        d.setdefault(key, value)
+
+
+def _would_write(logger: logging.Logger, level: int) -> bool:
+    """Whether a handler the record would reach (as `callHandlers` walks them) takes `level`."""
+    found = False
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            found = True
+            if level >= handler.level:
+                return True
+        current = current.parent if current.propagate else None
+    if found:
+        return False
+    last = logging.lastResort
+    return last is not None and level >= last.level
+
+
+def _make_entry(
+    logger: logging.Logger,
+    level: int,
+    msg: object,
+    args: Any,
+    exc_info: Any,
+    extra: Mapping[str, object] | None,
+    stack_info: bool,
+    stacklevel: int,
+) -> Entry:
+    # Frame 2 is whoever called the wrapper (`Logger.debug`, a LoggerAdapter, the app).
+    frame = sys._getframe(2)
+    internal = _internal_files
+    while True:
+        if frame.f_code.co_filename not in internal:
+            stacklevel -= 1
+            if stacklevel <= 0:
+                break
+        back = frame.f_back
+        if back is None:
+            break
+        frame = back
+    code = frame.f_code
+
+    if args:
+        if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+            args = args[0]
+        try:
+            message = str(msg) % args
+        except Exception as exc:
+            message = _unformattable(msg, args, exc)
+    elif type(msg) is str:
+        message = msg
+    else:
+        try:
+            message = str(msg)
+        except Exception as exc:
+            message = _unformattable(msg, args, exc)
+
+    exc_text = None
+    if exc_info:
+        if isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        elif not isinstance(exc_info, tuple):
+            exc_info = sys.exc_info()
+        if exc_info[0] is not None:
+            exc_text = _exception_formatter.formatException(exc_info)
+    stack_text = None
+    if stack_info:
+        stack_text = "Stack (most recent call last):\n" + "".join(traceback.format_stack(frame))
+        stack_text = stack_text.rstrip("\n")
+    frozen = None
+    if extra:
+        frozen = {k: (v if isinstance(v, _scalars) else str(v)) for k, v in extra.items()}
+    return (
+        logger,
+        level,
+        message,
+        time.time_ns(),
+        code.co_filename,
+        frame.f_lineno,
+        code.co_name,
+        threading.current_thread(),
+        exc_text,
+        stack_text,
+        frozen,
+    )
+
+
+def _unformattable(msg: object, args: Any, exc: Exception) -> str:
+    # The app's own mistake (`log.debug("%d", "x")`): keep what can be kept, raise nothing.
+    try:
+        return f"{msg!r} % {args!r} (could not be formatted: {type(exc).__name__}: {exc})"
+    except Exception:
+        return f"<unformattable log message: {type(exc).__name__}>"
+
+
+def build_record(entry: Entry, state: RequestState | None) -> logging.LogRecord:
+    """Turn a buffered entry into the LogRecord the app would have made at log time."""
+    logger, level, message, t_ns, pathname, lineno, func, thread, exc_text, stack, extra = entry
+    record: logging.LogRecord
+    try:
+        record = logger.makeRecord(
+            logger.name, level, pathname, lineno, message, (), None, func, extra, stack
+        )
+    except KeyError:
+        # `extra` tried to overwrite a record attribute; the stdlib would have raised at log time.
+        record = logger.makeRecord(
+            logger.name, level, pathname, lineno, message, (), None, func, None, stack
+        )
+    created = t_ns / 1e9
+    record.created = created
+    record.msecs = (t_ns % 1_000_000_000) // 1_000_000 + 0.0
+    start = logging._startTime  # type: ignore[attr-defined]
+    if isinstance(start, int):  # Python 3.13+ keeps it in nanoseconds
+        record.relativeCreated = (t_ns - start) / 1e6
+    else:
+        record.relativeCreated = (created - start) * 1000.0
+    record.thread = thread.ident
+    record.threadName = thread.name
+    record.exc_text = exc_text
+    tag(record, state)
+    return record
+
+
+def deliver(logger: logging.Logger, record: logging.LogRecord) -> None:
+    """Hand `record` to every handler its logger would use, whatever the handlers' levels.
+
+    The logger's own filters apply, as in `Logger.handle`; a handler that
+    raises is counted and skipped, and the others still get the record.
+    """
+    if logger.disabled:
+        return
+    passed: Any = logger.filter(record)
+    if not passed:
+        return
+    if isinstance(passed, logging.LogRecord):  # Python 3.12+ filters may replace the record
+        record = passed
+    found = False
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            found = True
+            try:
+                handler.handle(record)
+            except Exception as exc:
+                errors.report("handler", exc)
+        current = current.parent if current.propagate else None
+    if not found and logging.lastResort is not None:
+        logging.lastResort.handle(record)
+
+
+_installed = False
+
+
+def install() -> None:
+    """Wrap the logging methods (once per process; later calls do nothing)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    _internal_files.add(_log.__code__.co_filename)
+    _Logger._hindsight_internal = False  # type: ignore[attr-defined]
+    errors.logger._hindsight_internal = True  # type: ignore[attr-defined]
+    setattr(_Logger, "isEnabledFor", _is_enabled_for)  # noqa: B010
+    setattr(_Logger, "_log", _log)  # noqa: B010
+    setattr(_Logger, "makeRecord", _make_record)  # noqa: B010
+
+
+def uninstall() -> None:
+    """Put the original logging methods back (for tests)."""
+    global _installed
+    _installed = False
+    setattr(_Logger, "isEnabledFor", _orig_is_enabled_for)  # noqa: B010
+    setattr(_Logger, "_log", _orig_log)  # noqa: B010
+    setattr(_Logger, "makeRecord", _orig_make_record)  # noqa: B010

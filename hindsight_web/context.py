@@ -1,0 +1,185 @@
+"""The request context: one ContextVar holding one mutable state object per request.
+
+The state object is shared by reference with every task, thread-pool call and
+background task that copies the request's context, so `set_user()` and `bind()`
+called from any of them change what the whole request sees.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from contextvars import ContextVar
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .buffer import Budget
+
+__all__ = ["RequestState", "bind", "current", "set_user"]
+
+_current: ContextVar[RequestState | None] = ContextVar("hindsight_web.request", default=None)
+
+# Names a bound field may not take: they would overwrite what a LogRecord already carries.
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "request_id",
+    "user_id",
+    "session_id",
+    "taskName",
+}
+
+
+class RequestState:
+    """What hindsight knows of one request while it runs."""
+
+    __slots__ = (
+        "budget",
+        "capture_level",
+        "client",
+        "closed",
+        "detail_level",
+        "dropped",
+        "ended",
+        "fields",
+        "headers",
+        "max_bytes",
+        "max_records",
+        "method",
+        "nbytes",
+        "on_identity",
+        "path",
+        "records",
+        "request_id",
+        "reserved",
+        "route",
+        "session_id",
+        "started",
+        "started_at",
+        "status",
+        "ttfb",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        path: str,
+        client: str | None,
+        headers: Any,
+        capture_level: int,
+        max_records: int,
+        max_bytes: int,
+        budget: Budget,
+        started_at: float,
+    ) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.client = client
+        self.headers = headers
+        self.capture_level = capture_level
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.budget = budget
+        self.started = perf_counter()
+        self.started_at = started_at
+        self.user_id: str | None = None
+        self.session_id: str | None = None
+        self.fields: dict[str, Any] = {}
+        self.records: deque[tuple[Any, ...]] = deque()
+        self.nbytes = 0
+        self.reserved = 0
+        self.dropped = 0
+        self.status: int | None = None
+        self.ttfb: float | None = None
+        self.ended: float | None = None
+        self.detail_level: int | None = None
+        self.route: str | None = None
+        self.closed = False
+        self.on_identity: Any = None
+
+
+def current() -> RequestState | None:
+    """The state of the request running in this context, or None outside requests."""
+    return _current.get()
+
+
+def set_user(user_id: str | int | None, session_id: str | int | None = None) -> None:
+    """Say who the current request is for, once the app knows it.
+
+    Every record of the request from then on carries ``user_id`` and
+    ``session_id``, and rules scoped to that user or session apply. Outside a
+    request this does nothing.
+
+    Args:
+        user_id: the user's id (a string or an int), or None if unknown.
+        session_id: the user's session id, if the app has one (None leaves the
+            session already known, if any, as it is).
+
+    Example::
+
+        @app.get("/cart")
+        def cart(user: User = Depends(current_user)):
+            hindsight_web.set_user(user.id, session_id=user.session_id)
+    """
+    uid = _identity("user_id", user_id)
+    sid = _identity("session_id", session_id)
+    state = _current.get()
+    if state is None:
+        return
+    state.user_id = uid
+    if sid is not None:
+        state.session_id = sid
+    if state.on_identity is not None:
+        state.on_identity(state)
+
+
+def bind(**fields: Any) -> None:
+    """Attach fields to the current request: every record of it carries them.
+
+    ``bind(user_id=..., session_id=...)`` is the same as :func:`set_user`.
+    Other names become attributes of every record written for the request,
+    so a formatter can print them. Outside a request this does nothing.
+
+    Raises:
+        ValueError: a field name is not an identifier or would overwrite a
+            standard LogRecord attribute.
+
+    Example::
+
+        hindsight_web.bind(tenant="acme", plan="pro")
+    """
+    identity = {k: fields.pop(k) for k in ("user_id", "session_id") if k in fields}
+    for name in fields:
+        if not name.isidentifier() or name.startswith("_") or name in _RESERVED:
+            raise ValueError(
+                f"invalid bind() field {name!r}: expected an identifier that does not start "
+                f"with '_' and is not a LogRecord attribute"
+            )
+    uid = _identity("user_id", identity["user_id"]) if "user_id" in identity else None
+    sid = _identity("session_id", identity["session_id"]) if "session_id" in identity else None
+    state = _current.get()
+    if state is None:
+        return
+    state.fields.update(fields)
+    if "user_id" in identity:
+        state.user_id = uid
+    if "session_id" in identity:
+        state.session_id = sid
+    if identity and state.on_identity is not None:
+        state.on_identity(state)
+
+
+def _identity(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"invalid {name!r} {value!r}: expected a string, an int or None")
+    text = str(value)
+    if not text or len(text) > 256:
+        raise ValueError(f"invalid {name!r} {text[:40]!r}: expected 1 to 256 characters")
+    return text

@@ -1,0 +1,310 @@
+"""Hindsight: begin a request, finish it, decide whether its buffered records are released."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from time import perf_counter
+from typing import Any
+
+from . import capture, errors
+from ._sync import new_lock
+from .buffer import Budget, release_memory
+from .context import RequestState
+
+__all__ = ["Hindsight"]
+
+logger = errors.logger
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_STORE_SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://")
+_MAX_PATH_SHOWN = 300
+
+
+class Hindsight:
+    """The shared core behind `HindsightMiddleware` and `HindsightWSGIMiddleware`.
+
+    One instance holds the options, the shared byte budget and the counters;
+    give the same instance to several middlewares to share them.
+
+    Args:
+        slow_ms: release a request that took at least this many milliseconds
+            (until its last body byte); None turns the trigger off.
+        release_on_status: release a request whose status is at least this;
+            None turns the trigger off.
+        release_on_exception: release a request whose app raised.
+        capture_level: the lowest level kept in buffers (a name or a number).
+        admin_path: where the admin sub-app answers.
+        admin_token: bearer token of the admin sub-app; defaults to the
+            ``HINDSIGHT_ADMIN_TOKEN`` environment variable; with none the admin
+            sub-app is off.
+        store: where rules and shared state live (``memory://``,
+            ``sqlite:///path/file.db``, ``redis://host:port/db``).
+        max_records: records kept per request (the most recent ones).
+        max_bytes: bytes kept per request (estimated).
+        max_total_bytes: bytes kept by all live requests of the process together.
+        request_id_header: the request header trusted for an incoming request
+            id, and the response header that carries it.
+
+    Example::
+
+        hs = Hindsight(slow_ms=500)
+        app.add_middleware(HindsightMiddleware, hindsight=hs)
+    """
+
+    def __init__(
+        self,
+        *,
+        slow_ms: float | None = 1000,
+        release_on_status: int | None = 500,
+        release_on_exception: bool = True,
+        capture_level: int | str = "DEBUG",
+        admin_path: str = "/_hindsight",
+        admin_token: str | None = None,
+        store: str = "memory://",
+        max_records: int = 5000,
+        max_bytes: int = 1_000_000,
+        max_total_bytes: int = 64_000_000,
+        request_id_header: str = "X-Request-ID",
+    ) -> None:
+        self.slow_ms = _optional_number("slow_ms", slow_ms)
+        self.release_on_status = _optional_status(release_on_status)
+        self.release_on_exception = _boolean("release_on_exception", release_on_exception)
+        self.capture_level = _level("capture_level", capture_level)
+        self.admin_path = _admin_path(admin_path)
+        if admin_token is None:
+            admin_token = os.environ.get("HINDSIGHT_ADMIN_TOKEN") or None
+        if admin_token is not None and (not isinstance(admin_token, str) or not admin_token):
+            raise ValueError("invalid 'admin_token': expected a non-empty string or None")
+        self.admin_token = admin_token
+        if not isinstance(store, str) or not store.startswith(_STORE_SCHEMES):
+            raise ValueError(
+                f"invalid 'store' {store!r}: expected 'memory://', 'sqlite:///path/to/file.db' "
+                "or 'redis://host:port/db'"
+            )
+        self.store = store
+        self.max_records = _positive_int("max_records", max_records)
+        self.max_bytes = _positive_int("max_bytes", max_bytes)
+        self.max_total_bytes = _positive_int("max_total_bytes", max_total_bytes)
+        if not isinstance(request_id_header, str) or not re.fullmatch(
+            r"[A-Za-z0-9-]+", request_id_header
+        ):
+            raise ValueError(
+                f"invalid 'request_id_header' {request_id_header!r}: expected a header name "
+                "(letters, digits and '-')"
+            )
+        self.request_id_header = request_id_header
+        self.budget = Budget(self.max_total_bytes)
+        self._lock = new_lock()
+        self._counts = dict.fromkeys(
+            (
+                "requests",
+                "releases",
+                "records_captured",
+                "records_released",
+                "records_dropped",
+            ),
+            0,
+        )
+        capture.install()
+
+    # -- the life of a request -------------------------------------------------
+
+    def begin(
+        self,
+        method: str,
+        path: str,
+        *,
+        client: str | None = None,
+        request_id: str | None = None,
+        headers: Any = None,
+    ) -> RequestState:
+        """Open the state of a new request (the adapter makes it current)."""
+        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
+            request_id = os.urandom(16).hex()
+        return RequestState(
+            request_id=request_id,
+            method=method,
+            path=path,
+            client=client,
+            headers=headers,
+            capture_level=self.capture_level,
+            max_records=self.max_records,
+            max_bytes=self.max_bytes,
+            budget=self.budget,
+            started_at=time.time(),
+        )
+
+    def finish(self, state: RequestState, exception: BaseException | None = None) -> str | None:
+        """Close the request: release its buffer or discard it. Returns the release reason.
+
+        Safe to call more than once; only the first call acts.
+        """
+        if state.closed:
+            return None
+        state.closed = True
+        reason = None
+        try:
+            end = state.ended if state.ended is not None else perf_counter()
+            duration_ms = (end - state.started) * 1000.0
+            reason = self._reason(state, exception, duration_ms)
+            released = 0
+            if reason is not None:
+                released = self._release(state, reason, duration_ms, exception)
+            with self._lock:
+                counts = self._counts
+                counts["requests"] += 1
+                counts["records_captured"] += len(state.records) + state.dropped
+                counts["records_dropped"] += state.dropped
+                if reason is not None:
+                    counts["releases"] += 1
+                    counts["records_released"] += released
+        except Exception as exc:
+            errors.report("finish", exc)
+        finally:
+            release_memory(state)
+        return reason
+
+    def _reason(
+        self, state: RequestState, exception: BaseException | None, duration_ms: float
+    ) -> str | None:
+        if exception is not None and self.release_on_exception:
+            return "exception"
+        if (
+            self.release_on_status is not None
+            and state.status is not None
+            and state.status >= self.release_on_status
+        ):
+            return "status"
+        if self.slow_ms is not None and duration_ms >= self.slow_ms:
+            return "slow"
+        return None
+
+    def _release(
+        self,
+        state: RequestState,
+        reason: str,
+        duration_ms: float,
+        exception: BaseException | None,
+    ) -> int:
+        """Write the summary, then the buffered records in order; return how many were written."""
+        records = state.records
+        outcome = "-> no response" if state.status is None else f"-> {state.status}"
+        if exception is not None:
+            outcome += f", raised {type(exception).__name__}"
+        summary = logger.makeRecord(
+            logger.name,
+            logging.INFO,
+            __file__,
+            sys._getframe().f_lineno,
+            "hindsight release: %s %s %s in %.1f ms (reason: %s) request_id=%s "
+            "records=%d dropped=%d",
+            (
+                safe_text(state.method, 16),
+                safe_text(state.path, _MAX_PATH_SHOWN),
+                outcome,
+                duration_ms,
+                reason,
+                state.request_id,
+                len(records),
+                state.dropped,
+            ),
+            None,
+            "release",
+            {
+                "http_method": state.method,
+                "http_path": state.path,
+                "http_status": state.status,
+                "duration_ms": round(duration_ms, 3),
+                "release_reason": reason,
+                "records_released": len(records),
+                "records_dropped": state.dropped,
+            },
+        )
+        capture.tag(summary, state)
+        capture.deliver(logger, summary)
+        written = 0
+        for entry in records:
+            try:
+                capture.deliver(entry[0], capture.build_record(entry, state))
+                written += 1
+            except Exception as exc:
+                errors.report("release", exc)
+        return written
+
+    # -- reporting ---------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """Counts since start: requests, releases, records captured, released and
+        dropped, internal errors, and buffer bytes in use now."""
+        with self._lock:
+            counts = dict(self._counts)
+        counts["internal_errors"] = errors.count()
+        counts["buffer_bytes"] = self.budget.used
+        return counts
+
+
+def safe_text(text: str, limit: int) -> str:
+    """`text` with control characters escaped (no raw newlines in a log line), cut at `limit`."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if _UNSAFE.search(text):
+        text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text
+
+
+def _optional_number(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"invalid {name!r} {value!r}: expected a number >= 0 or None")
+    return float(value)
+
+
+def _optional_status(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 999:
+        raise ValueError(
+            f"invalid 'release_on_status' {value!r}: expected an HTTP status (100-999) or None"
+        )
+    return value
+
+
+def _boolean(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"invalid {name!r} {value!r}: expected True or False")
+    return value
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"invalid {name!r} {value!r}: expected an integer > 0")
+    return value
+
+
+def _level(name: str, value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    levels: dict[str, int] = logging._nameToLevel
+    if isinstance(value, str) and value.upper() in levels:
+        return levels[value.upper()]
+    names = ", ".join(sorted(levels, key=levels.__getitem__))
+    raise ValueError(f"invalid {name!r} {value!r}: expected a level name ({names}) or a number")
+
+
+def _admin_path(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", value)
+        or "/../" in value + "/"
+    ):
+        raise ValueError(
+            f"invalid 'admin_path' {value!r}: expected a path such as '/_hindsight' "
+            "(segments of letters, digits, '.', '_', '~', '-')"
+        )
+    return value

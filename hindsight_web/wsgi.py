@@ -1,0 +1,157 @@
+"""HindsightWSGIMiddleware: the WSGI adapter (Flask, Django, any PEP 3333 app)."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterable, Iterator
+from time import perf_counter
+from typing import Any
+
+from . import errors
+from ._types import OptExcInfo, StartResponse, WSGIApp, WSGIEnviron
+from .context import RequestState, _current
+from .core import Hindsight
+
+__all__ = ["HindsightWSGIMiddleware"]
+
+
+class HindsightWSGIMiddleware:
+    """WSGI middleware that keeps each request's logs and releases the interesting ones.
+
+    The app call and each chunk of the response run in the request's context;
+    the body is passed through chunk by chunk, never buffered; the request
+    ends when the server closes the response, and the app iterable's
+    `close()` is called exactly once.
+
+    Args:
+        app: the WSGI app to wrap.
+        hindsight: a shared :class:`Hindsight`; if None, one is made from `options`.
+        **options: the options of :class:`Hindsight`, when `hindsight` is not given.
+
+    Example::
+
+        flask_app.wsgi_app = HindsightWSGIMiddleware(flask_app.wsgi_app, slow_ms=500)
+    """
+
+    def __init__(self, app: WSGIApp, hindsight: Hindsight | None = None, **options: Any) -> None:
+        if hindsight is not None and options:
+            raise TypeError(
+                "HindsightWSGIMiddleware takes either 'hindsight' or options, not both: "
+                f"got hindsight and {sorted(options)}"
+            )
+        self.app = app
+        self.hindsight = hindsight if hindsight is not None else Hindsight(**options)
+        self._environ_key = "HTTP_" + self.hindsight.request_id_header.upper().replace("-", "_")
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            state = self._begin(environ)
+        except Exception as exc:  # fail open: serve the request without hindsight
+            errors.report("begin", exc)
+            return self.app(environ, start_response)
+        context = contextvars.copy_context()
+        context.run(_current.set, state)
+        header = (self.hindsight.request_id_header, state.request_id)
+
+        def observing_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+        ) -> Any:
+            try:
+                state.status = int(status.split(None, 1)[0])
+            except (ValueError, IndexError):
+                state.status = None
+            if not any(name.lower() == header[0].lower() for name, _ in headers):
+                headers = [*headers, header]
+            if exc_info is not None:
+                return start_response(status, headers, exc_info)
+            return start_response(status, headers)
+
+        try:
+            iterable = context.run(self.app, environ, observing_start_response)
+        except BaseException as exc:
+            context.run(self.hindsight.finish, state, exc)
+            raise
+        return _Response(iterable, state, context, self.hindsight)
+
+    def _begin(self, environ: WSGIEnviron) -> RequestState:
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        try:  # PEP 3333 hands the path over as latin-1 decoded bytes
+            path = path.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            pass
+        return self.hindsight.begin(
+            environ.get("REQUEST_METHOD", "GET"),
+            path,
+            client=environ.get("REMOTE_ADDR"),
+            request_id=environ.get(self._environ_key),
+            headers=environ,
+        )
+
+
+class _Response:
+    """The app's iterable, passed through chunk by chunk in the request's context."""
+
+    __slots__ = (
+        "_closed",
+        "_context",
+        "_exception",
+        "_hindsight",
+        "_iterable",
+        "_iterator",
+        "_state",
+    )
+
+    def __init__(
+        self,
+        iterable: Iterable[bytes],
+        state: RequestState,
+        context: contextvars.Context,
+        hindsight: Hindsight,
+    ) -> None:
+        self._iterable = iterable
+        self._iterator: Iterator[bytes] | None = None
+        self._state = state
+        self._context = context
+        self._hindsight = hindsight
+        self._exception: BaseException | None = None
+        self._closed = False
+
+    def __iter__(self) -> _Response:
+        return self
+
+    def __next__(self) -> bytes:
+        state = self._state
+        try:
+            if self._iterator is None:
+                self._iterator = self._context.run(iter, self._iterable)
+            chunk: bytes = self._context.run(next, self._iterator)
+        except StopIteration:
+            if state.ended is None:
+                state.ended = perf_counter()
+            raise
+        except BaseException as exc:
+            self._exception = exc
+            if state.ended is None:
+                state.ended = perf_counter()
+            raise
+        if state.ttfb is None and chunk:
+            state.ttfb = perf_counter()
+        return chunk
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        state = self._state
+        if state.ended is None:
+            state.ended = perf_counter()
+        try:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                self._context.run(close)
+        except BaseException as exc:
+            if self._exception is None:
+                self._exception = exc
+            raise
+        finally:
+            self._context.run(self._hindsight.finish, state, self._exception)
