@@ -1,0 +1,487 @@
+"""The logging seam: what is written at once, what is kept, what a release writes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.config
+import logging.handlers
+import queue
+import time
+from typing import Any
+
+import pytest
+
+from hindsight_web import HindsightMiddleware, errors
+
+from .apps import call_asgi, log, run_asgi
+from .conftest import ListHandler
+
+
+def make_app(status: int = 200, lines: int = 3, marker: str = "line", **options: Any) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        for i in range(lines):
+            log.debug("%s %d", marker, i)
+        log.info("handled %s", scope["path"])
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return HindsightMiddleware(app, **options)
+
+
+def test_fast_request_writes_exactly_what_it_wrote_before(out: ListHandler) -> None:
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        log.debug("hidden")
+        log.info("shown %s", 1)
+        log.warning("warned")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    wrapped = HindsightMiddleware(bare)
+    run_asgi(bare)
+    before = [(r.levelname, r.name, r.getMessage(), r.funcName) for r in out.records]
+    out.records.clear()
+    run_asgi(wrapped)
+    after = [(r.levelname, r.name, r.getMessage(), r.funcName) for r in out.records]
+    assert (
+        before
+        == after
+        == [("INFO", "app", "shown 1", "bare"), ("WARNING", "app", "warned", "bare")]
+    )
+
+
+def test_500_releases_summary_then_own_records_in_order(out: ListHandler) -> None:
+    result = run_asgi(make_app(status=500))
+    rid = result["headers"]["x-request-id"]
+    assert out.messages()[0] == "handled /"
+    summary = out.records[1]
+    assert summary.name == "hindsight_web"
+    assert "GET / -> 500" in summary.getMessage()
+    assert "(reason: status)" in summary.getMessage()
+    assert f"request_id={rid}" in summary.getMessage()
+    assert "records=3 dropped=0" in summary.getMessage()
+    assert out.messages()[2:] == ["line 0", "line 1", "line 2"]
+    assert [r.levelname for r in out.records[2:]] == ["DEBUG"] * 3
+    assert {r.request_id for r in out.records} == {rid}  # type: ignore[attr-defined]
+
+
+def test_exception_is_released_and_reraised_untouched(out: ListHandler) -> None:
+    boom = ValueError("boom")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log.debug("before the failure")
+        raise boom
+
+    result = run_asgi(HindsightMiddleware(app))
+    assert result["exception"] is boom
+    assert "-> no response, raised ValueError" in out.messages()[0]
+    assert "(reason: exception)" in out.messages()[0]
+    assert out.messages()[1:] == ["before the failure"]
+
+
+def test_cancelled_error_is_reraised_and_request_finished_once(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log.debug("started")
+        await asyncio.sleep(10)
+
+    async def main() -> Any:
+        task = asyncio.ensure_future(call_asgi(HindsightMiddleware(app)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        return await task
+
+    result = asyncio.run(main())
+    assert isinstance(result["exception"], asyncio.CancelledError)
+    summaries = [m for m in out.messages() if m.startswith("hindsight release")]
+    assert len(summaries) == 1
+    assert "raised CancelledError" in summaries[0]
+    assert out.messages()[-1] == "started"
+
+
+def test_slow_request_is_released(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log.debug("slow work")
+        await asyncio.sleep(0.06)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    run_asgi(HindsightMiddleware(app, slow_ms=50))
+    assert "(reason: slow)" in out.messages()[0]
+    assert out.messages()[1:] == ["slow work"]
+
+
+def test_slow_streaming_body_counts_until_the_last_byte(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(3):
+            log.debug("chunk %d", i)
+            await asyncio.sleep(0.03)
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    run_asgi(HindsightMiddleware(app, slow_ms=60))
+    assert "(reason: slow)" in out.messages()[0]
+    assert out.messages()[1:] == ["chunk 0", "chunk 1", "chunk 2"]
+
+
+def test_time_after_the_last_byte_is_not_latency(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+        log.debug("background work after the response")
+        await asyncio.sleep(0.08)
+
+    run_asgi(HindsightMiddleware(app, slow_ms=50))
+    assert out.messages() == []
+
+
+def test_concurrent_requests_never_mix_records(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        marker = scope["path"].strip("/")
+        for i in range(5):
+            log.debug("%s step %d", marker, i)
+            await asyncio.sleep(0)
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = HindsightMiddleware(app)
+
+    async def main() -> None:
+        await asyncio.gather(*(call_asgi(mw, f"/r{n}") for n in range(100)))
+
+    asyncio.run(main())
+    blocks: dict[str, list[str]] = {}
+    for record in out.records:
+        if record.name == "app":
+            blocks.setdefault(record.request_id, []).append(record.getMessage())  # type: ignore[attr-defined]
+    assert len(blocks) == 100
+    for lines in blocks.values():
+        marker = lines[0].split()[0]
+        assert lines == [f"{marker} step {i}" for i in range(5)]
+    assert sum(m.startswith("hindsight release") for m in out.messages()) == 100
+
+
+def test_mutated_argument_does_not_change_the_released_message(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        cart = ["apple"]
+        log.debug("cart is %s", cart)
+        cart.append("pear")
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app))
+    assert out.messages()[1] == "cart is ['apple']"
+    assert out.records[1].args in ((), None)
+
+
+def test_released_record_keeps_time_caller_and_traceback(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            _ = 1 / 0
+        except ZeroDivisionError:
+            log.debug("division failed", exc_info=True)
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    before = time.time()
+    run_asgi(HindsightMiddleware(app))
+    summary, record = out.records
+    assert before <= record.created < summary.created - 0.04
+    assert record.funcName == "app"
+    assert record.filename == "test_capture.py"
+    assert record.exc_info is None
+    assert record.exc_text is not None
+    assert "ZeroDivisionError" in record.exc_text
+    assert "ZeroDivisionError: division by zero" in out.lines[1]
+    assert record.levelno == logging.DEBUG
+    assert record.name == "app"
+
+
+def test_records_carry_request_attributes_inside_and_none_outside(out: ListHandler) -> None:
+    result = run_asgi(make_app(status=200), headers=[("X-Request-ID", "abc-123")])
+    assert result["headers"]["x-request-id"] == "abc-123"
+    assert out.records[0].request_id == "abc-123"  # type: ignore[attr-defined]
+    log.info("outside")
+    assert out.lines[-1] == "INFO app rid=None uid=None outside"
+
+
+def test_invalid_incoming_request_id_is_replaced(out: ListHandler) -> None:
+    result = run_asgi(make_app(), headers=[("X-Request-ID", "bad id\nwith newline")])
+    rid = result["headers"]["x-request-id"]
+    assert rid != "bad id\nwith newline"
+    assert len(rid) == 32
+
+
+def test_summary_escapes_control_characters_in_the_path(out: ListHandler) -> None:
+    run_asgi(make_app(status=500), path="/a\nINFO forged line")
+    summary = out.messages()[1]
+    assert "\n" not in summary
+    assert "/a\\x0aINFO forged line" in summary
+
+
+def test_summary_never_contains_authorization_or_cookie(out: ListHandler) -> None:
+    run_asgi(
+        make_app(status=500),
+        headers=[("Authorization", "Bearer topsecret"), ("Cookie", "session=hush")],
+    )
+    text = "\n".join(out.lines)
+    assert "topsecret" not in text
+    assert "hush" not in text
+
+
+def test_huge_request_stays_within_the_cap_and_reports_the_drop(out: ListHandler) -> None:
+    mw = make_app(status=500, lines=200_000, max_records=1000)
+    run_asgi(mw)
+    summary = out.messages()[1]
+    assert "records=1000 dropped=199000" in summary
+    released = out.messages()[2:]
+    assert released[0] == "line 199000"
+    assert released[-1] == "line 199999"
+    counts = mw.hindsight.counters()
+    assert counts["records_dropped"] == 199000
+    assert counts["buffer_bytes"] == 0
+
+
+def test_per_request_byte_cap(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        for i in range(100):
+            log.debug("%d %s", i, "x" * 1000)
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app, max_bytes=12_000))
+    released = out.messages()[1:]
+    assert 5 <= len(released) <= 10
+    assert released[-1].startswith("99 ")
+    assert f"dropped={100 - len(released)}" in out.messages()[0]
+
+
+def test_process_budget_is_shared_by_live_requests(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        for i in range(200):
+            log.debug("%d %s", i, "y" * 1000)
+        await asyncio.sleep(0.02)
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = HindsightMiddleware(app, max_total_bytes=300_000)
+
+    async def main() -> None:
+        await asyncio.gather(*(call_asgi(mw, f"/{n}") for n in range(10)))
+
+    asyncio.run(main())
+    counts = mw.hindsight.counters()
+    assert counts["records_released"] * 1200 <= 300_000
+    assert counts["records_dropped"] == 2000 - counts["records_released"]
+    assert counts["buffer_bytes"] == 0
+
+
+def test_capture_level_bounds_what_is_kept(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log.debug("too low")
+        log.log(15, "kept")
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app, capture_level=15))
+    assert out.messages()[1:] == ["kept"]
+
+
+def test_basic_config_after_the_middleware_is_not_a_noop(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mw = make_app(status=500)
+    logging.getLogger().handlers.clear()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    assert logging.getLogger().handlers
+    run_asgi(mw)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "INFO handled /"
+    assert err[1].startswith("INFO hindsight release: GET / -> 500")
+    assert err[2:] == ["DEBUG line 0", "DEBUG line 1", "DEBUG line 2"]
+
+
+def test_dict_config_that_replaces_handlers_is_followed(out: ListHandler) -> None:
+    mw = make_app(status=500)
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "handlers": {"mine": {"class": "tests.conftest.ListHandler", "level": "WARNING"}},
+            "root": {"level": "INFO", "handlers": ["mine"]},
+        }
+    )
+    mine = logging.getLogger().handlers[0]
+    assert isinstance(mine, ListHandler)
+    run_asgi(mw)
+    assert out.records == []
+    # The handler's own level (WARNING) keeps the INFO line out of the normal path, so it
+    # is buffered too; the release reaches the handler whatever its level.
+    assert mine.messages()[0].startswith("hindsight release")
+    assert mine.messages()[1:] == ["line 0", "line 1", "line 2", "handled /"]
+
+
+def test_logger_enabled_but_handler_level_too_high_is_captured(out: ListHandler) -> None:
+    out.setLevel(logging.INFO)
+    logging.getLogger().setLevel(logging.DEBUG)
+    run_asgi(make_app(status=200))
+    assert out.messages() == ["handled /"]
+    out.records.clear()
+    run_asgi(make_app(status=500))
+    assert out.messages()[2:] == ["line 0", "line 1", "line 2"]
+
+
+def test_logger_written_directly_is_not_duplicated(out: ListHandler) -> None:
+    logging.getLogger().setLevel(logging.DEBUG)
+    run_asgi(make_app(status=500))
+    app_lines = [r.getMessage() for r in out.records if r.name == "app"]
+    assert app_lines == ["line 0", "line 1", "line 2", "handled /"]
+    assert sum(m.startswith("hindsight release") for m in out.messages()) == 1
+
+
+def test_non_propagating_logger_releases_to_its_own_handler(out: ListHandler) -> None:
+    own = ListHandler()
+    audit = logging.getLogger("app.audit")
+    audit.propagate = False
+    audit.addHandler(own)
+    audit.setLevel(logging.WARNING)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        audit.info("audit detail")
+        audit.warning("audit warning")
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app))
+    assert own.messages() == ["audit warning", "audit detail"]
+    assert not any(m == "audit detail" for m in out.messages())
+
+
+def test_queue_handler_gets_released_records(out: ListHandler) -> None:
+    q: queue.Queue[logging.LogRecord] = queue.Queue()
+    sink = ListHandler()
+    listener = logging.handlers.QueueListener(q, sink)
+    logging.getLogger().handlers[:] = [logging.handlers.QueueHandler(q)]
+    listener.start()
+    try:
+        run_asgi(make_app(status=500))
+    finally:
+        listener.stop()
+    assert sink.messages()[0] == "handled /"
+    assert sink.messages()[2:] == ["line 0", "line 1", "line 2"]
+    assert len({r.request_id for r in sink.records}) == 1  # type: ignore[attr-defined]
+
+
+def test_record_factory_and_logger_filters_apply_on_release(out: ListHandler) -> None:
+    old = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = old(*args, **kwargs)
+        record.service = "shop"  # type: ignore[attr-defined]
+        return record
+
+    logging.setLogRecordFactory(factory)
+    log.addFilter(lambda record: "secret" not in record.getMessage())
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log.debug("public")
+        log.debug("secret stuff")
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app))
+    assert out.messages()[1:] == ["public"]
+    assert out.records[1].service == "shop"  # type: ignore[attr-defined]
+
+
+def test_bad_format_string_never_breaks_the_request(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log.debug("%d items", "x")
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    result = run_asgi(HindsightMiddleware(app))
+    assert result["exception"] is None
+    assert result["status"] == 500
+    assert "'%d items' % ('x',)" in out.messages()[1]
+
+
+def test_argument_whose_str_logs_again_does_not_recurse(out: ListHandler) -> None:
+    class Noisy:
+        def __str__(self) -> str:
+            log.debug("inner")
+            return "noisy"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log.debug("outer %s", Noisy())
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app))
+    assert out.messages()[1:] == ["inner", "outer noisy"]
+
+
+def test_raising_handler_is_counted_and_reported_once(out: ListHandler) -> None:
+    class Broken(logging.Handler):
+        # Raises for DEBUG records, which only a release hands to it.
+        def handle(self, record: logging.LogRecord) -> bool:
+            if record.levelno == logging.DEBUG:
+                raise RuntimeError("disk full")
+            return True
+
+    logging.getLogger("app").addHandler(Broken())
+    mw = make_app(status=500, lines=2)
+    for _ in range(3):
+        assert run_asgi(mw)["status"] == 500
+    reports = [r for r in out.records if r.name == "hindsight_web" and r.levelno == logging.ERROR]
+    assert len(reports) == 1
+    assert "internal error in handler" in reports[0].getMessage()
+    assert errors.count() == 6
+    assert out.messages().count("line 0") == 3
+
+
+def test_lifespan_and_websocket_pass_through() -> None:
+    seen: list[tuple[Any, Any, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope, receive, send))
+
+    async def receive() -> Any:
+        return {}
+
+    async def send(message: Any) -> None:
+        return None
+
+    mw = HindsightMiddleware(app)
+    for kind in ("lifespan", "websocket"):
+        scope = {"type": kind}
+        asyncio.run(mw(scope, receive, send))
+        assert seen[-1] == (scope, receive, send)
+
+
+def test_options_and_hindsight_together_are_refused() -> None:
+    from hindsight_web import Hindsight
+
+    with pytest.raises(TypeError, match="either 'hindsight' or options"):
+        HindsightMiddleware(lambda *a: None, hindsight=Hindsight(), slow_ms=5)  # type: ignore[arg-type,return-value]
+
+
+def test_stacklevel_names_the_same_caller_written_or_released(out: ListHandler) -> None:
+    def helper(level: int) -> None:
+        log.log(level, "from helper", stacklevel=2)
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        helper(logging.DEBUG)
+        helper(logging.INFO)
+        log.info("direct")
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(endpoint))
+    by_level = {(r.levelname, r.getMessage()): r.funcName for r in out.records if r.name == "app"}
+    assert by_level == {
+        ("INFO", "from helper"): "endpoint",
+        ("INFO", "direct"): "endpoint",
+        ("DEBUG", "from helper"): "endpoint",
+    }

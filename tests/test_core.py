@@ -1,0 +1,113 @@
+"""Options, set_user/bind validation, fail-open behaviour."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+import hindsight_web
+from hindsight_web import Hindsight, HindsightMiddleware
+
+from .apps import run_asgi
+from .conftest import ListHandler
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("slow_ms", "fast", "invalid 'slow_ms' 'fast': expected a number >= 0 or None"),
+        ("slow_ms", -1, "invalid 'slow_ms' -1"),
+        ("release_on_status", 42, "expected an HTTP status"),
+        ("release_on_exception", "yes", "expected True or False"),
+        ("capture_level", "LOUD", "invalid 'capture_level' 'LOUD': expected a level name"),
+        ("admin_path", "no-slash", "invalid 'admin_path'"),
+        ("admin_path", "/a/../b", "invalid 'admin_path'"),
+        ("store", "mysql://x", "invalid 'store'"),
+        ("max_records", 0, "invalid 'max_records' 0: expected an integer > 0"),
+        ("max_bytes", 1.5, "invalid 'max_bytes'"),
+        ("request_id_header", "X Request", "invalid 'request_id_header'"),
+        ("admin_token", "", "invalid 'admin_token'"),
+    ],
+)
+def test_bad_options_name_the_field(option: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Hindsight(**{option: value})
+
+
+def test_unknown_option_is_refused() -> None:
+    with pytest.raises(TypeError, match="slowms"):
+        Hindsight(slowms=3)  # type: ignore[call-arg]
+
+
+def test_admin_token_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HINDSIGHT_ADMIN_TOKEN", "from-env")
+    assert Hindsight().admin_token == "from-env"
+    assert Hindsight(admin_token="given").admin_token == "given"
+
+
+def test_set_user_and_bind_outside_requests_do_nothing() -> None:
+    hindsight_web.set_user("alice")
+    hindsight_web.bind(tenant="acme")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: hindsight_web.set_user(["x"]), "invalid 'user_id'"),
+        (lambda: hindsight_web.set_user("u", session_id=1.5), "invalid 'session_id'"),
+        (lambda: hindsight_web.bind(levelname="x"), "invalid bind\\(\\) field 'levelname'"),
+        (lambda: hindsight_web.bind(**{"not an id": 1}), "invalid bind"),
+    ],
+)
+def test_bad_identity_or_field_is_refused(call: Any, message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        call()
+
+
+def test_release_triggers_can_be_turned_off(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        logging.getLogger("app").debug("detail")
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app, release_on_status=None, slow_ms=None))
+    assert out.records == []
+
+
+def test_broken_begin_fails_open(out: ListHandler, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"served"})
+
+    mw = HindsightMiddleware(app)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("store down")
+
+    monkeypatch.setattr(mw.hindsight, "begin", broken)
+    for _ in range(3):
+        assert run_asgi(mw)["body"] == b"served"
+    reports = [r for r in out.records if r.name == "hindsight_web"]
+    assert len(reports) == 1
+    assert "internal error in begin" in reports[0].getMessage()
+    assert hindsight_web.errors.count() == 3
+
+
+def test_counters_after_traffic(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        logging.getLogger("app").debug("one")
+        status = 500 if scope["path"] == "/bad" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = HindsightMiddleware(app)
+    for path in ["/", "/bad", "/", "/bad"]:
+        run_asgi(mw, path)
+    counts = mw.hindsight.counters()
+    assert counts["requests"] == 4
+    assert counts["releases"] == 2
+    assert counts["records_captured"] == 4
+    assert counts["records_released"] == 2
+    assert counts["buffer_bytes"] == 0
