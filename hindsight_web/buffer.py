@@ -82,22 +82,24 @@ def keep(state: RequestState, entry: Entry) -> None:
     """Append `entry` to the request's buffer, dropping the oldest entries over the limits."""
     records = state.records
     records.append(entry)
-    state.nbytes += entry_size(entry)
+    if entry[8] is None and entry[9] is None and entry[10] is None:
+        state.nbytes += ENTRY_OVERHEAD + len(entry[2])
+    else:
+        state.nbytes += entry_size(entry)
+    # `reserved` never exceeds `max_bytes`, so this one test covers both byte limits.
+    if state.nbytes > state.reserved or len(records) > state.max_records:
+        _make_room(state)
+
+
+def _make_room(state: RequestState) -> None:
+    """Reserve more of the shared budget if the request may have it, else drop the oldest."""
     if state.nbytes > state.reserved:
-        state.reserved += state.budget.take(max(CHUNK, state.nbytes - state.reserved))
-    if (
-        len(records) > state.max_records
-        or state.nbytes > state.max_bytes
-        or state.nbytes > state.reserved
-    ):
-        _trim(state)
-
-
-def _trim(state: RequestState) -> None:
+        wanted = min(max(CHUNK, state.nbytes - state.reserved), state.max_bytes - state.reserved)
+        if wanted > 0:
+            state.reserved += state.budget.take(wanted)
     records = state.records
-    limit = min(state.max_bytes, state.reserved)
     dropped = 0
-    while records and (len(records) > state.max_records or state.nbytes > limit):
+    while records and (len(records) > state.max_records or state.nbytes > state.reserved):
         state.nbytes -= entry_size(records.popleft())
         dropped += 1
     state.dropped += dropped

@@ -51,7 +51,7 @@ _internal_files: set[str] = {logging.addLevelName.__code__.co_filename}
 
 
 def _is_enabled_for(self: logging.Logger, level: int) -> bool:
-    if _orig_is_enabled_for(self, level):
+    if _enabled(self, level):
         return True
     state = _current.get()
     return (
@@ -62,6 +62,15 @@ def _is_enabled_for(self: logging.Logger, level: int) -> bool:
         and not self._hindsight_internal  # type: ignore[attr-defined]
         and self.manager.disable < level
     )
+
+
+def _enabled(logger: logging.Logger, level: int) -> bool:
+    """What the original `isEnabledFor` answers, from its cache when it can."""
+    try:
+        enabled: bool = logger._cache[level]  # type: ignore[attr-defined]
+    except KeyError:
+        return _orig_is_enabled_for(logger, level)
+    return enabled and not logger.disabled
 
 
 def _log(
@@ -86,7 +95,7 @@ def _log(
         return _orig_log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
     detail = state.detail_level
     live = detail is not None and level >= detail
-    if not live and _orig_is_enabled_for(self, level) and _would_write(self, level):
+    if not live and _enabled(self, level) and _would_write(self, level):
         return _orig_log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
     try:
         entry = _make_entry(self, level, msg, args, exc_info, extra, stack_info, stacklevel)
@@ -178,7 +187,7 @@ def _make_entry(
         if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
             args = args[0]
         try:
-            message = str(msg) % args
+            message = (msg if type(msg) is str else str(msg)) % args
         except Exception as exc:
             message = _unformattable(msg, args, exc)
     elif type(msg) is str:
