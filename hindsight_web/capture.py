@@ -315,3 +315,9 @@ def uninstall() -> None:
     setattr(_Logger, "isEnabledFor", _orig_is_enabled_for)  # noqa: B010
     setattr(_Logger, "_log", _orig_log)  # noqa: B010
     setattr(_Logger, "makeRecord", _orig_make_record)  # noqa: B010
+
+
+# Installed on import, not only when the first middleware is built (Starlette builds
+# its middleware stack at the first request): a format using %(request_id)s must
+# work for records logged at start-up too.
+install()

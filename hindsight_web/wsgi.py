@@ -9,6 +9,7 @@ from typing import Any
 
 from . import errors
 from ._types import OptExcInfo, StartResponse, WSGIApp, WSGIEnviron
+from .buffer import release_memory
 from .context import RequestState, _current
 from .core import Hindsight
 
@@ -155,3 +156,8 @@ class _Response:
             raise
         finally:
             self._context.run(self._hindsight.finish, state, self._exception)
+
+    def __del__(self) -> None:
+        # A server that never calls close() breaks PEP 3333; at least give the memory back.
+        if not self._closed:
+            release_memory(self._state)

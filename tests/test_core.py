@@ -111,3 +111,17 @@ def test_counters_after_traffic(out: ListHandler) -> None:
     assert counts["records_captured"] == 4
     assert counts["records_released"] == 2
     assert counts["buffer_bytes"] == 0
+
+
+def test_records_made_before_any_middleware_carry_the_attributes() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys, hindsight_web;"
+        "logging.basicConfig(stream=sys.stdout, format='%(request_id)s %(message)s');"
+        "logging.warning('at start-up')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "None at start-up\n"
+    assert done.stderr == ""

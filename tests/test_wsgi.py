@@ -188,3 +188,15 @@ def test_incoming_request_id_is_echoed(out: ListHandler) -> None:
 def test_wsgi_path_is_decoded_for_the_summary(out: ListHandler, path: str) -> None:
     call_wsgi(HindsightWSGIMiddleware(body_app(Body(), "500 Oops")), path)
     assert "GET /café -> 500" in out.messages()[0]
+
+
+def test_response_never_closed_gives_its_memory_back() -> None:
+    import gc
+
+    mw = HindsightWSGIMiddleware(body_app(Body(chunks=2)))
+    response = mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+    list(response)
+    assert mw.hindsight.budget.used > 0
+    del response
+    gc.collect()
+    assert mw.hindsight.budget.used == 0
