@@ -43,6 +43,13 @@ _Logger = logging.Logger
 _orig_is_enabled_for = _Logger.isEnabledFor
 _orig_log = _Logger._log
 _orig_make_record = _Logger.makeRecord
+_orig_debug = _Logger.debug
+_orig_info = _Logger.info
+
+# How much to add to `stacklevel` when one of the level methods below calls `_log`:
+# from 3.11 on, findCaller counts our frame like any non-logging frame; before, it
+# started from the frame that called `_log` and stepped past it on its own.
+_LEVEL_METHOD_FRAMES = 1 if sys.version_info >= (3, 11) else 0
 
 _exception_formatter = logging.Formatter()
 _scalars = (str, int, float, bool, type(None), bytes)
@@ -108,6 +115,57 @@ def _log(
     return None
 
 
+def _level_method(level: int) -> Any:
+    """`Logger.debug` / `Logger.info` with the common capture case handled in place.
+
+    The generic path (`isEnabledFor`, then `_log`) costs two more calls per
+    record; for the two levels that are captured most, a kept record skips them.
+    Everything else (written records, detail mode, odd loggers) takes that path.
+    """
+
+    def log_at_level(
+        self: logging.Logger,
+        msg: object,
+        *args: object,
+        exc_info: Any = None,
+        extra: Mapping[str, object] | None = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+    ) -> None:
+        state = _current.get()
+        if (
+            state is None
+            or state.closed
+            or level < state.capture_level
+            or state.detail_level is not None
+            or self.disabled
+            or self._hindsight_internal  # type: ignore[attr-defined]
+            or self.manager.disable >= level
+            or _enabled(self, level)
+        ):
+            if self.isEnabledFor(level):
+                self._log(
+                    level,
+                    msg,
+                    args,
+                    exc_info,
+                    extra,
+                    stack_info,
+                    stacklevel + _LEVEL_METHOD_FRAMES,
+                )
+            return
+        try:
+            keep(
+                state, _make_entry(self, level, msg, args, exc_info, extra, stack_info, stacklevel)
+            )
+        except Exception as exc:
+            errors.report("capture", exc)
+
+    log_at_level.__name__ = logging.getLevelName(level).lower()
+    log_at_level.__qualname__ = f"Logger.{log_at_level.__name__}"
+    return log_at_level
+
+
 def _make_record(
     self: logging.Logger,
     name: str,
@@ -169,7 +227,7 @@ def _make_entry(
     stack_info: bool,
     stacklevel: int,
 ) -> Entry:
-    # Frame 2 is whoever called the wrapper (`Logger.debug`, a LoggerAdapter, the app).
+    # Frame 2 called the wrapper: `Logger.debug`, one of ours, a LoggerAdapter, the app.
     frame = sys._getframe(2)
     internal = _internal_files
     while True:
@@ -306,6 +364,8 @@ def install() -> None:
     setattr(_Logger, "isEnabledFor", _is_enabled_for)  # noqa: B010
     setattr(_Logger, "_log", _log)  # noqa: B010
     setattr(_Logger, "makeRecord", _make_record)  # noqa: B010
+    setattr(_Logger, "debug", _level_method(logging.DEBUG))  # noqa: B010
+    setattr(_Logger, "info", _level_method(logging.INFO))  # noqa: B010
 
 
 def uninstall() -> None:
@@ -315,6 +375,8 @@ def uninstall() -> None:
     setattr(_Logger, "isEnabledFor", _orig_is_enabled_for)  # noqa: B010
     setattr(_Logger, "_log", _orig_log)  # noqa: B010
     setattr(_Logger, "makeRecord", _orig_make_record)  # noqa: B010
+    setattr(_Logger, "debug", _orig_debug)  # noqa: B010
+    setattr(_Logger, "info", _orig_info)  # noqa: B010
 
 
 # Installed on import, not only when the first middleware is built (Starlette builds

@@ -471,10 +471,17 @@ def test_stacklevel_names_the_same_caller_written_or_released(out: ListHandler) 
     def helper(level: int) -> None:
         log.log(level, "from helper", stacklevel=2)
 
+    def helper_method(level: int) -> None:
+        method = log.debug if level == logging.DEBUG else log.info
+        method("from helper method", stacklevel=2)
+
     async def endpoint(scope: Any, receive: Any, send: Any) -> None:
         helper(logging.DEBUG)
         helper(logging.INFO)
+        helper_method(logging.DEBUG)
+        helper_method(logging.INFO)
         log.info("direct")
+        log.debug("direct")
         await send({"type": "http.response.start", "status": 500, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -482,6 +489,30 @@ def test_stacklevel_names_the_same_caller_written_or_released(out: ListHandler) 
     by_level = {(r.levelname, r.getMessage()): r.funcName for r in out.records if r.name == "app"}
     assert by_level == {
         ("INFO", "from helper"): "endpoint",
+        ("INFO", "from helper method"): "endpoint",
         ("INFO", "direct"): "endpoint",
         ("DEBUG", "from helper"): "endpoint",
+        ("DEBUG", "from helper method"): "endpoint",
+        ("DEBUG", "direct"): "endpoint",
     }
+    outside = ListHandler()
+    log.addHandler(outside)
+    helper_method(logging.INFO)
+    assert (
+        outside.records[0].funcName == "test_stacklevel_names_the_same_caller_written_or_released"
+    )
+
+
+def test_logger_adapter_records_are_captured_with_their_caller(out: ListHandler) -> None:
+    adapter = logging.LoggerAdapter(log, {"component": "cart"})
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        adapter.debug("through an adapter")
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(endpoint))
+    record = out.records[1]
+    assert record.getMessage() == "through an adapter"
+    assert record.funcName == "endpoint"
+    assert record.component == "cart"  # type: ignore[attr-defined]
