@@ -113,3 +113,19 @@ def test_flask_user_and_release(out: ListHandler) -> None:
     assert released[0].user_id == "carol"  # type: ignore[attr-defined]
     assert released[0].request_id == rid  # type: ignore[attr-defined]
     assert any("GET /fail -> 500" in m for m in out.messages())
+
+
+def test_wrapping_the_whole_app_sees_the_500_of_an_unhandled_exception(out: ListHandler) -> None:
+    inner = FastAPI()
+
+    @inner.get("/boom")
+    async def boom() -> None:
+        log.debug("before the crash")
+        raise RuntimeError("crash")
+
+    response = asyncio.run(get(HindsightMiddleware(inner), "/boom"))
+    assert response.status_code == 500
+    rid = response.headers["x-request-id"]
+    summary = next(m for m in out.messages() if m.startswith("hindsight release"))
+    assert "GET /boom -> 500, raised RuntimeError" in summary
+    assert f"request_id={rid}" in summary
