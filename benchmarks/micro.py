@@ -1,0 +1,786 @@
+"""In-process micro benchmarks: apps driven through their ASGI/WSGI callables, no HTTP.
+
+Every measurement runs in a fresh interpreter (`--worker`), so a bare variant never
+has hindsight's logging wrappers (or sentry's patches) installed, and rounds of
+different variants are interleaved. Each worker checks that its variant did its
+job (records captured, lines written, breadcrumbs kept) and fails otherwise.
+
+Usage: python benchmarks/micro.py [--smoke] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import logging.handlers
+import os
+import statistics
+import sys
+import tempfile
+import tracemalloc
+from collections.abc import Callable
+from contextvars import ContextVar
+from time import perf_counter
+from typing import Any
+
+from common import Budget, interleave, machine_line, run_worker, table
+
+LINES = 10
+LOG = logging.getLogger("bench.app")
+FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class DevNullHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Formats and writes every record to os.devnull, and counts them."""
+
+    def __init__(self) -> None:
+        super().__init__(open(os.devnull, "w"))  # noqa: SIM115
+        self.setFormatter(logging.Formatter(FORMAT))
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        super().emit(record)
+
+
+class NoOpHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+def setup_logging() -> DevNullHandler:
+    """The app's configuration: INFO and up written (to devnull); DEBUG disabled."""
+    out = DevNullHandler()
+    LOG.handlers[:] = [out]
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+    root = logging.getLogger()
+    root.handlers[:] = [out]
+    root.setLevel(logging.INFO)
+    return out
+
+
+def log_lines(lines: int) -> None:
+    for i in range(lines):
+        LOG.debug("step %d of %s: value=%r", i, "request", 42)
+
+
+# -- per-request capture the user might write instead -----------------------------
+
+_captured: ContextVar[list[logging.LogRecord] | None] = ContextVar("captured", default=None)
+
+
+class ContextCaptureHandler(logging.Handler):
+    """The logging.Handler way: keep records of the current request in a context list."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        buf = _captured.get()
+        if buf is not None:
+            buf.append(record)
+            self.seen += 1
+
+
+class Discarded:
+    count = 0
+
+
+def capture_asgi(app: Any) -> Any:
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        token = _captured.set([])
+        try:
+            await app(scope, receive, send)
+        finally:
+            buf = _captured.get()
+            Discarded.count += len(buf or ())
+            _captured.reset(token)
+
+    return wrapped
+
+
+def capture_wsgi(app: Any) -> Any:
+    def wrapped(environ: Any, start_response: Any) -> Any:
+        token = _captured.set([])
+        try:
+            return list(app(environ, start_response))
+        finally:
+            buf = _captured.get()
+            Discarded.count += len(buf or ())
+            _captured.reset(token)
+
+    return wrapped
+
+
+def memory_asgi(app: Any, mh: logging.handlers.MemoryHandler) -> Any:
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await app(scope, receive, send)
+        finally:
+            Discarded.count += len(mh.buffer)
+            mh.buffer.clear()
+
+    return wrapped
+
+
+def memory_wsgi(app: Any, mh: logging.handlers.MemoryHandler) -> Any:
+    def wrapped(environ: Any, start_response: Any) -> Any:
+        try:
+            return list(app(environ, start_response))
+        finally:
+            Discarded.count += len(mh.buffer)
+            mh.buffer.clear()
+
+    return wrapped
+
+
+# -- apps --------------------------------------------------------------------------
+
+
+def make_app(framework: str, lines: int, probe: Callable[[], None] | None = None) -> Any:
+    if framework == "asgi":
+
+        async def raw(scope: Any, receive: Any, send: Any) -> None:
+            log_lines(lines)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        return raw
+    if framework == "starlette":
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+
+        async def endpoint(request: Any) -> Any:
+            log_lines(lines)
+            if probe:
+                probe()
+            return PlainTextResponse("ok")
+
+        return Starlette(routes=[Route("/", endpoint)])
+    if framework == "fastapi":
+        from fastapi import FastAPI
+        from fastapi.responses import PlainTextResponse
+
+        fa = FastAPI()
+
+        @fa.get("/", response_class=PlainTextResponse)
+        async def index() -> str:
+            log_lines(lines)
+            if probe:
+                probe()
+            return "ok"
+
+        return fa
+    if framework == "flask":
+        from flask import Flask
+
+        fl = Flask("bench")
+
+        @fl.get("/")
+        def index() -> str:
+            log_lines(lines)
+            if probe:
+                probe()
+            return "ok"
+
+        return fl
+    raise ValueError(framework)
+
+
+def drive_asgi(app: Any, n: int, statuses: list[int]) -> float:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def run() -> float:
+        t = perf_counter()
+        for _ in range(n):
+            await app(dict(scope), receive, send)
+        return perf_counter() - t
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
+def drive_wsgi(app: Any, n: int, statuses: list[int]) -> float:
+    base = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "bench",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "bench",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        statuses.append(int(status.split()[0]))
+        return lambda data: None
+
+    t = perf_counter()
+    for _ in range(n):
+        environ = dict(base)
+        environ["wsgi.input"] = io.BytesIO(b"")
+        body = app(environ, start_response)
+        for _chunk in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    return perf_counter() - t
+
+
+def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
+    """Build `framework` with `variant`, drive it n times; time per request in us."""
+    out = setup_logging()
+    is_asgi = framework != "flask"
+    lines = LINES if variant in LINE_VARIANTS else 0
+    checks: list[Callable[[int], str | None]] = []
+    probe = None
+    hs = None
+
+    if variant == "sentry":
+        import sentry_sdk
+        from sentry_sdk.integrations.logging import LoggingIntegration
+        from sentry_sdk.transport import Transport
+
+        class DropTransport(Transport):
+            envelopes = 0
+
+            def capture_envelope(self, envelope: Any) -> None:
+                DropTransport.envelopes += 1
+
+        sentry_sdk.init(
+            dsn="http://public@127.0.0.1:9/1",
+            transport=DropTransport(),
+            integrations=[LoggingIntegration(level=logging.DEBUG, event_level=None)],
+            traces_sample_rate=None,
+            default_integrations=True,
+        )
+        LOG.setLevel(logging.DEBUG)
+        out.setLevel(logging.INFO)
+        crumbs: list[int] = []
+
+        def sentry_probe() -> None:
+            scope = sentry_sdk.get_isolation_scope()
+            crumbs.append(sum(1 for b in scope._breadcrumbs if b.get("category") == "bench.app"))
+
+        probe = sentry_probe
+
+        def sentry_check(total: int) -> str | None:
+            if len(crumbs) != total or min(crumbs) != LINES or max(crumbs) != LINES:
+                return f"breadcrumbs per request {min(crumbs)}-{max(crumbs)} != {LINES}"
+            sentry_sdk.capture_message("bench: transport check")
+            sentry_sdk.flush()
+            if DropTransport.envelopes < 1:
+                return "the drop transport received no envelope"
+            return None
+
+        checks.append(sentry_check)
+
+    if variant == "correlation-id":
+        from asgi_correlation_id import correlation_id
+
+        ids: set[str | None] = set()
+        probe = lambda: ids.add(correlation_id.get())  # noqa: E731
+
+        def cid_check(total: int) -> str | None:
+            if None in ids or len(ids) != total:
+                return f"{len(ids)} distinct correlation ids for {total} requests"
+            return None
+
+        checks.append(cid_check)
+
+    app = make_app(framework, lines, probe)
+
+    if variant.startswith("hindsight") and variant != "hindsight-imported":
+        import hindsight_web
+
+        released = variant == "hindsight-10-released"
+        hs = hindsight_web.Hindsight(slow_ms=0 if released else 1000)
+        if framework == "flask":
+            app.wsgi_app = hindsight_web.HindsightWSGIMiddleware(app.wsgi_app, hindsight=hs)
+        elif framework == "asgi":
+            app = hindsight_web.HindsightMiddleware(app, hindsight=hs)
+        else:
+            app.add_middleware(hindsight_web.HindsightMiddleware, hindsight=hs)
+
+        def hs_check(total: int) -> str | None:
+            c = hs.counters()
+            if c["requests"] != total:
+                return f"hindsight saw {c['requests']} requests, expected {total}"
+            if c["records_captured"] != lines * total:
+                return f"captured {c['records_captured']}, expected {lines * total}"
+            want_released = lines * total if released else 0
+            if c["records_released"] != want_released:
+                return f"released {c['records_released']}, expected {want_released}"
+            want_out = (lines + 1) * total if released else 0
+            if out.count != want_out:
+                return f"handler wrote {out.count} lines, expected {want_out}"
+            return None
+
+        checks.append(hs_check)
+    elif variant in ("handler-capture", "memoryhandler"):
+        LOG.setLevel(logging.DEBUG)
+        out.setLevel(logging.INFO)
+        if variant == "handler-capture":
+            LOG.addHandler(ContextCaptureHandler())
+            app = _wrap(framework, app, capture_asgi, capture_wsgi)
+        else:
+            mh = logging.handlers.MemoryHandler(
+                capacity=10**9, flushLevel=logging.CRITICAL + 1, target=out, flushOnClose=False
+            )
+            LOG.addHandler(mh)
+            app = _wrap(framework, app, lambda a: memory_asgi(a, mh), lambda a: memory_wsgi(a, mh))
+
+        def capture_check(total: int) -> str | None:
+            if Discarded.count != lines * total or out.count != 0:
+                return f"kept {Discarded.count} (want {lines * total}), wrote {out.count}"
+            return None
+
+        checks.append(capture_check)
+    elif variant == "file-debug":
+        fd, path = tempfile.mkstemp(prefix="bench-debug-", suffix=".log")
+        os.close(fd)
+        fh = logging.FileHandler(path)
+        fh.setFormatter(logging.Formatter(FORMAT))
+        LOG.addHandler(fh)
+        LOG.setLevel(logging.DEBUG)
+        out.setLevel(logging.INFO)
+
+        def file_check(total: int) -> str | None:
+            fh.flush()
+            with open(path) as f:
+                written = sum(1 for _ in f)
+            os.unlink(path)
+            if written != lines * total:
+                return f"file has {written} lines, expected {lines * total}"
+            return None
+
+        checks.append(file_check)
+    elif variant == "correlation-id":
+        from asgi_correlation_id import CorrelationIdMiddleware
+
+        app.add_middleware(CorrelationIdMiddleware)
+    elif variant == "hindsight-imported":
+        import hindsight_web.capture
+
+        def imported_check(total: int) -> str | None:
+            if logging.Logger._log is not hindsight_web.capture._log:
+                return "hindsight's logging wrappers are not installed"
+            return None
+
+        checks.append(imported_check)
+    elif variant in ("bare", "bare-10-off", "sentry"):
+        pass
+    else:
+        raise ValueError(variant)
+
+    if variant in ("bare", "bare-10-off") and "hindsight_web" in sys.modules:
+        return {"ok": False, "error": "bare variant has hindsight imported"}
+
+    statuses: list[int] = []
+    drive = drive_asgi if is_asgi else drive_wsgi
+    warm = max(50, n // 10)
+    drive(app, warm, statuses)
+    times = [drive(app, n, statuses) for _ in range(3)]
+    total = warm + 3 * n
+    errors = [msg for check in checks if (msg := check(total))]
+    if len(statuses) != total or set(statuses) != {200}:
+        errors.append(f"statuses {sorted(set(statuses))} x{len(statuses)}")
+    return {
+        "ok": not errors,
+        "errors": errors,
+        "us": statistics.median(times) / n * 1e6,
+    }
+
+
+def _wrap(framework: str, app: Any, asgi: Any, wsgi: Any) -> Any:
+    if framework == "flask":
+        app.wsgi_app = wsgi(app.wsgi_app)
+        return app
+    return asgi(app)
+
+
+LINE_VARIANTS = {
+    "bare-10-off",
+    "hindsight-10-discarded",
+    "hindsight-10-released",
+    "handler-capture",
+    "memoryhandler",
+    "file-debug",
+    "sentry",
+}
+
+
+# -- per-record benchmarks ---------------------------------------------------------
+
+PER_REQUEST = 1000
+
+
+def record_worker(variant: str, n: int) -> dict[str, Any]:
+    """Cost of one `logger.debug(...)` call, in us."""
+    setup_logging()
+    reqs = max(1, n // PER_REQUEST)
+    if variant == "stdlib-disabled":
+        t = perf_counter()
+        for _ in range(reqs):
+            log_lines(PER_REQUEST)
+        dt = perf_counter() - t
+        ok, err = "hindsight_web" not in sys.modules, ""
+    elif variant == "stdlib-enabled-noop":
+        noop = NoOpHandler()
+        LOG.handlers[:] = [noop]
+        LOG.setLevel(logging.DEBUG)
+        t = perf_counter()
+        for _ in range(reqs):
+            log_lines(PER_REQUEST)
+        dt = perf_counter() - t
+        ok = noop.count == reqs * PER_REQUEST and "hindsight_web" not in sys.modules
+        err = f"no-op handler saw {noop.count}"
+    elif variant == "hindsight-discarded":
+        import hindsight_web
+        from hindsight_web.context import _current
+
+        hs = hindsight_web.Hindsight(
+            slow_ms=None, max_records=10**7, max_bytes=10**9, max_total_bytes=10**10
+        )
+        t = perf_counter()
+        for _ in range(reqs):
+            state = hs.begin("GET", "/")
+            token = _current.set(state)
+            log_lines(PER_REQUEST)
+            _current.reset(token)
+            hs.finish(state)
+        dt = perf_counter() - t
+        c = hs.counters()
+        ok = c["records_captured"] == reqs * PER_REQUEST and c["records_dropped"] == 0
+        ok = ok and c["releases"] == 0
+        err = f"counters {c}"
+    else:
+        raise ValueError(variant)
+    return {"ok": ok, "errors": [] if ok else [err], "us": dt / (reqs * PER_REQUEST) * 1e6}
+
+
+RELEASE_N = 100
+
+
+def release_worker(variant: str, n: int) -> dict[str, Any]:
+    """Cost per record of getting RELEASE_N DEBUG records of a request written."""
+    out = setup_logging()
+    reqs = max(1, n // RELEASE_N)
+    if variant == "direct":
+        LOG.setLevel(logging.DEBUG)
+        t = perf_counter()
+        for _ in range(reqs):
+            log_lines(RELEASE_N)
+        dt = perf_counter() - t
+        want = reqs * RELEASE_N
+    else:
+        import hindsight_web
+        from hindsight_web.context import _current
+
+        hs = hindsight_web.Hindsight(slow_ms=0)
+        dt = 0.0
+        for _ in range(reqs):
+            t0 = perf_counter()
+            state = hs.begin("GET", "/")
+            token = _current.set(state)
+            log_lines(RELEASE_N)
+            _current.reset(token)
+            t1 = perf_counter()
+            hs.finish(state)
+            t2 = perf_counter()
+            dt += (t2 - t1) if variant == "release-only" else (t2 - t0)
+        want = reqs * (RELEASE_N + 1)
+        c = hs.counters()
+        if c["records_released"] != reqs * RELEASE_N:
+            return {"ok": False, "errors": [f"counters {c}"]}
+    ok = out.count == want
+    return {
+        "ok": ok,
+        "errors": [] if ok else [f"handler wrote {out.count}, expected {want}"],
+        "us": dt / (reqs * RELEASE_N) * 1e6,
+    }
+
+
+def memory_worker(n: int) -> dict[str, Any]:
+    """Bytes held per buffered record, beyond its formatted message string."""
+    setup_logging()
+    import hindsight_web
+    from hindsight_web.context import _current
+
+    hs = hindsight_web.Hindsight(slow_ms=None, max_records=10**7, max_bytes=10**9)
+    state = hs.begin("GET", "/")
+    token = _current.set(state)
+    log_lines(10)  # warm caches and the deque's first block
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    log_lines(n)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    message = state.records[-1][2]
+    kept = len(state.records)
+    _current.reset(token)
+    hs.finish(state)
+    per = (after - before) / n
+    msg_size = sys.getsizeof(message)
+    return {
+        "ok": kept == n + 10,
+        "errors": [] if kept == n + 10 else [f"kept {kept}"],
+        "per_record": per,
+        "message_bytes": msg_size,
+        "message_len": len(message),
+        "estimate": hs.budget.used,
+    }
+
+
+# -- driver --------------------------------------------------------------------------
+
+
+def worker_main(argv: list[str]) -> None:
+    kind = argv[0]
+    if kind == "request":
+        answer = request_worker(argv[1], argv[2], int(argv[3]))
+    elif kind == "record":
+        answer = record_worker(argv[1], int(argv[2]))
+    elif kind == "release":
+        answer = release_worker(argv[1], int(argv[2]))
+    elif kind == "memory":
+        answer = memory_worker(int(argv[1]))
+    else:
+        raise ValueError(kind)
+    print(json.dumps(answer))
+
+
+LABELS = {
+    "bare": "bare",
+    "bare-10-off": "bare, 10 DEBUG lines (disabled)",
+    "hindsight-imported": "hindsight imported, no middleware (logging wrappers only)",
+    "hindsight": "hindsight, no lines",
+    "hindsight-10-discarded": "hindsight, 10 lines discarded",
+    "hindsight-10-released": "hindsight, 10 lines released (devnull)",
+    "handler-capture": "logging.Handler capture, 10 lines",
+    "memoryhandler": "stdlib MemoryHandler, 10 lines",
+    "file-debug": "always-on DEBUG to a file, 10 lines",
+    "correlation-id": "asgi-correlation-id, no lines",
+    "sentry": "sentry-sdk (drop transport), 10 lines as breadcrumbs",
+    "stdlib-disabled": "stdlib, DEBUG disabled",
+    "stdlib-enabled-noop": "stdlib, DEBUG enabled, no-op handler (LogRecord)",
+    "hindsight-discarded": "hindsight, captured then discarded",
+    "direct": "direct: DEBUG enabled, same handler",
+    "release-only": "hindsight: release only (finish)",
+    "capture+release": "hindsight: capture + release",
+}
+
+
+def sentry_available() -> bool:
+    try:
+        import sentry_sdk  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cid_available() -> bool:
+    try:
+        import asgi_correlation_id  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny n, 2 rounds")
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args()
+    smoke = args.smoke
+    rounds = args.rounds or (2 if smoke else 5)
+    req_n = 200 if smoke else 2000
+    flask_n = 200 if smoke else 2000
+    rec_n = 2000 if smoke else 200_000
+    print(machine_line())
+    print(f"micro: rounds={rounds} (interleaved), requests per timing={req_n}, smoke={smoke}")
+    print()
+    verdicts: list[tuple[str, str, bool]] = []
+
+    def requests_table(
+        title: str, framework: str, variants: list[str], n: int, budgets: dict[str, Budget]
+    ) -> None:
+        res = interleave(
+            variants,
+            rounds,
+            lambda v: (float(run_worker("micro.py", ["request", framework, v, str(n)])["us"]), ""),  # type: ignore[arg-type]
+        )
+        text, v = table(title, res, "bare", "us/request", budgets, LABELS)
+        verdicts.extend(v)
+        print(text, flush=True)
+
+    requests_table(
+        "Fixed cost: raw ASGI app, HindsightMiddleware, no records",
+        "asgi",
+        ["bare", "hindsight"],
+        req_n * 4,
+        {"hindsight": Budget("diff<=", 5.0)},
+    )
+    extra: list[str] = []
+    if cid_available():
+        extra.append("correlation-id")
+    if sentry_available():
+        extra.append("sentry")
+    fastapi_variants = [
+        "bare",
+        "bare-10-off",
+        "hindsight-imported",
+        "hindsight",
+        "hindsight-10-discarded",
+        "hindsight-10-released",
+        "handler-capture",
+        "memoryhandler",
+        "file-debug",
+        *extra,
+    ]
+    requests_table(
+        "FastAPI endpoint",
+        "fastapi",
+        fastapi_variants,
+        req_n,
+        {"hindsight": Budget("ratio<=", 1.05)},
+    )
+    requests_table(
+        "Starlette endpoint",
+        "starlette",
+        ["bare", "hindsight-imported", "hindsight", "hindsight-10-discarded"],
+        req_n,
+        {"hindsight": Budget("ratio<=", 1.05)},
+    )
+    flask_variants = [
+        "bare",
+        "bare-10-off",
+        "hindsight-imported",
+        "hindsight",
+        "hindsight-10-discarded",
+        "hindsight-10-released",
+        "handler-capture",
+        "memoryhandler",
+        "file-debug",
+    ]
+    if sentry_available():
+        flask_variants.append("sentry")
+    requests_table(
+        "Flask endpoint (HindsightWSGIMiddleware)",
+        "flask",
+        flask_variants,
+        flask_n,
+        {"hindsight": Budget("ratio<=", 1.05)},
+    )
+
+    rec = interleave(
+        ["stdlib-enabled-noop", "stdlib-disabled", "hindsight-discarded"],
+        rounds,
+        lambda v: (float(run_worker("micro.py", ["record", v, str(rec_n)])["us"]), ""),  # type: ignore[arg-type]
+    )
+    text, v = table(
+        f"Per record: one logger.debug() call ({PER_REQUEST} per request)",
+        rec,
+        "stdlib-enabled-noop",
+        "us/record",
+        {"hindsight-discarded": Budget("ratio<=", 0.25)},
+        LABELS,
+        digits=3,
+    )
+    verdicts.extend(v)
+    print(text, flush=True)
+
+    rel = interleave(
+        ["direct", "release-only", "capture+release"],
+        rounds,
+        lambda v: (float(run_worker("micro.py", ["release", v, str(rec_n // 2)])["us"]), ""),  # type: ignore[arg-type]
+    )
+    text, v = table(
+        f"Release: {RELEASE_N} DEBUG records written through the same handler (formatter, devnull)",
+        rel,
+        "direct",
+        "us/record",
+        {"release-only": Budget("ratio<=", 1.2), "capture+release": Budget("ratio<=", 1.2)},
+        LABELS,
+        digits=3,
+    )
+    verdicts.extend(v)
+    print(text, flush=True)
+
+    mem = run_worker("micro.py", ["memory", str(2000 if smoke else 100_000)])
+    per = float(mem["per_record"])  # type: ignore[arg-type]
+    msg = int(mem["message_bytes"])  # type: ignore[call-overload]
+    beyond = per - msg
+    passed = beyond <= 200
+    print("### Memory per buffered record (tracemalloc)")
+    print()
+    print("| bytes per record | of which message str | beyond the message | goal | result |")
+    print("|---:|---:|---:|---|---|")
+    print(
+        f"| {per:.1f} | {msg} (len {mem['message_len']}) | {beyond:.1f} | <= 200 | "
+        f"{'PASS' if passed else 'MISS'} |"
+    )
+    print()
+    verdicts.append(
+        (
+            "Memory: bytes kept per buffered record beyond the message",
+            f"{beyond:.0f} B (<= 200)",
+            passed,
+        )
+    )
+
+    print("### Budget lines (micro)")
+    print()
+    for line, detail, ok in verdicts:
+        print(f"- {'PASS' if ok else 'MISS'}: {line}: {detail}")
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker_main(sys.argv[2:])
+    else:
+        sys.exit(main())
