@@ -39,8 +39,7 @@ class HindsightMiddleware:
             )
         self.app = app
         self.hindsight = hindsight if hindsight is not None else Hindsight(**options)
-        header = self.hindsight.request_id_header.lower().encode("latin-1")
-        self._header = header
+        self._header = self.hindsight.request_id_header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -45,7 +45,6 @@ class Budget:
     def __init__(self, total: int) -> None:
         self.total = total
         self.used = 0
-        self.dropped = 0
         self._lock = new_lock()
         _budgets.add(self)
 
@@ -103,7 +102,6 @@ def _make_room(state: RequestState) -> None:
         state.nbytes -= entry_size(records.popleft())
         dropped += 1
     state.dropped += dropped
-    state.budget.dropped += dropped
 
 
 def release_memory(state: RequestState) -> None:
