@@ -193,17 +193,23 @@ def warm_fail():
     return "warm", 500
 
 
-def _warm_up():
+def _warm_up(seconds):
     client = app.test_client()
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + seconds
+    while True:
         client.get("/warm", buffered=True)
         client.get("/warm-fail", headers={"X-Request-ID": "warm"}, buffered=True)
+        if time.monotonic() >= deadline:
+            return
         time.sleep(0.005)
 
 
 if "--preload" in sys.argv:
-    threading.Thread(target=_warm_up, daemon=True).start()
+    # One pass in the main thread first: a fork while another thread is still
+    # importing (werkzeug imports encodings lazily) leaves the child stuck on
+    # that module's import lock, with or without hindsight.
+    _warm_up(0)
+    threading.Thread(target=_warm_up, args=(2.0,), daemon=True).start()
 """.replace("{SLOW_MS}", str(SLOW_MS))
 
 Launch = Callable[..., Server]
