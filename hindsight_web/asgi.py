@@ -55,17 +55,12 @@ class HindsightMiddleware:
         header = (self._header, state.request_id.encode("latin-1"))
 
         async def send_wrapper(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
+            if message["type"] == "http.response.start":
                 state.status = message["status"]
                 state.ttfb = perf_counter()
                 message = _with_header(message, header)
-            elif (
-                kind == "http.response.body"
-                and not message.get("more_body", False)
-                and state.ended is None
-            ):
-                state.ended = perf_counter()
+            elif not message.get("more_body", False) and state.ended is None:
+                state.ended = perf_counter()  # the last body byte
             await send(message)
 
         exception = None
@@ -81,7 +76,8 @@ class HindsightMiddleware:
     def _begin(self, scope: Scope) -> RequestState:
         incoming = None
         wanted = self._header
-        for name, value in scope.get("headers", ()):
+        headers = scope.get("headers", ())
+        for name, value in headers:
             if name == wanted:
                 incoming = value.decode("latin-1")
                 break
@@ -89,16 +85,16 @@ class HindsightMiddleware:
         return self.hindsight.begin(
             scope.get("method", "GET"),
             scope.get("path", ""),
-            client=client[0] if client else None,
-            request_id=incoming,
-            headers=scope.get("headers"),
+            client[0] if client else None,
+            incoming,
+            headers,
         )
 
 
 def _with_header(message: Message, header: tuple[bytes, bytes]) -> Message:
-    headers = list(message.get("headers", ()))
+    headers = message.get("headers", ())
     name = header[0]
-    if any(key.lower() == name for key, _ in headers):
-        return message  # the app set its own request id; keep it
-    headers.append(header)
-    return {**message, "headers": headers}
+    for key, _ in headers:
+        if key.lower() == name:
+            return message  # the app set its own request id; keep it
+    return {**message, "headers": [*headers, header]}

@@ -87,10 +87,10 @@ def keep(state: RequestState, entry: Entry) -> None:
         state.nbytes += entry_size(entry)
     # `reserved` never exceeds `max_bytes`, so this one test covers both byte limits.
     if state.nbytes > state.reserved or len(records) > state.max_records:
-        _make_room(state)
+        make_room(state)
 
 
-def _make_room(state: RequestState) -> None:
+def make_room(state: RequestState) -> None:
     """Reserve more of the shared budget if the request may have it, else drop the oldest."""
     if state.nbytes > state.reserved:
         wanted = min(max(CHUNK, state.nbytes - state.reserved), state.max_bytes - state.reserved)

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import errors
-from .buffer import Entry, keep
+from .buffer import ENTRY_OVERHEAD, Entry, keep, make_room
 from .context import RequestState, _current
 
 __all__ = ["build_record", "deliver", "install", "uninstall"]
@@ -51,6 +51,9 @@ _orig_info = _Logger.info
 # started from the frame that called `_log` and stepped past it on its own.
 _LEVEL_METHOD_FRAMES = 1 if sys.version_info >= (3, 11) else 0
 
+_getframe = sys._getframe
+_time_ns = time.time_ns
+_current_thread = threading.current_thread
 _exception_formatter = logging.Formatter()
 _scalars = (str, int, float, bool, type(None), bytes)
 # Frames of these files are logging's plumbing, not the caller of a log call.
@@ -105,7 +108,9 @@ def _log(
     if not live and _enabled(self, level) and _would_write(self, level):
         return _orig_log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
     try:
-        entry = _make_entry(self, level, msg, args, exc_info, extra, stack_info, stacklevel)
+        # Frame 1 called `_log`: `Logger.debug`, one of ours, a LoggerAdapter, the app.
+        frame = _caller(sys._getframe(1), stacklevel)
+        entry = _make_entry(self, level, msg, args, exc_info, extra, stack_info, frame)
         if live:
             deliver(self, build_record(entry, state))
         else:
@@ -118,10 +123,13 @@ def _log(
 def _level_method(level: int) -> Any:
     """`Logger.debug` / `Logger.info` with the common capture case handled in place.
 
-    The generic path (`isEnabledFor`, then `_log`) costs two more calls per
-    record; for the two levels that are captured most, a kept record skips them.
-    Everything else (written records, detail mode, odd loggers) takes that path.
+    Most captured records come through here, so a kept record is built inline:
+    no call to `isEnabledFor`, `_log` or the generic entry builder. Whatever is
+    not the plain case (a record the configuration writes, detail mode,
+    `exc_info`, `extra`, `stack_info`, `stacklevel`, a message that is not a
+    str, a call from inside `logging`) takes the generic path.
     """
+    written_key = ~level
 
     def log_at_level(
         self: logging.Logger,
@@ -133,33 +141,70 @@ def _level_method(level: int) -> Any:
         stacklevel: int = 1,
     ) -> None:
         state = _current.get()
-        if (
-            state is None
-            or state.closed
-            or level < state.capture_level
-            or state.detail_level is not None
-            or self.disabled
-            or self._hindsight_internal  # type: ignore[attr-defined]
-            or self.manager.disable >= level
-            or _enabled(self, level)
-        ):
-            if self.isEnabledFor(level):
-                self._log(
-                    level,
-                    msg,
-                    args,
-                    exc_info,
-                    extra,
-                    stack_info,
-                    stacklevel + _LEVEL_METHOD_FRAMES,
+        if state is not None and level >= state.keep_level and not self.disabled:
+            # Whether the configuration writes `level` for this logger (or it is ours):
+            # cached in the logger's own level cache, which logging clears on every
+            # level change, under a key that no level uses.
+            cache = self._cache  # type: ignore[attr-defined]
+            try:
+                written = cache[written_key]
+            except KeyError:
+                written = cache[written_key] = (
+                    self._hindsight_internal  # type: ignore[attr-defined]
+                    or self.manager.disable >= level
+                    or level >= self.getEffectiveLevel()
                 )
-            return
-        try:
-            keep(
-                state, _make_entry(self, level, msg, args, exc_info, extra, stack_info, stacklevel)
+            if not written:
+                try:
+                    frame = _getframe(1)
+                    code = frame.f_code
+                    if (
+                        type(msg) is not str
+                        or exc_info is not None
+                        or extra is not None
+                        or stack_info
+                        or stacklevel != 1
+                        or code.co_filename in _internal_files
+                    ):
+                        frame = _caller(frame, stacklevel)
+                        keep(
+                            state,
+                            _make_entry(self, level, msg, args, exc_info, extra, stack_info, frame),
+                        )
+                        return
+                    if args:
+                        try:
+                            message = msg % args
+                        except Exception:
+                            message = _message(msg, args)
+                    else:
+                        message = msg
+                    records = state.records
+                    records.append(
+                        (
+                            self,
+                            level,
+                            message,
+                            _time_ns(),
+                            code.co_filename,
+                            frame.f_lineno,
+                            code.co_name,
+                            _current_thread(),
+                            None,
+                            None,
+                            None,
+                        )
+                    )
+                    state.nbytes += ENTRY_OVERHEAD + len(message)
+                    if state.nbytes > state.reserved or len(records) > state.max_records:
+                        make_room(state)
+                except Exception as exc:
+                    errors.report("capture", exc)
+                return
+        if self.isEnabledFor(level):
+            self._log(
+                level, msg, args, exc_info, extra, stack_info, stacklevel + _LEVEL_METHOD_FRAMES
             )
-        except Exception as exc:
-            errors.report("capture", exc)
 
     log_at_level.__name__ = logging.getLevelName(level).lower()
     log_at_level.__qualname__ = f"Logger.{log_at_level.__name__}"
@@ -217,6 +262,20 @@ def _would_write(logger: logging.Logger, level: int) -> bool:
     return last is not None and level >= last.level
 
 
+def _caller(frame: Any, stacklevel: int) -> Any:
+    """The frame `stacklevel` steps up from `frame`, skipping logging's own frames."""
+    internal = _internal_files
+    while True:
+        if frame.f_code.co_filename not in internal:
+            stacklevel -= 1
+            if stacklevel <= 0:
+                return frame
+        back = frame.f_back
+        if back is None:
+            return frame
+        frame = back
+
+
 def _make_entry(
     logger: logging.Logger,
     level: int,
@@ -225,37 +284,11 @@ def _make_entry(
     exc_info: Any,
     extra: Mapping[str, object] | None,
     stack_info: bool,
-    stacklevel: int,
+    frame: Any,
 ) -> Entry:
-    # Frame 2 called the wrapper: `Logger.debug`, one of ours, a LoggerAdapter, the app.
-    frame = sys._getframe(2)
-    internal = _internal_files
-    while True:
-        if frame.f_code.co_filename not in internal:
-            stacklevel -= 1
-            if stacklevel <= 0:
-                break
-        back = frame.f_back
-        if back is None:
-            break
-        frame = back
     code = frame.f_code
 
-    if args:
-        if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
-            args = args[0]
-        try:
-            message = (msg if type(msg) is str else str(msg)) % args
-        except Exception as exc:
-            message = _unformattable(msg, args, exc)
-    elif type(msg) is str:
-        message = msg
-    else:
-        try:
-            message = str(msg)
-        except Exception as exc:
-            message = _unformattable(msg, args, exc)
-
+    message = _message(msg, args)
     exc_text = None
     if exc_info:
         if isinstance(exc_info, BaseException):
@@ -284,6 +317,28 @@ def _make_entry(
         stack_text,
         frozen,
     )
+
+
+def _message(msg: object, args: Any) -> str:
+    """`msg % args` as `LogRecord.getMessage` makes it, without raising."""
+    if args:
+        if type(msg) is str:
+            try:
+                return msg % args
+            except Exception:  # maybe the one-mapping form: log.debug("%(a)s", {"a": 1})
+                pass
+        if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+            args = args[0]
+        try:
+            return str(msg) % args
+        except Exception as exc:
+            return _unformattable(msg, args, exc)
+    if type(msg) is str:
+        return msg
+    try:
+        return str(msg)
+    except Exception as exc:
+        return _unformattable(msg, args, exc)
 
 
 def _unformattable(msg: object, args: Any, exc: Exception) -> str:

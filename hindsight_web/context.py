@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RequestState", "bind", "current", "set_user"]
 
+# Above every logging level: a request with this `keep_level` keeps nothing on the fast path.
+CLOSED_LEVEL = 1 << 62
+
 _current: ContextVar[RequestState | None] = ContextVar("hindsight_web.request", default=None)
 
 # Names a bound field may not take: they would overwrite what a LogRecord already carries.
@@ -44,6 +47,7 @@ class RequestState:
         "ended",
         "fields",
         "headers",
+        "keep_level",
         "max_bytes",
         "max_records",
         "method",
@@ -56,7 +60,6 @@ class RequestState:
         "route",
         "session_id",
         "started",
-        "started_at",
         "status",
         "ttfb",
         "user_id",
@@ -64,7 +67,6 @@ class RequestState:
 
     def __init__(
         self,
-        *,
         request_id: str,
         method: str,
         path: str,
@@ -74,19 +76,21 @@ class RequestState:
         max_records: int,
         max_bytes: int,
         budget: Budget,
-        started_at: float,
     ) -> None:
+        # Positional, and one clock read: this runs for every request.
         self.request_id = request_id
         self.method = method
         self.path = path
         self.client = client
         self.headers = headers
         self.capture_level = capture_level
+        # The lowest level the fast capture path keeps; raised above every level
+        # once the request is closed or its records are written live.
+        self.keep_level = capture_level
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.budget = budget
         self.started = perf_counter()
-        self.started_at = started_at
         self.user_id: str | None = None
         self.session_id: str | None = None
         self.fields: dict[str, Any] = {}

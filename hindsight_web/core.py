@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 import sys
-import time
 from time import perf_counter
 from typing import Any
 
 from . import capture, errors
 from ._sync import new_lock
 from .buffer import Budget, release_memory
-from .context import RequestState
+from .context import CLOSED_LEVEL, RequestState
 
 __all__ = ["Hindsight"]
 
@@ -118,25 +118,23 @@ class Hindsight:
         self,
         method: str,
         path: str,
-        *,
         client: str | None = None,
         request_id: str | None = None,
         headers: Any = None,
     ) -> RequestState:
         """Open the state of a new request (the adapter makes it current)."""
         if request_id is None or not _REQUEST_ID.fullmatch(request_id):
-            request_id = os.urandom(16).hex()
+            request_id = new_request_id()
         return RequestState(
-            request_id=request_id,
-            method=method,
-            path=path,
-            client=client,
-            headers=headers,
-            capture_level=self.capture_level,
-            max_records=self.max_records,
-            max_bytes=self.max_bytes,
-            budget=self.budget,
-            started_at=time.time(),
+            request_id,
+            method,
+            path,
+            client,
+            headers,
+            self.capture_level,
+            self.max_records,
+            self.max_bytes,
+            self.budget,
         )
 
     def finish(self, state: RequestState, exception: BaseException | None = None) -> str | None:
@@ -147,6 +145,7 @@ class Hindsight:
         if state.closed:
             return None
         state.closed = True
+        state.keep_level = CLOSED_LEVEL
         reason = None
         try:
             end = state.ended if state.ended is not None else perf_counter()
@@ -226,7 +225,8 @@ class Hindsight:
             },
         )
         capture.tag(summary, state)
-        capture.deliver(logger, summary)
+        if logger.manager.disable < logging.INFO:  # logging.disable() silences it too
+            capture.deliver(logger, summary)
         written = 0
         for entry in records:
             try:
@@ -246,6 +246,27 @@ class Hindsight:
         counts["internal_errors"] = errors.count()
         counts["buffer_bytes"] = self.budget.used
         return counts
+
+
+def new_request_id() -> str:
+    """A new request id: 32 hex digits, unique across processes and hosts.
+
+    A random prefix per process and a counter: no system call per request.
+    """
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    _id_counter = itertools.count()
+
+
+_id_prefix = ""
+_id_counter = itertools.count()
+_new_id_prefix()
+if hasattr(os, "register_at_fork"):  # a forked worker must not repeat its parent's ids
+    os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def safe_text(text: str, limit: int) -> str:

@@ -52,16 +52,21 @@ class HindsightWSGIMiddleware:
             return self.app(environ, start_response)
         context = contextvars.copy_context()
         context.run(_current.set, state)
-        header = (self.hindsight.request_id_header, state.request_id)
+        header_name = self.hindsight.request_id_header
+        wanted = header_name.lower()
+        header = (header_name, state.request_id)
 
         def observing_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
         ) -> Any:
             try:
-                state.status = int(status.split(None, 1)[0])
-            except (ValueError, IndexError):
+                state.status = int(status[:3])
+            except ValueError:
                 state.status = None
-            if not any(name.lower() == header[0].lower() for name, _ in headers):
+            for name, _ in headers:
+                if name.lower() == wanted:
+                    break  # the app set its own request id; keep it
+            else:
                 headers = [*headers, header]
             if exc_info is not None:
                 return start_response(status, headers, exc_info)
@@ -76,16 +81,17 @@ class HindsightWSGIMiddleware:
 
     def _begin(self, environ: WSGIEnviron) -> RequestState:
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        try:  # PEP 3333 hands the path over as latin-1 decoded bytes
-            path = path.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            pass
+        if not path.isascii():
+            try:  # PEP 3333 hands the path over as latin-1 decoded bytes
+                path = path.encode("latin-1").decode("utf-8")
+            except UnicodeError:
+                pass
         return self.hindsight.begin(
             environ.get("REQUEST_METHOD", "GET"),
             path,
-            client=environ.get("REMOTE_ADDR"),
-            request_id=environ.get(self._environ_key),
-            headers=environ,
+            environ.get("REMOTE_ADDR"),
+            environ.get(self._environ_key),
+            environ,
         )
 
 

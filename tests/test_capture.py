@@ -516,3 +516,65 @@ def test_logger_adapter_records_are_captured_with_their_caller(out: ListHandler)
     assert record.getMessage() == "through an adapter"
     assert record.funcName == "endpoint"
     assert record.component == "cart"  # type: ignore[attr-defined]
+
+
+class _Shown:
+    def __str__(self) -> str:
+        return "shown object"
+
+
+MESSAGE_FORMS: list[tuple[Any, tuple[Any, ...]]] = [
+    ("plain", ()),
+    ("100% sure", ()),
+    ("%s and %r", ("text", "text")),
+    ("%(a)s and %(b)d", ({"a": "x", "b": 2},)),
+    ("%s", ({"a": 1},)),
+    ("no specifier", ({"a": 1},)),
+    ("%s", ((1, 2),)),
+    (_Shown(), ()),
+    (42, ()),
+]
+
+
+def test_released_messages_read_as_the_stdlib_formats_them(out: ListHandler) -> None:
+    def log_all() -> None:
+        for msg, args in MESSAGE_FORMS:
+            log.debug(msg, *args)
+            log.log(logging.DEBUG, msg, *args)
+            logging.debug(msg, *args)
+
+    log_all()
+    assert out.records == []
+    logging.getLogger().setLevel(logging.DEBUG)
+    log_all()
+    expected = [(r.getMessage(), r.funcName, r.lineno) for r in out.records]
+    assert len(expected) == 3 * len(MESSAGE_FORMS)
+    logging.getLogger().setLevel(logging.INFO)
+    out.records.clear()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log_all()
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app))
+    released = [(r.getMessage(), r.funcName, r.lineno) for r in out.records[1:]]
+    assert released == expected
+
+
+def test_level_changes_between_requests_are_followed_at_once(out: ListHandler) -> None:
+    app = make_app(status=200, lines=1)
+    run_asgi(app)
+    assert out.messages() == ["handled /"]
+    log.setLevel(logging.DEBUG)
+    run_asgi(app)
+    assert out.messages() == ["handled /", "line 0", "handled /"]
+    out.records.clear()
+    logging.disable(logging.INFO)
+    run_asgi(make_app(status=500, lines=1))
+    assert out.records == []  # nothing kept, nothing written, not even the summary
+    logging.disable(logging.NOTSET)
+    log.setLevel(logging.NOTSET)
+    out.records.clear()
+    run_asgi(make_app(status=500, lines=1))
+    assert out.messages()[2:] == ["line 0"]
