@@ -324,13 +324,15 @@ def _message(msg: object, args: Any) -> str:
     if args:
         if type(msg) is str:
             try:
-                return msg % args
+                text: str = msg % args
+                return text
             except Exception:  # maybe the one-mapping form: log.debug("%(a)s", {"a": 1})
                 pass
         if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
             args = args[0]
         try:
-            return str(msg) % args
+            text = str(msg) % args
+            return text
         except Exception as exc:
             return _unformattable(msg, args, exc)
     if type(msg) is str:
