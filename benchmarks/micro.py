@@ -330,6 +330,12 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
 
         checks.append(cid_check)
 
+    rule_count = int(variant.rsplit("-", 1)[1]) if variant.startswith("hindsight-rules-") else None
+    if rule_count is not None:
+        import hindsight_web
+
+        probe = lambda: hindsight_web.set_user("visitor")  # noqa: E731
+
     app = make_app(framework, lines, probe)
 
     if variant.startswith("hindsight") and variant != "hindsight-imported":
@@ -337,6 +343,9 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
 
         released = variant == "hindsight-10-released"
         hs = hindsight_web.Hindsight(slow_ms=0 if released else 1000)
+        if rule_count:
+            add_user_rules(hs, rule_count)
+            out.count = 0  # the audit lines of the rules added
         if framework == "flask":
             app.wsgi_app = hindsight_web.HindsightWSGIMiddleware(app.wsgi_app, hindsight=hs)
         elif framework == "asgi":
@@ -345,6 +354,8 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
             app.add_middleware(hindsight_web.HindsightMiddleware, hindsight=hs)
 
         def hs_check(total: int) -> str | None:
+            if rule_count and hs.rules.get("visitor").hits != total:
+                return f"the visitor rule was hit {hs.rules.get('visitor').hits} times"
             c = hs.counters()
             if c["requests"] != total:
                 return f"hindsight saw {c['requests']} requests, expected {total}"
@@ -432,6 +443,17 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
         "errors": errors,
         "us": statistics.median(times) / n * 1e6,
     }
+
+
+def add_user_rules(hs: Any, count: int) -> None:
+    """`count` user-scoped rules: one dry-run rule for the benchmark's user, whose hits
+    prove that every request was looked up, and detail/release rules for other users."""
+    hs.add_rule(
+        {"id": "visitor", "action": "release", "dry_run": True, "match": {"user_id": "visitor"}}
+    )
+    for i in range(count - 1):
+        action = "detail" if i % 2 else "release"
+        hs.add_rule({"id": f"u{i}", "action": action, "match": {"user_id": f"user-{i}"}})
 
 
 def _wrap(framework: str, app: Any, asgi: Any, wsgi: Any) -> Any:
@@ -603,6 +625,9 @@ LABELS = {
     "memoryhandler": "stdlib MemoryHandler, 10 lines",
     "file-debug": "always-on DEBUG to a file, 10 lines",
     "correlation-id": "asgi-correlation-id, no lines",
+    "hindsight-rules-0": "hindsight, no rules",
+    "hindsight-rules-1": "hindsight, 1 user rule",
+    "hindsight-rules-10000": "hindsight, 10,000 user rules",
     "sentry": "sentry-sdk (drop transport), 10 lines as breadcrumbs",
     "stdlib-disabled": "stdlib, DEBUG disabled",
     "stdlib-enabled-noop": "stdlib, DEBUG enabled, no-op handler (LogRecord)",
@@ -645,14 +670,19 @@ def main() -> int:
     verdicts: list[tuple[str, str, bool]] = []
 
     def requests_table(
-        title: str, framework: str, variants: list[str], n: int, budgets: dict[str, Budget]
+        title: str,
+        framework: str,
+        variants: list[str],
+        n: int,
+        budgets: dict[str, Budget],
+        baseline: str = "bare",
     ) -> None:
         res = interleave(
             variants,
             rounds,
             lambda v: (float(run_worker("micro.py", ["request", framework, v, str(n)])["us"]), ""),  # type: ignore[arg-type]
         )
-        text, v = table(title, res, "bare", "us/request", budgets, LABELS)
+        text, v = table(title, res, baseline, "us/request", budgets, LABELS)
         verdicts.extend(v)
         print(text, flush=True)
 
@@ -693,6 +723,14 @@ def main() -> int:
         ["bare", "hindsight-imported", "hindsight", "hindsight-10-discarded"],
         req_n,
         {"hindsight": Budget("ratio<=", 1.05)},
+    )
+    requests_table(
+        "Rule lookup: FastAPI endpoint that calls set_user(), user-scoped rules",
+        "fastapi",
+        ["hindsight-rules-0", "hindsight-rules-1", "hindsight-rules-10000"],
+        req_n,
+        {"hindsight-rules-10000": Budget("ratio<=", 1.05)},
+        baseline="hindsight-rules-0",
     )
     flask_variants = [
         "bare",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from time import perf_counter
 from typing import Any
+from urllib.parse import parse_qsl, quote
 
 from . import errors
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from .admin import AdminRequest, admin_segments, handle, too_large
 from .context import RequestState, _current
 from .core import Hindsight
 
-__all__ = ["HindsightMiddleware"]
+__all__ = ["AdminASGIApp", "HindsightMiddleware"]
 
 
 class HindsightMiddleware:
@@ -40,11 +42,22 @@ class HindsightMiddleware:
         self.app = app
         self.hindsight = hindsight if hindsight is not None else Hindsight(**options)
         self._header = self.hindsight.request_id_header.lower().encode("latin-1")
+        # A path without the admin path's last segment in it cannot be the admin's,
+        # however it is spelled; only the others are normalised and looked at.
+        hs = self.hindsight
+        on = hs.admin_token is not None and hs.admin_path is not None
+        self._admin_marker = (hs.admin_path or "").rsplit("/", 1)[-1] if on else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        marker = self._admin_marker
+        if marker is not None and marker in scope.get("path", ""):
+            segments = self.hindsight.admin_route(_raw_path(scope), encoded=True)
+            if segments is not None:
+                await serve_admin(self.hindsight, segments, scope, receive, send)
+                return
         try:
             state = self._begin(scope)
         except Exception as exc:  # fail open: serve the request without hindsight
@@ -89,6 +102,106 @@ class HindsightMiddleware:
             incoming,
             headers,
         )
+
+
+class AdminASGIApp:
+    """The admin API of a :class:`Hindsight` as an ASGI app that answers at its own root.
+
+    Made by :meth:`Hindsight.admin_asgi_app`; mount it anywhere, or serve it on a
+    separate port. It answers HTTP only (lifespan is accepted and ignored).
+    """
+
+    def __init__(self, hindsight: Hindsight) -> None:
+        if hindsight.admin_token is None:
+            raise ValueError("the admin app needs an 'admin_token' (or HINDSIGHT_ADMIN_TOKEN)")
+        self.hindsight = hindsight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _serve_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = _raw_path(scope)
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        segments = admin_segments(path, [], encoded=True) or []
+        await serve_admin(self.hindsight, segments, scope, receive, send)
+
+
+async def serve_admin(
+    hs: Hindsight, segments: list[str], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Read the request (body bounded by `hs.admin_max_body`) and send the admin's answer."""
+    headers = {
+        name.decode("latin-1").lower(): value.decode("latin-1")
+        for name, value in scope.get("headers", ())
+    }
+    limit = hs.admin_max_body
+    answer = None
+    body = b""
+    if _declared_length(headers) > limit:
+        answer = too_large(limit)
+    else:
+        chunks = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                answer = too_large(limit)
+                break
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+    if answer is None:
+        client = scope.get("client")
+        request = AdminRequest(
+            method=scope.get("method", "GET"),
+            segments=segments,
+            query=dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))),
+            headers=headers,
+            body=body,
+            client=client[0] if client else None,
+        )
+        answer = handle(hs, request)
+    status, response_headers, payload = answer
+    raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response_headers]
+    raw_headers.append((b"content-length", str(len(payload)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send(
+        {"type": "http.response.body", "body": payload if scope.get("method") != "HEAD" else b""}
+    )
+
+
+def _declared_length(headers: dict[str, str]) -> int:
+    try:
+        return int(headers.get("content-length", "0"))
+    except ValueError:
+        return 0
+
+
+def _raw_path(scope: Scope) -> str:
+    """The request path as sent (percent-escapes kept), without the query string."""
+    raw = scope.get("raw_path")
+    if raw:
+        return str(raw.decode("latin-1")).split("?", 1)[0]
+    return quote(scope.get("path", ""), safe="/:@!$&'()*+,;=-._~")
+
+
+async def _serve_lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _with_header(message: Message, header: tuple[bytes, bytes]) -> Message:

@@ -55,6 +55,8 @@ _getframe = sys._getframe
 _time_ns = time.time_ns
 _current_thread = threading.current_thread
 _exception_formatter = logging.Formatter()
+# Messages of written records kept per request for rules that match on `message`.
+_WATCHED = 1000
 _scalars = (str, int, float, bool, type(None), bytes)
 # Frames of these files are logging's plumbing, not the caller of a log call.
 _internal_files: set[str] = {logging.addLevelName.__code__.co_filename}
@@ -227,7 +229,13 @@ def _make_record(
     record: logging.LogRecord = _orig_make_record(
         self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo
     )
-    tag(record, _current.get())
+    state = _current.get()
+    tag(record, state)
+    if state is not None and state.written is not None and len(state.written) < _WATCHED:
+        try:
+            state.written.append(record.getMessage())
+        except Exception:
+            pass  # the handler will meet the same broken format and report it
     return record
 
 

@@ -43,6 +43,7 @@ class RequestState:
         "client",
         "closed",
         "detail_level",
+        "detail_rule",
         "dropped",
         "ended",
         "fields",
@@ -63,6 +64,7 @@ class RequestState:
         "status",
         "ttfb",
         "user_id",
+        "written",
     )
 
     def __init__(
@@ -102,9 +104,36 @@ class RequestState:
         self.ttfb: float | None = None
         self.ended: float | None = None
         self.detail_level: int | None = None
+        self.detail_rule: str | None = None
         self.route: str | None = None
         self.closed = False
         self.on_identity: Any = None
+        # Messages of the records written during the request, kept only while a
+        # rule matches on `message`.
+        self.written: list[str] | None = None
+
+    def header(self, name: str) -> str | None:
+        """The value of request header `name` (lower-case), or None."""
+        headers = self.headers
+        if headers is None:
+            return None
+        if isinstance(headers, dict):  # a WSGI environ
+            key = "HTTP_" + name.upper().replace("-", "_")
+            if name == "content-type":
+                key = "CONTENT_TYPE"
+            elif name == "content-length":
+                key = "CONTENT_LENGTH"
+            value = headers.get(key)
+            return value if isinstance(value, str) else None
+        wanted = name.encode("latin-1")
+        for key, value in headers:
+            if key.lower() == wanted:
+                return str(value.decode("latin-1"))
+        return None
+
+    def messages(self) -> list[str]:
+        """The messages of the request's records: the ones written, then the ones buffered."""
+        return [*(self.written or ()), *(entry[2] for entry in self.records)]
 
 
 def current() -> RequestState | None:

@@ -7,13 +7,16 @@ import logging
 import os
 import re
 import sys
+import time
 from time import perf_counter
 from typing import Any
 
-from . import capture, errors
+from . import admin, capture, errors, sources
 from ._sync import new_lock
+from .audit import Audit
 from .buffer import Budget, release_memory
 from .context import CLOSED_LEVEL, RequestState
+from .rules import Rule, RuleSet, parse_rule
 
 __all__ = ["Hindsight"]
 
@@ -23,6 +26,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _STORE_SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://")
 _MAX_PATH_SHOWN = 300
+DEFAULT_DETAIL_TTL_S = 1800.0
 
 
 class Hindsight:
@@ -38,10 +42,14 @@ class Hindsight:
             None turns the trigger off.
         release_on_exception: release a request whose app raised.
         capture_level: the lowest level kept in buffers (a name or a number).
-        admin_path: where the admin sub-app answers.
+        admin_path: where the admin sub-app answers; None to serve it only as
+            a separate app (:meth:`admin_asgi_app`, :meth:`admin_wsgi_app`).
         admin_token: bearer token of the admin sub-app; defaults to the
             ``HINDSIGHT_ADMIN_TOKEN`` environment variable; with none the admin
             sub-app is off.
+        admin_read_token: an optional second token that may only make GET
+            calls; defaults to ``HINDSIGHT_ADMIN_READ_TOKEN``.
+        admin_max_body: the largest admin request body accepted, in bytes.
         store: where rules and shared state live (``memory://``,
             ``sqlite:///path/file.db``, ``redis://host:port/db``).
         max_records: records kept per request (the most recent ones).
@@ -49,6 +57,14 @@ class Hindsight:
         max_total_bytes: bytes kept by all live requests of the process together.
         request_id_header: the request header trusted for an incoming request
             id, and the response header that carries it.
+        rules: rules in force from the start: a list of rule objects, or the
+            path of a JSON file holding such a list (or ``{"rules": [...]}``).
+        rules_url: a URL serving such a JSON document, fetched at start and
+            then every `rules_poll_s` seconds (needs ``hindsight-web[cli]``);
+            the rules it serves replace the ones it served before.
+        rules_poll_s: seconds between two fetches of `rules_url`.
+        max_detail_ttl_s: the longest a ``detail`` rule may live; detail rules
+            given no ttl expire after 30 minutes.
 
     Example::
 
@@ -63,24 +79,34 @@ class Hindsight:
         release_on_status: int | None = 500,
         release_on_exception: bool = True,
         capture_level: int | str = "DEBUG",
-        admin_path: str = "/_hindsight",
+        admin_path: str | None = "/_hindsight",
         admin_token: str | None = None,
         store: str = "memory://",
         max_records: int = 5000,
         max_bytes: int = 1_000_000,
         max_total_bytes: int = 64_000_000,
         request_id_header: str = "X-Request-ID",
+        admin_read_token: str | None = None,
+        admin_max_body: int = 64 * 1024,
+        rules: list[Any] | str | os.PathLike[str] | None = None,
+        rules_url: str | None = None,
+        rules_poll_s: float = 30.0,
+        max_detail_ttl_s: float = 24 * 3600.0,
     ) -> None:
         self.slow_ms = _optional_number("slow_ms", slow_ms)
         self.release_on_status = _optional_status(release_on_status)
         self.release_on_exception = _boolean("release_on_exception", release_on_exception)
         self.capture_level = _level("capture_level", capture_level)
         self.admin_path = _admin_path(admin_path)
-        if admin_token is None:
-            admin_token = os.environ.get("HINDSIGHT_ADMIN_TOKEN") or None
-        if admin_token is not None and (not isinstance(admin_token, str) or not admin_token):
-            raise ValueError("invalid 'admin_token': expected a non-empty string or None")
-        self.admin_token = admin_token
+        self.admin_token = _token("admin_token", admin_token, "HINDSIGHT_ADMIN_TOKEN")
+        self.admin_read_token = _token(
+            "admin_read_token", admin_read_token, "HINDSIGHT_ADMIN_READ_TOKEN"
+        )
+        if self.admin_read_token is not None and self.admin_token is None:
+            raise ValueError("invalid 'admin_read_token': it needs an 'admin_token' too")
+        self.admin_max_body = _positive_int("admin_max_body", admin_max_body)
+        self.max_detail_ttl_s = _seconds("max_detail_ttl_s", max_detail_ttl_s)
+        self.rules_poll_s = _seconds("rules_poll_s", rules_poll_s)
         if not isinstance(store, str) or not store.startswith(_STORE_SCHEMES):
             raise ValueError(
                 f"invalid 'store' {store!r}: expected 'memory://', 'sqlite:///path/to/file.db' "
@@ -99,6 +125,16 @@ class Hindsight:
             )
         self.request_id_header = request_id_header
         self.budget = Budget(self.max_total_bytes)
+        self.rules = RuleSet()
+        self.audit = Audit()
+        self._watch_messages = False
+        self._message_rules = 0
+        self._next_expiry_check = 0.0
+        self._admin_segments = [part for part in (self.admin_path or "").split("/") if part]
+        if rules is not None:
+            for rule in sources.load_initial(rules, self.max_detail_ttl_s):
+                self._add(rule, by="startup")
+        self._poller = sources.RulesPoller(self, rules_url) if rules_url is not None else None
         self._lock = new_lock()
         self._counts = dict.fromkeys(
             (
@@ -125,7 +161,7 @@ class Hindsight:
         """Open the state of a new request (the adapter makes it current)."""
         if request_id is None or not _REQUEST_ID.fullmatch(request_id):
             request_id = new_request_id()
-        return RequestState(
+        state = RequestState(
             request_id,
             method,
             path,
@@ -136,6 +172,41 @@ class Hindsight:
             self.max_bytes,
             self.budget,
         )
+        if self._poller is not None:
+            self._poller.ensure_running()
+        if not self.rules.empty:
+            self._begin_with_rules(state)
+        return state
+
+    def _begin_with_rules(self, state: RequestState) -> None:
+        state.on_identity = self._identity_known
+        if self._watch_messages:
+            state.written = []
+        self._identity_known(state)
+
+    def _identity_known(self, state: RequestState) -> None:
+        """Look the start-time rules up again (at the start, and when the user becomes known)."""
+        if state.detail_rule is not None or state.closed:
+            return
+        try:
+            rule = self.rules.detail_for(state)
+            if rule is not None:
+                self._start_detail(state, rule)
+        except Exception as exc:
+            errors.report("rules", exc)
+
+    def _start_detail(self, state: RequestState, rule: Rule) -> None:
+        """Write what the request buffered so far, then its records from `rule.level` up live."""
+        state.detail_rule = rule.id
+        state.detail_level = rule.level
+        state.keep_level = CLOSED_LEVEL
+        records = list(state.records)
+        release_memory(state)
+        for entry in records:
+            try:
+                capture.deliver(entry[0], capture.build_record(entry, state))
+            except Exception as exc:
+                errors.report("release", exc)
 
     def finish(self, state: RequestState, exception: BaseException | None = None) -> str | None:
         """Close the request: release its buffer or discard it. Returns the release reason.
@@ -150,7 +221,10 @@ class Hindsight:
         try:
             end = state.ended if state.ended is not None else perf_counter()
             duration_ms = (end - state.started) * 1000.0
-            reason = self._reason(state, exception, duration_ms)
+            if self.rules.empty:
+                reason = self._reason(state, exception, duration_ms)
+            else:
+                reason = self._decide(state, exception, duration_ms)
             released = 0
             if reason is not None:
                 released = self._release(state, reason, duration_ms, exception)
@@ -166,6 +240,21 @@ class Hindsight:
             errors.report("finish", exc)
         finally:
             release_memory(state)
+        return reason
+
+    def _decide(
+        self, state: RequestState, exception: BaseException | None, duration_ms: float
+    ) -> str | None:
+        """The end-time rules first (a `drop` silences even a failure), then the triggers."""
+        if perf_counter() >= self._next_expiry_check:
+            self._next_expiry_check = perf_counter() + 1.0
+            self.expire_rules()
+        rule = self.rules.decide(state, duration_ms)
+        if rule is not None:
+            return f"rule:{rule.id}" if rule.action == "release" else None
+        reason = self._reason(state, exception, duration_ms)
+        if reason is None and state.detail_rule is not None:
+            reason = f"rule:{state.detail_rule}"
         return reason
 
     def _reason(
@@ -236,6 +325,105 @@ class Hindsight:
                 errors.report("release", exc)
         return written
 
+    # -- rules -------------------------------------------------------------------
+
+    def add_rule(self, rule: Any, by: str | None = None) -> Rule:
+        """Validate a rule (DESIGN.md format, as decoded JSON) and put it in force.
+
+        The change is audited (logged at INFO and listed by ``GET /audit``).
+
+        Raises:
+            rules.RuleError: the rule is malformed; nothing was changed.
+            KeyError: a rule with its id is in force already.
+
+        Example::
+
+            hs.add_rule({"id": "checkout-slow", "action": "release",
+                         "match": {"path": "/checkout/*", "duration_ms": {"gt": 800}}})
+        """
+        parsed = parse_rule(
+            rule,
+            now=time.time(),
+            max_detail_ttl_s=self.max_detail_ttl_s,
+            default_detail_ttl_s=min(DEFAULT_DETAIL_TTL_S, self.max_detail_ttl_s),
+        )
+        self._add(parsed, by)
+        return parsed
+
+    def remove_rule(self, rule_id: str, by: str | None = None) -> Rule | None:
+        """Take a rule out of force; returns it, or None if there was none with that id."""
+        removed = self.rules.remove(rule_id)
+        if removed is not None:
+            self._rules_changed([removed], -1)
+            self.audit.record("removed", removed.to_json(), by)
+        return removed
+
+    def expire_rules(self) -> None:
+        """Drop the rules whose time is up, and audit each."""
+        expired = self.rules.expire()
+        if expired:
+            self._rules_changed(expired, -1)
+            for rule in expired:
+                self.audit.record("expired", rule.to_json(), "expiry")
+
+    def _add(self, rule: Rule, by: str | None) -> None:
+        self.rules.add(rule)
+        self._rules_changed([rule], +1)
+        self.audit.record("added", rule.to_json(), by)
+
+    def _rules_changed(self, rules: list[Rule], delta: int) -> None:
+        # Messages of written records are kept only while some rule matches on them.
+        for rule in rules:
+            if "message" in rule.to_json()["match"]:  # type: ignore[operator]
+                self._message_rules += delta
+        self._watch_messages = self._message_rules > 0
+
+    def close(self) -> None:
+        """Stop background work (the polling of `rules_url`); requests are still served."""
+        if self._poller is not None:
+            self._poller.stop()
+
+    # -- admin -------------------------------------------------------------------
+
+    def admin_route(self, path: str, *, encoded: bool = False) -> list[str] | None:
+        """The admin call a request path names (segments below `admin_path`), or None.
+
+        None also when the admin sub-app is off (no `admin_token`).
+        """
+        if self.admin_token is None or self.admin_path is None:
+            return None
+        return admin.admin_segments(path, self._admin_segments, encoded=encoded)
+
+    def admin_asgi_app(self) -> Any:
+        """The admin API as an ASGI app answering at its own root, to mount or serve apart.
+
+        Example::
+
+            app.mount("/ops/hindsight", hs.admin_asgi_app())  # Starlette / FastAPI
+        """
+        from .asgi import AdminASGIApp
+
+        return AdminASGIApp(self)
+
+    def admin_wsgi_app(self) -> Any:
+        """The admin API as a WSGI app answering at its own root, to mount or serve apart.
+
+        Example::
+
+            DispatcherMiddleware(flask_app.wsgi_app, {"/ops/hindsight": hs.admin_wsgi_app()})
+        """
+        from .wsgi import AdminWSGIApp
+
+        return AdminWSGIApp(self)
+
+    def dashboard_page(self) -> bytes | None:
+        """The dashboard's HTML page, or None while there is none."""
+        return None
+
+    def stats_answer(self, segments: list[str], query: dict[str, str]) -> tuple[str, bytes] | None:
+        """The answer (content type, body) to a statistics call, or None if there is none."""
+        return None
+
     # -- reporting ---------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
@@ -278,11 +466,25 @@ def safe_text(text: str, limit: int) -> str:
     return text
 
 
+def _token(name: str, value: object, env: str) -> str | None:
+    if value is None:
+        value = os.environ.get(env) or None
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"invalid {name!r}: expected a non-empty string or None")
+    return value
+
+
 def _optional_number(name: str, value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"invalid {name!r} {value!r}: expected a number >= 0 or None")
+    return float(value)
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"invalid {name!r} {value!r}: expected a number of seconds > 0")
     return float(value)
 
 
@@ -318,7 +520,9 @@ def _level(name: str, value: object) -> int:
     raise ValueError(f"invalid {name!r} {value!r}: expected a level name ({names}) or a number")
 
 
-def _admin_path(value: object) -> str:
+def _admin_path(value: object) -> str | None:
+    if value is None:
+        return None
     if (
         not isinstance(value, str)
         or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", value)
@@ -326,6 +530,7 @@ def _admin_path(value: object) -> str:
     ):
         raise ValueError(
             f"invalid 'admin_path' {value!r}: expected a path such as '/_hindsight' "
-            "(segments of letters, digits, '.', '_', '~', '-')"
+            "(segments of letters, digits, '.', '_', '~', '-'), or None to serve the admin "
+            "only through admin_asgi_app() / admin_wsgi_app()"
         )
     return value

@@ -6,14 +6,16 @@ import contextvars
 from collections.abc import Iterable, Iterator
 from time import perf_counter
 from typing import Any
+from urllib.parse import parse_qsl
 
 from . import errors
 from ._types import OptExcInfo, StartResponse, WSGIApp, WSGIEnviron
+from .admin import AdminRequest, admin_segments, handle, too_large
 from .buffer import release_memory
 from .context import RequestState, _current
 from .core import Hindsight
 
-__all__ = ["HindsightWSGIMiddleware"]
+__all__ = ["AdminWSGIApp", "HindsightWSGIMiddleware"]
 
 
 class HindsightWSGIMiddleware:
@@ -43,8 +45,17 @@ class HindsightWSGIMiddleware:
         self.app = app
         self.hindsight = hindsight if hindsight is not None else Hindsight(**options)
         self._environ_key = "HTTP_" + self.hindsight.request_id_header.upper().replace("-", "_")
+        hs = self.hindsight
+        on = hs.admin_token is not None and hs.admin_path is not None
+        self._admin_marker = (hs.admin_path or "").rsplit("/", 1)[-1] if on else None
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        marker = self._admin_marker
+        if marker is not None and marker in environ.get("PATH_INFO", ""):
+            path, encoded = _request_path(environ)
+            segments = self.hindsight.admin_route(path, encoded=encoded)
+            if segments is not None:
+                return serve_admin(self.hindsight, segments, environ, start_response)
         try:
             state = self._begin(environ)
         except Exception as exc:  # fail open: serve the request without hindsight
@@ -93,6 +104,88 @@ class HindsightWSGIMiddleware:
             environ.get(self._environ_key),
             environ,
         )
+
+
+class AdminWSGIApp:
+    """The admin API of a :class:`Hindsight` as a WSGI app that answers at its own root.
+
+    Made by :meth:`Hindsight.admin_wsgi_app`; mount it anywhere (werkzeug's
+    ``DispatcherMiddleware``), or serve it on a separate port.
+    """
+
+    def __init__(self, hindsight: Hindsight) -> None:
+        if hindsight.admin_token is None:
+            raise ValueError("the admin app needs an 'admin_token' (or HINDSIGHT_ADMIN_TOKEN)")
+        self.hindsight = hindsight
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        segments = admin_segments(environ.get("PATH_INFO", ""), [], encoded=False) or []
+        return serve_admin(self.hindsight, segments, environ, start_response)
+
+
+def serve_admin(
+    hs: Hindsight, segments: list[str], environ: WSGIEnviron, start_response: StartResponse
+) -> list[bytes]:
+    """Read the request (body bounded by `hs.admin_max_body`) and answer it."""
+    limit = hs.admin_max_body
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    body = b""
+    if length > limit:
+        answer = None
+    elif length > 0:
+        body = environ["wsgi.input"].read(length)
+    elif environ.get("wsgi.input_terminated"):  # a chunked body: read up to the limit
+        body = environ["wsgi.input"].read(limit + 1)
+    if length > limit or len(body) > limit:
+        answer = too_large(limit)
+    else:
+        headers = {
+            key[5:].replace("_", "-").lower(): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        if "CONTENT_TYPE" in environ:
+            headers["content-type"] = environ["CONTENT_TYPE"]
+        request = AdminRequest(
+            method=environ.get("REQUEST_METHOD", "GET"),
+            segments=segments,
+            query=dict(parse_qsl(environ.get("QUERY_STRING", ""))),
+            headers=headers,
+            body=body,
+            client=environ.get("REMOTE_ADDR"),
+        )
+        answer = handle(hs, request)
+    status, response_headers, payload = answer
+    response_headers = [*response_headers, ("content-length", str(len(payload)))]
+    start_response(f"{status} {_REASONS.get(status, 'Status')}", response_headers)
+    return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else payload]
+
+
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+}
+
+
+def _request_path(environ: WSGIEnviron) -> tuple[str, bool]:
+    """The request path as sent when the server tells it (gunicorn, werkzeug), else decoded."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if isinstance(raw, str) and raw.startswith("/"):
+        return raw.split("?", 1)[0], True
+    return environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""), False
 
 
 class _Response:

@@ -1,0 +1,156 @@
+"""Prometheus text exposition (format 0.0.4) of the statistics and the core's counters.
+
+Written here in a few lines rather than with ``prometheus_client``: the admin API's
+``GET /metrics`` needs no dependency, and the numbers already live in `Stats`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping
+
+from .histogram import BOUNDS_MS
+from .stats import Stats
+
+__all__ = ["CONTENT_TYPE", "render"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The content type of `render`'s text."""
+
+# The core's counters: key -> (metric name, type, help). "requests" and "releases" are
+# left out: hindsight_requests_total and hindsight_releases_total carry them, by label.
+_COUNTERS = {
+    "records_captured": (
+        "hindsight_records_captured_total",
+        "counter",
+        "Log records kept in request buffers.",
+    ),
+    "records_released": (
+        "hindsight_records_released_total",
+        "counter",
+        "Buffered log records written out by releases.",
+    ),
+    "records_dropped": (
+        "hindsight_records_dropped_total",
+        "counter",
+        "Log records dropped because a request's buffer or the total budget was full.",
+    ),
+    "internal_errors": (
+        "hindsight_internal_errors_total",
+        "counter",
+        "Errors hindsight caught in itself; the requests went on.",
+    ),
+    "buffer_bytes": (
+        "hindsight_buffer_bytes",
+        "gauge",
+        "Bytes held now by the buffers of the requests in progress.",
+    ),
+}
+_COVERED = frozenset(("requests", "releases"))
+_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_LE = [repr(bound / 1000) for bound in BOUNDS_MS] + ["+Inf"]
+
+
+def render(stats: Stats, counters: Mapping[str, int | float]) -> str:
+    """The Prometheus text exposition of `stats` (since start) and the core's `counters`.
+
+    Families: ``hindsight_requests_total``, ``hindsight_errors_total`` and
+    ``hindsight_request_duration_seconds`` (a histogram) by ``method`` and ``route``;
+    ``hindsight_slow_total``; ``hindsight_releases_total`` by ``reason``;
+    ``hindsight_routes`` and ``hindsight_sessions`` (gauges) and
+    ``hindsight_sessions_evicted_total``; then one metric per key of `counters`
+    (``records_captured`` -> ``hindsight_records_captured_total``, ``buffer_bytes``
+    -> the gauge ``hindsight_buffer_bytes``, ...; ``requests`` and ``releases`` are
+    left out since the labelled families carry them; another key ``k`` becomes the
+    untyped ``hindsight_k``).
+
+    Example::
+
+        body = render(stats, hs.counters()).encode()
+        headers = [("content-type", CONTENT_TYPE)]
+    """
+    if not isinstance(stats, Stats):
+        raise TypeError(f"invalid stats {stats!r}: expected a Stats")
+    return "".join(line + "\n" for line in _lines(stats, counters))
+
+
+def _lines(stats: Stats, counters: Mapping[str, int | float]) -> Iterator[str]:
+    snap = stats.snapshot("all")
+    routes = sorted(snap.routes.items())
+    labels = {key: f'method="{_label(key[0])}",route="{_label(key[1])}"' for key, _ in routes}
+
+    yield from _head("hindsight_requests_total", "counter", "Requests finished, by route.")
+    for key, entry in routes:
+        yield f"hindsight_requests_total{{{labels[key]}}} {entry.count}"
+    yield from _head(
+        "hindsight_errors_total",
+        "counter",
+        "Requests that ended with a status >= 500 or an exception, by route.",
+    )
+    for key, entry in routes:
+        yield f"hindsight_errors_total{{{labels[key]}}} {entry.errors}"
+    yield from _head("hindsight_slow_total", "counter", "Requests at least slow_ms long.")
+    yield f"hindsight_slow_total {sum(entry.slow for _, entry in routes)}"
+    yield from _head(
+        "hindsight_releases_total", "counter", "Requests whose buffered records were written out."
+    )
+    for reason, n in sorted(snap.releases_by_reason.items()):
+        yield f'hindsight_releases_total{{reason="{_label(reason)}"}} {n}'
+
+    name = "hindsight_request_duration_seconds"
+    yield from _head(name, "histogram", "Request duration until the last body byte, by route.")
+    for key, entry in routes:
+        for le, (_, n) in zip(_LE, entry.buckets(), strict=True):
+            yield f'{name}_bucket{{{labels[key]},le="{le}"}} {n}'
+        yield f"{name}_sum{{{labels[key]}}} {_value(entry.sum / 1000)}"
+        yield f"{name}_count{{{labels[key]}}} {entry.count}"
+
+    yield from _head("hindsight_routes", "gauge", "Distinct routes kept (the rest: (other)).")
+    yield f"hindsight_routes {snap.routes_tracked}"
+    yield from _head("hindsight_sessions", "gauge", "Sessions in the session table.")
+    yield f"hindsight_sessions {snap.sessions_tracked}"
+    yield from _head(
+        "hindsight_sessions_evicted_total",
+        "counter",
+        "Sessions evicted from the session table, least recently seen first.",
+    )
+    yield f"hindsight_sessions_evicted_total {snap.sessions_evicted}"
+    yield from _counter_lines(counters)
+
+
+def _counter_lines(counters: Mapping[str, int | float]) -> Iterator[str]:
+    for key, value in counters.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"invalid counter {key!r} {value!r}: expected a number")
+        if key in _COVERED:
+            continue
+        known = _COUNTERS.get(key)
+        if known is not None:
+            name, kind, text = known
+        elif isinstance(key, str) and _NAME.fullmatch(key):
+            name, kind, text = f"hindsight_{key}", "untyped", f"The core's counter {key}."
+        else:
+            raise ValueError(f"invalid counter name {key!r}: expected letters, digits and '_'")
+        yield from _head(name, kind, text)
+        yield f"{name} {_value(value)}"
+
+
+def _head(name: str, kind: str, text: str) -> Iterator[str]:
+    yield f"# HELP {name} {text.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}"
+    yield f"# TYPE {name} {kind}"
+
+
+def _label(value: str) -> str:
+    """A label value escaped as the text format wants: backslash, double quote, newline."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _value(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)

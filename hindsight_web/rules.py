@@ -1,0 +1,1486 @@
+"""The rule format: parsing and validation, matching, and the lookup index.
+
+A rule is a decoded JSON object (see DESIGN.md, "Rules"). :func:`parse_rule`
+validates it, collecting every problem into one :class:`RuleError`, and
+compiles it into a :class:`Rule`. A :class:`RuleSet` holds the rules of one
+process and answers the two lookups of a request: :meth:`RuleSet.detail_for`
+when it starts (or learns its user) and :meth:`RuleSet.decide` when it ends.
+
+Why the index: operators scope most rules to one user or session, and a
+process may hold thousands of them. Each rule sits in one bucket, keyed by its
+most selective exact key (user, session, single client address, route,
+method); a lookup reads only the buckets of the request's own values and the
+general list, so ten thousand rules of other users cost a few dict lookups.
+
+Why snapshots: lookups run on every request and must not wait on a lock. Every
+change builds a new immutable snapshot (rules by id plus both indexes) under
+the lock and swaps it in with one attribute store; a lookup reads the
+attribute once and works on what it got.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import ipaddress
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Protocol, TypeVar
+
+__all__ = ["RequestFacts", "Rule", "RuleError", "RuleSet", "parse_rule", "restore_rule"]
+
+_T = TypeVar("_T")
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ACTIONS = ("detail", "release", "drop")
+_TOP_KEYS = (
+    "action",
+    "dry_run",
+    "expires_at",
+    "id",
+    "level",
+    "match",
+    "note",
+    "priority",
+    "sample_rate",
+    "starts_at",
+    "ttl_s",
+)
+_STORED_KEYS = (*_TOP_KEYS, "created_at", "hits")
+# Known when the request starts (or once the app calls set_user()).
+_START_KEYS = ("client_ip", "header", "method", "path", "session_id", "user_id")
+# Known only at the end: route is set once the framework has routed the request.
+_END_KEYS = ("duration_ms", "message", "route", "status")
+_MATCH_KEYS = tuple(sorted(_START_KEYS + _END_KEYS))
+_RANGE_OPS = ("gt", "gte", "lt", "lte")
+# Index keys, most selective first; a rule sits in the bucket of the first it has.
+_INDEX_ORDER = ("user_id", "session_id", "client_ip", "route", "method")
+
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, header names
+_MAX_ITEMS = 1000
+_MAX_TEXT = 1000
+_MAX_IDENTITY = 256
+_MAX_HEADERS = 20
+_MAX_PROBLEMS = 100
+_MAX_TTL_S = 10 * 365 * 86400.0
+_MAX_PRIORITY = 1_000_000_000
+_MAX_LEVEL = 1000
+_SLACK_S = 0.001  # times are kept to the microsecond; do not refuse a ttl for rounding
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SECOND = timedelta(seconds=1)
+_MISSING = object()
+_order = itertools.count()  # creation order: "newest" among rules made in the same microsecond
+
+
+class RuleError(ValueError):
+    """A refused rule, with every problem found in it.
+
+    Attributes:
+        status: 400 when a value has the wrong JSON type (the body is not an
+            object, a string where a number belongs, ...), else 422 (valid
+            types that break the rule format).
+        details: one ``{"field": "match.duration_ms.gt", "error": "expected a
+            number"}`` per problem, naming the offending field.
+
+    ``str(err)`` is one sentence naming the first problem's field, its value
+    and what is allowed.
+    """
+
+    def __init__(self, message: str, *, status: int, details: list[dict[str, str]]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.details = details
+
+
+class _Problems:
+    """Collects what is wrong with a rule, so one answer names every offending field."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, int, str]] = []  # field, error, status, sentence
+        self.more = 0
+
+    def wrong_type(self, field: str, value: object, expected: str) -> None:
+        self._add(field, expected, 400, f"invalid {field!r} {_show(value)}: {expected}")
+
+    def wrong_value(self, field: str, value: object, expected: str) -> None:
+        self._add(field, expected, 422, f"invalid {field!r} {_show(value)}: {expected}")
+
+    def missing(self, field: str, expected: str) -> None:
+        self._add(field, f"required: {expected}", 422, f"missing {field!r}: required, {expected}")
+
+    def unknown(self, field: str, allowed: Iterable[str], hint: str | None = None) -> None:
+        allowed = list(allowed)
+        close = difflib.get_close_matches(field.rsplit(".", 1)[-1], allowed, n=1)
+        error = "unknown key; allowed keys: " + ", ".join(allowed)
+        if hint or close:
+            error += f" (did you mean {hint or close[0]!r}?)"
+        self._add(field, error, 422, f"unknown key {field!r}: {error}")
+
+    def _add(self, field: str, error: str, status: int, sentence: str) -> None:
+        if len(self.items) < _MAX_PROBLEMS:
+            self.items.append((field, error, status, sentence))
+        else:
+            self.more += 1
+
+    def check(self) -> None:
+        """Raise the RuleError for what was collected, if anything."""
+        if self.items:
+            raise self.error()
+
+    def error(self) -> RuleError:
+        """The RuleError for what was collected (at least one problem)."""
+        others = len(self.items) - 1 + self.more
+        message = self.items[0][3]
+        if others:
+            message += f" (and {others} more problem{'s' if others > 1 else ''}, see details)"
+        status = 400 if any(item[2] == 400 for item in self.items) else 422
+        details = [{"field": f, "error": e} for f, e, _, _ in self.items]
+        return RuleError(message, status=status, details=details)
+
+
+def _show(value: object) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- what a lookup reads from a request ------------------------------------------------
+
+
+class RequestFacts(Protocol):
+    """What a lookup reads from a request (the core's RequestState satisfies it)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def route(self) -> str | None: ...
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def session_id(self) -> str | None: ...
+    @property
+    def client(self) -> str | None:
+        """The client address text; None or garbage matches only rules without client_ip."""
+
+    @property
+    def status(self) -> int | None: ...
+    def header(self, name: str) -> str | None:
+        """The value of request header `name` (given lower-case), or None."""
+
+    def messages(self) -> Iterable[str]:
+        """The formatted messages of the request's records (read at the end only)."""
+
+
+StartCheck = Callable[[RequestFacts], bool]
+EndCheck = Callable[[RequestFacts, float], bool]
+
+
+# -- matching ----------------------------------------------------------------------------
+
+
+class _Glob:
+    """A path pattern where `*` matches any run of characters (including `/`).
+
+    Matching is linear: the literal pieces between stars are found left to
+    right with `str.find`, so no pattern or path can make it backtrack.
+    """
+
+    __slots__ = ("head", "middle", "min_len", "tail")
+
+    def __init__(self, pattern: str) -> None:
+        parts = pattern.split("*")
+        self.head = parts[0]
+        self.tail = parts[-1]
+        self.middle = tuple(part for part in parts[1:-1] if part)
+        self.min_len = len(self.head) + len(self.tail) + sum(map(len, self.middle))
+
+    def __call__(self, path: str) -> bool:
+        if (
+            len(path) < self.min_len
+            or not path.startswith(self.head)
+            or not path.endswith(self.tail)
+        ):
+            return False
+        pos = len(self.head)
+        end = len(path) - len(self.tail)
+        for part in self.middle:
+            found = path.find(part, pos, end)
+            if found < 0:
+                return False
+            pos = found + len(part)
+        return True
+
+
+class _Range:
+    """A number range from a ``{"gt"|"gte"|"lt"|"lte": n}`` object."""
+
+    __slots__ = ("hi", "hi_open", "lo", "lo_open")
+
+    def __init__(self, lo: float, lo_open: bool, hi: float, hi_open: bool) -> None:
+        self.lo, self.lo_open, self.hi, self.hi_open = lo, lo_open, hi, hi_open
+
+    def __call__(self, x: float) -> bool:
+        if x < self.lo or (self.lo_open and x == self.lo):
+            return False
+        return not (x > self.hi or (self.hi_open and x == self.hi))
+
+    def empty(self) -> bool:
+        return self.lo > self.hi or (self.lo == self.hi and (self.lo_open or self.hi_open))
+
+
+@lru_cache(maxsize=4096)
+def _client_address(text: str | None) -> _IPAddress | None:
+    """The client's address, IPv4-mapped IPv6 folded to IPv4; None when not an address."""
+    if text is None:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _client_key(facts: RequestFacts) -> str | None:
+    address = _client_address(facts.client)
+    return None if address is None else str(address)
+
+
+def _method_key(facts: RequestFacts) -> str | None:
+    return facts.method.upper()
+
+
+_KEY_OF: dict[str, Callable[[RequestFacts], str | None]] = {
+    "user_id": lambda facts: facts.user_id,
+    "session_id": lambda facts: facts.session_id,
+    "client_ip": _client_key,
+    "route": lambda facts: facts.route,
+    "method": _method_key,
+}
+
+
+def _check_method(values: frozenset[str]) -> StartCheck:
+    return lambda facts: facts.method.upper() in values
+
+
+def _check_path(values: list[str]) -> StartCheck:
+    exact = frozenset(v for v in values if "*" not in v)
+    globs = tuple(_Glob(v) for v in values if "*" in v)
+
+    def check(facts: RequestFacts) -> bool:
+        path = facts.path
+        return path in exact or any(glob(path) for glob in globs)
+
+    return check
+
+
+def _check_attr(name: str, values: frozenset[str]) -> StartCheck:
+    return lambda facts: getattr(facts, name) in values
+
+
+def _check_client(values: list[str]) -> StartCheck:
+    networks = [ipaddress.ip_network(v) for v in values]
+    exact = frozenset(n.network_address for n in networks if n.num_addresses == 1)
+    ranges = tuple(n for n in networks if n.num_addresses > 1)
+
+    def check(facts: RequestFacts) -> bool:
+        address = _client_address(facts.client)
+        if address is None:
+            return False
+        if address in exact:
+            return True
+        # `in` across IP versions is not reliably False on every Python: compare versions first.
+        return any(n.version == address.version and address in n for n in ranges)
+
+    return check
+
+
+def _check_headers(headers: dict[str, frozenset[str]]) -> StartCheck:
+    items = tuple(headers.items())
+
+    def check(facts: RequestFacts) -> bool:
+        return all(facts.header(name) in values for name, values in items)
+
+    return check
+
+
+def _check_status(values: frozenset[int] | _Range) -> EndCheck:
+    def check(facts: RequestFacts, duration_ms: float) -> bool:
+        status = facts.status
+        return status is not None and (
+            values(status) if isinstance(values, _Range) else status in values
+        )
+
+    return check
+
+
+def _check_duration(bounds: _Range) -> EndCheck:
+    return lambda facts, duration_ms: bounds(duration_ms)
+
+
+def _check_message(needles: tuple[str, ...]) -> EndCheck:
+    def check(facts: RequestFacts, duration_ms: float) -> bool:
+        return any(needle in text for text in facts.messages() for needle in needles)
+
+    return check
+
+
+# -- parsing the values of match keys --------------------------------------------------
+
+
+def _one_or_many(
+    p: _Problems,
+    field: str,
+    value: object,
+    item: Callable[[_Problems, str, object], _T | None],
+    what: str,
+) -> tuple[object, list[_T]] | None:
+    """Parse one item or a non-empty list of them; returns (normalised JSON, items)."""
+    if not isinstance(value, (list, tuple)):
+        one = item(p, field, value)
+        return None if one is None else (one, [one])
+    if not value:
+        p.wrong_value(field, value, f"expected {what}, or a non-empty list of them")
+        return None
+    if len(value) > _MAX_ITEMS:
+        p.wrong_value(field, value, f"expected at most {_MAX_ITEMS} items, got {len(value)}")
+        return None
+    items = [item(p, f"{field}[{i}]", v) for i, v in enumerate(value)]
+    good = [v for v in items if v is not None]
+    return (list(good), good) if len(good) == len(items) else None
+
+
+def _text(
+    limit: int, what: str, token: bool = False
+) -> Callable[[_Problems, str, object], str | None]:
+    def parse(p: _Problems, field: str, value: object) -> str | None:
+        if not isinstance(value, str):
+            p.wrong_type(field, value, f"expected {what}")
+            return None
+        if not value or len(value) > limit or (token and not _TOKEN.fullmatch(value)):
+            p.wrong_value(field, value, f"expected {what} of 1 to {limit} characters")
+            return None
+        return value
+
+    return parse
+
+
+def _method_item(p: _Problems, field: str, value: object) -> str | None:
+    text = _text(32, "an HTTP method such as 'GET'", token=True)(p, field, value)
+    return None if text is None else text.upper()
+
+
+def _identity_item(p: _Problems, field: str, value: object) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        p.wrong_type(field, value, "expected a string or an integer")
+        return None
+    if not value or len(value) > _MAX_IDENTITY:
+        p.wrong_value(field, value, f"expected 1 to {_MAX_IDENTITY} characters")
+        return None
+    return value
+
+
+def _client_item(p: _Problems, field: str, value: object) -> str | None:
+    expected = "expected an IP address or CIDR network such as '10.0.0.0/8' or '2001:db8::/32'"
+    if not isinstance(value, str):
+        p.wrong_type(field, value, expected)
+        return None
+    try:
+        network: _IPNetwork = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        p.wrong_value(field, value, expected)
+        return None
+    if isinstance(network, ipaddress.IPv6Network):
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None and network.prefixlen >= 96:
+            network = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    if network.num_addresses == 1:
+        return str(network.network_address)
+    return str(network)
+
+
+def _status_item(p: _Problems, field: str, value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        p.wrong_type(field, value, "expected an HTTP status (an integer)")
+        return None
+    if not 100 <= value <= 999:
+        p.wrong_value(field, value, "expected an HTTP status from 100 to 999")
+        return None
+    return value
+
+
+def _number(p: _Problems, field: str, value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        p.wrong_type(field, value, "expected a number")
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        p.wrong_value(field, value, "expected a finite number")
+        return None
+    return number
+
+
+def _range(p: _Problems, field: str, value: Mapping[object, object]) -> _Range | None:
+    allowed = "a range object with one or more of 'gt', 'gte', 'lt', 'lte'"
+    if not value:
+        p.wrong_value(field, value, f"expected {allowed}")
+        return None
+    lo, lo_open, hi, hi_open = -math.inf, False, math.inf, False
+    ok = True
+    for op, bound in value.items():
+        if op not in _RANGE_OPS:
+            p.unknown(f"{field}.{op}", _RANGE_OPS)
+            ok = False
+            continue
+        number = _number(p, f"{field}.{op}", bound)
+        if number is None:
+            ok = False
+        elif op in ("gt", "gte") and (number > lo or (number == lo and op == "gt")):
+            lo, lo_open = number, op == "gt"
+        elif op in ("lt", "lte") and (number < hi or (number == hi and op == "lt")):
+            hi, hi_open = number, op == "lt"
+    if not ok:
+        return None
+    bounds = _Range(lo, lo_open, hi, hi_open)
+    if bounds.empty():
+        p.wrong_value(
+            field, value, "the range matches no number: its lower bound is above its upper"
+        )
+        return None
+    return bounds
+
+
+class _Match:
+    """The parsed `match` object: its normalised JSON, its checks, and its index keys."""
+
+    def __init__(self) -> None:
+        self.json: dict[str, object] = {}
+        self.start: dict[str, StartCheck] = {}
+        self.end: dict[str, EndCheck] = {}
+        self.keys: dict[str, tuple[str, ...]] = {}  # exact values of indexable keys
+
+
+def _parse_match(p: _Problems, value: object, action: str) -> _Match:
+    match = _Match()
+    if value is None:
+        return match
+    if not isinstance(value, Mapping):
+        p.wrong_type("match", value, "expected an object of match keys: " + ", ".join(_MATCH_KEYS))
+        return match
+    for key, item in value.items():
+        field = f"match.{key}"
+        if key not in _MATCH_KEYS:
+            p.unknown(field, _MATCH_KEYS)
+            continue
+        if action == "detail" and key in _END_KEYS:
+            _refuse_end_key(p, field, item)
+        _MATCH_PARSERS[key](p, field, item, match)
+    return match
+
+
+def _refuse_end_key(p: _Problems, field: str, value: object) -> None:
+    allowed = ", ".join(_START_KEYS)
+    if field == "match.route":
+        why = (
+            "not allowed in a 'detail' rule: the route is known only once the framework has "
+            f"routed the request, after detail mode is decided; use 'path' instead (allowed: "
+            f"{allowed})"
+        )
+    else:
+        why = (
+            "not allowed in a 'detail' rule, which is looked up when the request starts; "
+            f"allowed: {allowed}"
+        )
+    p.wrong_value(field, value, why)
+
+
+def _exact_key(
+    name: str,
+    item: Callable[[_Problems, str, object], str | None],
+    what: str,
+    check: Callable[[list[str]], StartCheck],
+) -> Callable[[_Problems, str, object, _Match], None]:
+    def parse(p: _Problems, field: str, value: object, match: _Match) -> None:
+        parsed = _one_or_many(p, field, value, item, what)
+        if parsed is not None:
+            match.json[name], values = parsed
+            match.start[name] = check(values)
+            match.keys[name] = tuple(dict.fromkeys(values))
+
+    return parse
+
+
+def _parse_path(p: _Problems, field: str, value: object, match: _Match) -> None:
+    item = _text(_MAX_TEXT, "a path or a glob such as '/checkout/*'")
+    parsed = _one_or_many(p, field, value, item, "a path glob")
+    if parsed is not None:
+        match.json["path"], values = parsed
+        match.start["path"] = _check_path(values)
+
+
+def _parse_client(p: _Problems, field: str, value: object, match: _Match) -> None:
+    parsed = _one_or_many(p, field, value, _client_item, "an IP address or CIDR network")
+    if parsed is not None:
+        match.json["client_ip"], values = parsed
+        match.start["client_ip"] = _check_client(values)
+        if all("/" not in v for v in values):
+            match.keys["client_ip"] = tuple(dict.fromkeys(values))
+
+
+def _parse_header(p: _Problems, field: str, value: object, match: _Match) -> None:
+    if not isinstance(value, Mapping):
+        p.wrong_type(field, value, 'expected an object of header names and values: {"x-name": "v"}')
+        return
+    if not value or len(value) > _MAX_HEADERS:
+        p.wrong_value(field, value, f"expected 1 to {_MAX_HEADERS} header names")
+        return
+    item = _text(_MAX_TEXT, "a header value")
+    headers: dict[str, frozenset[str]] = {}
+    normalised: dict[str, object] = {}
+    for name, given in value.items():
+        name_field = f"{field}.{name}"
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name) or len(name) > 128:
+            p.wrong_value(name_field, name, "expected a header name (letters, digits and '-')")
+            continue
+        if name.lower() in headers:
+            p.wrong_value(name_field, name, "given twice: header names are case-insensitive")
+            continue
+        parsed = _one_or_many(p, name_field, given, item, "a header value")
+        if parsed is not None:
+            normalised[name.lower()], values = parsed
+            headers[name.lower()] = frozenset(values)
+    if len(headers) == len(value):
+        match.json["header"] = normalised
+        match.start["header"] = _check_headers(headers)
+
+
+def _parse_status(p: _Problems, field: str, value: object, match: _Match) -> None:
+    if isinstance(value, Mapping):
+        bounds = _range(p, field, value)
+        if bounds is not None:
+            match.json["status"] = dict(value)
+            match.end["status"] = _check_status(bounds)
+        return
+    parsed = _one_or_many(p, field, value, _status_item, "an HTTP status or a range object")
+    if parsed is not None:
+        match.json["status"], values = parsed
+        match.end["status"] = _check_status(frozenset(values))
+
+
+def _parse_duration(p: _Problems, field: str, value: object, match: _Match) -> None:
+    if isinstance(value, Mapping):
+        bounds = _range(p, field, value)
+        if bounds is not None:
+            match.json["duration_ms"] = dict(value)
+            match.end["duration_ms"] = _check_duration(bounds)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        p.wrong_type(field, value, 'expected a number of milliseconds or a range like {"gt": 300}')
+        return
+    at_least = _number(p, field, value)
+    if at_least is not None and at_least < 0:
+        p.wrong_value(field, value, "expected a number of milliseconds >= 0")
+    elif at_least is not None:
+        # A bare number means "at least", like the slow_ms option: an exact float never matches.
+        match.json["duration_ms"] = value
+        match.end["duration_ms"] = _check_duration(_Range(at_least, False, math.inf, False))
+
+
+def _parse_message(p: _Problems, field: str, value: object, match: _Match) -> None:
+    item = _text(_MAX_TEXT, "a substring of a log message")
+    parsed = _one_or_many(p, field, value, item, "a substring")
+    if parsed is not None:
+        match.json["message"], values = parsed
+        match.end["message"] = _check_message(tuple(dict.fromkeys(values)))
+
+
+def _route_check(values: list[str]) -> StartCheck:
+    return _check_attr("route", frozenset(values))
+
+
+_MATCH_PARSERS: dict[str, Callable[[_Problems, str, object, _Match], None]] = {
+    "method": _exact_key(
+        "method", _method_item, "an HTTP method", lambda v: _check_method(frozenset(v))
+    ),
+    "path": _parse_path,
+    "route": _exact_key(
+        "route",
+        _text(_MAX_TEXT, "a route template such as '/items/{item_id}'"),
+        "a route",
+        _route_check,
+    ),
+    "user_id": _exact_key(
+        "user_id",
+        _identity_item,
+        "a user id",
+        lambda v: _check_attr("user_id", frozenset(v)),
+    ),
+    "session_id": _exact_key(
+        "session_id",
+        _identity_item,
+        "a session id",
+        lambda v: _check_attr("session_id", frozenset(v)),
+    ),
+    "client_ip": _parse_client,
+    "header": _parse_header,
+    "status": _parse_status,
+    "duration_ms": _parse_duration,
+    "message": _parse_message,
+}
+# Cheap checks first, messages (a scan of every record) last.
+_CHECK_ORDER = (
+    "method",
+    "route",
+    "user_id",
+    "session_id",
+    "header",
+    "path",
+    "client_ip",
+    "status",
+    "duration_ms",
+    "message",
+)
+
+
+# -- parsing the top-level fields -------------------------------------------------------
+
+
+def _to_time(seconds: float) -> datetime:
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+def _from_time(moment: datetime) -> float:
+    return (moment - _EPOCH) / _SECOND
+
+
+def _canonical(seconds: float) -> float:
+    """`seconds` rounded to the microsecond that its ISO 8601 form keeps."""
+    return _from_time(_to_time(seconds))
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    moment = _to_time(seconds)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}"
+    return text + "Z"
+
+
+def _parse_time(p: _Problems, field: str, value: object) -> float | None:
+    expected = "expected an ISO 8601 date and time such as '2026-11-23T14:00:00Z'"
+    if not isinstance(value, str):
+        p.wrong_type(field, value, expected)
+        return None
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        if len(text) > 64:
+            raise ValueError(text)
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:  # a naive time means UTC
+            moment = moment.replace(tzinfo=timezone.utc)
+        return _canonical(_from_time(moment))
+    except (ValueError, OverflowError):
+        p.wrong_value(field, value, expected + " (a time without an offset is UTC)")
+        return None
+
+
+def _parse_level(p: _Problems, value: object) -> int:
+    levels: dict[str, int] = logging._nameToLevel
+    names = ", ".join(sorted(levels, key=lambda name: (levels[name], name)))
+    expected = f"expected a level name ({names}) or a number from 0 to {_MAX_LEVEL}"
+    if value is None:
+        return logging.DEBUG
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= _MAX_LEVEL:
+            return value
+        p.wrong_value("level", value, expected)
+    elif isinstance(value, str):
+        if value.upper() in levels:
+            return levels[value.upper()]
+        p.wrong_value("level", value, expected)
+    else:
+        p.wrong_type("level", value, expected)
+    return logging.DEBUG
+
+
+def _level_json(level: int) -> str | int:
+    name = logging.getLevelName(level)
+    return name if isinstance(name, str) and not name.startswith("Level ") else level
+
+
+def _choice(p: _Problems, obj: Mapping[str, object]) -> str:
+    """The action, or "" when it is refused (a problem is recorded then)."""
+    expected = "expected one of 'detail', 'release', 'drop'"
+    value = obj.get("action")
+    if value is None:
+        p.missing("action", "one of 'detail', 'release', 'drop'")
+    elif not isinstance(value, str):
+        p.wrong_type("action", value, expected)
+    elif value not in ACTIONS:
+        p.wrong_value("action", value, expected)
+    else:
+        return value
+    return ""
+
+
+def _parse_id(p: _Problems, value: object) -> str:
+    expected = "expected 1 to 128 characters among letters, digits and '.', '_', ':', '-'"
+    if value is None:
+        return os.urandom(6).hex()
+    if not isinstance(value, str):
+        p.wrong_type("id", value, expected)
+    elif not _ID.fullmatch(value):
+        p.wrong_value("id", value, expected)
+    else:
+        return value
+    return ""
+
+
+def _parse_int(p: _Problems, field: str, value: object, low: int, high: int) -> int:
+    """An integer from `low` to `high`; 0 when absent or refused."""
+    expected = f"expected an integer from {low} to {high}"
+    default = 0
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        p.wrong_type(field, value, expected)
+    elif not low <= value <= high:
+        p.wrong_value(field, value, expected)
+    else:
+        return value
+    return default
+
+
+def _parse_sample_rate(p: _Problems, value: object) -> float:
+    if value is None:
+        return 1.0
+    rate = _number(p, "sample_rate", value)
+    if rate is not None and not 0 < rate <= 1:
+        p.wrong_value(
+            "sample_rate",
+            value,
+            "expected a number > 0 and <= 1 (the share of matching requests the rule acts on)",
+        )
+    return 1.0 if rate is None else rate
+
+
+def _parse_bool(p: _Problems, field: str, value: object) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        p.wrong_type(field, value, "expected true or false")
+        return False
+    return value
+
+
+def _parse_note(p: _Problems, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        p.wrong_type("note", value, "expected a string")
+    elif len(value) > _MAX_TEXT:
+        p.wrong_value("note", value, f"expected at most {_MAX_TEXT} characters")
+    else:
+        return value
+    return None
+
+
+def _parse_ttl(p: _Problems, value: object) -> float | None:
+    if value is None:
+        return None
+    ttl = _number(p, "ttl_s", value)
+    if ttl is not None and not 0 < ttl <= _MAX_TTL_S:
+        p.wrong_value("ttl_s", value, f"expected a number of seconds > 0 and <= {_MAX_TTL_S:.0f}")
+        return None
+    return ttl
+
+
+def _window(
+    p: _Problems,
+    obj: Mapping[str, object],
+    *,
+    action: str,
+    now: float,
+    max_detail_ttl_s: float,
+    default_detail_ttl_s: float,
+    stored: bool,
+) -> tuple[float | None, float | None]:
+    """When the rule applies: (starts_at, expires_at), checked against each other and `now`.
+
+    A ttl counts from when the rule starts (now, or a later `starts_at`).
+    """
+    raw_starts, raw_expires = obj.get("starts_at"), obj.get("expires_at")
+    starts = None if raw_starts is None else _parse_time(p, "starts_at", raw_starts)
+    expires = None if raw_expires is None else _parse_time(p, "expires_at", raw_expires)
+    ttl = None if stored else _parse_ttl(p, obj.get("ttl_s"))
+    begin = now if starts is None else max(now, starts)
+    if ttl is not None and raw_expires is not None:
+        p.wrong_value("ttl_s", obj["ttl_s"], "give either 'ttl_s' or 'expires_at', not both")
+    elif ttl is not None:
+        expires = _canonical(begin + ttl)
+    elif expires is not None and not stored and expires <= now:
+        p.wrong_value("expires_at", raw_expires, f"expected a time after now ({_iso(now)})")
+    elif expires is not None and not stored and starts is not None and expires <= starts:
+        p.wrong_value("expires_at", raw_expires, "expected a time after 'starts_at'")
+    if action != "detail":
+        return starts, expires
+    if expires is None and raw_expires is None:  # detail rules must end: the default ttl
+        expires = _canonical(begin + default_detail_ttl_s)
+    if expires is not None and not stored and expires - begin > max_detail_ttl_s + _SLACK_S:
+        if ttl is not None:
+            p.wrong_value(
+                "ttl_s",
+                obj["ttl_s"],
+                f"expected a number of seconds > 0 and <= {max_detail_ttl_s:g} for a 'detail' rule",
+            )
+        else:
+            p.wrong_value(
+                "expires_at",
+                raw_expires,
+                f"a 'detail' rule may last at most {max_detail_ttl_s:g} seconds: expected a time "
+                f"up to {_iso(begin + max_detail_ttl_s)}",
+            )
+    return starts, expires
+
+
+# -- rules -----------------------------------------------------------------------------
+
+
+class _Hits:
+    __slots__ = ("n",)
+
+    def __init__(self, n: int = 0) -> None:
+        self.n = n
+
+
+class Rule:
+    """One compiled rule: immutable apart from its hit counter.
+
+    Made by :func:`parse_rule` (or :func:`restore_rule` from the stored form);
+    ``to_json()`` gives the stored form.
+
+    Attributes:
+        id: the rule's id (given, or 12 random hex digits).
+        action: ``"detail"``, ``"release"`` or ``"drop"``.
+        level: the logging level (a number) detail mode writes from.
+        priority: higher wins among matching rules.
+        sample_rate: the share of matching requests the rule acts on (0 < x <= 1).
+        dry_run: True when the rule only counts the requests it would act on.
+        note: free text for the humans, or None.
+        created_at, starts_at, expires_at: epoch seconds (the last two may be None).
+        hits: requests the rule matched (after sampling), counted by the RuleSet.
+    """
+
+    __slots__ = (
+        "_bucket",
+        "_decide_key",
+        "_detail_key",
+        "_end_checks",
+        "_from",
+        "_hits",
+        "_match",
+        "_start_checks",
+        "_until",
+        "action",
+        "created_at",
+        "dry_run",
+        "expires_at",
+        "id",
+        "level",
+        "note",
+        "priority",
+        "sample_rate",
+        "starts_at",
+    )
+
+    id: str
+    action: str
+    level: int
+    priority: int
+    sample_rate: float
+    dry_run: bool
+    note: str | None
+    created_at: float
+    starts_at: float | None
+    expires_at: float | None
+    _match: dict[str, object]
+    _start_checks: tuple[StartCheck, ...]
+    _end_checks: tuple[EndCheck, ...]
+    _bucket: tuple[str, tuple[str, ...]] | None
+    _from: float
+    _until: float
+    _detail_key: tuple[float, ...]
+    _decide_key: tuple[float, ...]
+    _hits: _Hits
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        action: str,
+        match: _Match,
+        level: int,
+        priority: int,
+        sample_rate: float,
+        dry_run: bool,
+        note: str | None,
+        created_at: float,
+        starts_at: float | None,
+        expires_at: float | None,
+        hits: int = 0,
+    ) -> None:
+        put = object.__setattr__
+        for name, value in (
+            ("id", id),
+            ("action", action),
+            ("level", level),
+            ("priority", priority),
+            ("sample_rate", sample_rate),
+            ("dry_run", dry_run),
+            ("note", note),
+            ("created_at", created_at),
+            ("starts_at", starts_at),
+            ("expires_at", expires_at),
+        ):
+            put(self, name, value)
+        bucket = next((key for key in _INDEX_ORDER if key in match.keys), None)
+        put(self, "_bucket", None if bucket is None else (bucket, match.keys[bucket]))
+        put(self, "_match", match.json)
+        # The bucket the rule is found through already proves its key matched.
+        checks = [key for key in _CHECK_ORDER if key != bucket]
+        put(self, "_start_checks", tuple(match.start[k] for k in checks if k in match.start))
+        put(self, "_end_checks", tuple(match.end[k] for k in checks if k in match.end))
+        put(self, "_from", -math.inf if starts_at is None else starts_at)
+        put(self, "_until", math.inf if expires_at is None else expires_at)
+        order = next(_order)
+        put(self, "_detail_key", (priority, -level, created_at, order))
+        put(self, "_decide_key", (priority, action == "release", created_at, order))
+        put(self, "_hits", _Hits(hits))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a Rule is immutable: parse a new rule instead of setting {name!r}")
+
+    @property
+    def hits(self) -> int:
+        """Requests the rule matched and sampled in (for a dry-run rule: would have acted on)."""
+        return self._hits.n
+
+    def live(self, now: float) -> bool:
+        """Whether the rule has not expired at `now` (it may not have started yet)."""
+        return now < self._until
+
+    def to_json(self, now: float | None = None) -> dict[str, object]:
+        """The stored form: the rule as a JSON object, with times in ISO 8601 UTC.
+
+        Args:
+            now: the time ``ttl_s`` (the seconds left) is counted from;
+                defaults to ``time.time()``.
+        """
+        if now is None:
+            now = time.time()
+        left = None if self.expires_at is None else round(max(0.0, self.expires_at - now), 3)
+        return {
+            "id": self.id,
+            "action": self.action,
+            "match": copy.deepcopy(self._match),
+            "level": _level_json(self.level),
+            "priority": self.priority,
+            "sample_rate": self.sample_rate,
+            "dry_run": self.dry_run,
+            "note": self.note,
+            "created_at": _iso(self.created_at),
+            "starts_at": _iso(self.starts_at),
+            "expires_at": _iso(self.expires_at),
+            "ttl_s": left,
+            "hits": self.hits,
+        }
+
+    def _identity(self) -> tuple[object, ...]:
+        return (
+            self.id,
+            self.action,
+            json.dumps(self._match, sort_keys=True),
+            self.level,
+            self.priority,
+            self.sample_rate,
+            self.dry_run,
+            self.note,
+            self.created_at,
+            self.starts_at,
+            self.expires_at,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Rules are equal when every field but the hit counter is."""
+        if not isinstance(other, Rule):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.created_at))
+
+    def __repr__(self) -> str:
+        return (
+            f"Rule(id={self.id!r}, action={self.action!r}, match={self._match!r}, "
+            f"priority={self.priority}, expires_at={_iso(self.expires_at)!r})"
+        )
+
+
+def parse_rule(
+    obj: object,
+    *,
+    now: float,
+    max_detail_ttl_s: float = 86400.0,
+    default_detail_ttl_s: float = 1800.0,
+) -> Rule:
+    """Validate a decoded JSON rule and compile it.
+
+    Every problem is collected, not just the first, and nothing global is
+    changed: the rule takes effect only once added to a :class:`RuleSet`.
+
+    Args:
+        obj: the rule, as decoded from JSON (see DESIGN.md, "Rules").
+        now: the current time (epoch seconds): the rule's ``created_at`` and
+            the time ``ttl_s`` counts from.
+        max_detail_ttl_s: the longest a ``detail`` rule may last.
+        default_detail_ttl_s: how long a ``detail`` rule given no ``ttl_s`` nor
+            ``expires_at`` lasts.
+
+    Raises:
+        RuleError: the rule is refused; its ``status`` (400 or 422) and
+            ``details`` name every offending field.
+
+    Example::
+
+        rule = parse_rule(
+            {"action": "release", "match": {"path": "/checkout/*", "duration_ms": {"gt": 300}}},
+            now=time.time(),
+        )
+        rules.add(rule)
+    """
+    return _parse(obj, now, max_detail_ttl_s, default_detail_ttl_s, stored=False)
+
+
+def restore_rule(
+    obj: object,
+    *,
+    now: float,
+    max_detail_ttl_s: float = 86400.0,
+    default_detail_ttl_s: float = 1800.0,
+) -> Rule:
+    """Rebuild a rule from its stored form (what :meth:`Rule.to_json` gave).
+
+    Unlike :func:`parse_rule`, it keeps ``created_at`` and ``hits``, ignores
+    ``ttl_s`` (``expires_at`` holds the expiry) and accepts an expiry that
+    has passed (a :class:`RuleSet` then expires the rule): a store reloads
+    its rules with it.
+
+    Raises:
+        RuleError: as :func:`parse_rule`.
+    """
+    return _parse(obj, now, max_detail_ttl_s, default_detail_ttl_s, stored=True)
+
+
+def _parse(
+    obj: object,
+    now: float,
+    max_detail_ttl_s: float,
+    default_detail_ttl_s: float,
+    *,
+    stored: bool,
+) -> Rule:
+    if not 0 < default_detail_ttl_s <= max_detail_ttl_s:
+        raise ValueError(
+            f"invalid 'default_detail_ttl_s' {default_detail_ttl_s!r}: expected a number > 0 "
+            f"and <= max_detail_ttl_s ({max_detail_ttl_s!r})"
+        )
+    p = _Problems()
+    if not isinstance(obj, Mapping):
+        p.wrong_type("rule", obj, "expected a JSON object with at least an 'action' key")
+        raise p.error()
+    allowed = _STORED_KEYS if stored else _TOP_KEYS
+    for key in obj:
+        if key not in allowed:
+            # A match key at the top level is a common slip: point at where it belongs.
+            p.unknown(str(key), allowed, f"match.{key}" if key in _MATCH_KEYS else None)
+    action = _choice(p, obj)
+    rule_id = _parse_id(p, obj.get("id"))
+    match = _parse_match(p, obj.get("match"), action)
+    level = _parse_level(p, obj.get("level"))
+    priority = _parse_int(p, "priority", obj.get("priority"), -_MAX_PRIORITY, _MAX_PRIORITY)
+    sample_rate = _parse_sample_rate(p, obj.get("sample_rate"))
+    dry_run = _parse_bool(p, "dry_run", obj.get("dry_run"))
+    note = _parse_note(p, obj.get("note"))
+    starts_at, expires_at = _window(
+        p,
+        obj,
+        action=action,
+        now=now,
+        max_detail_ttl_s=max_detail_ttl_s,
+        default_detail_ttl_s=default_detail_ttl_s,
+        stored=stored,
+    )
+    created_at, hits = _canonical(now), 0
+    if stored:
+        if obj.get("created_at") is not None:
+            created_at = _parse_time(p, "created_at", obj["created_at"]) or created_at
+        hits = _parse_int(p, "hits", obj.get("hits"), 0, 2**62)
+    p.check()
+    return Rule(
+        id=rule_id,
+        action=action,
+        match=match,
+        level=level,
+        priority=priority,
+        sample_rate=sample_rate,
+        dry_run=dry_run,
+        note=note,
+        created_at=created_at,
+        starts_at=starts_at,
+        expires_at=expires_at,
+        hits=hits,
+    )
+
+
+# -- the rule set and its index -----------------------------------------------------------
+
+
+class _Index:
+    """An immutable lookup structure over rules of one kind (detail, or release/drop)."""
+
+    __slots__ = ("general", "tables")
+
+    def __init__(
+        self,
+        general: tuple[Rule, ...],
+        tables: dict[str, dict[str, tuple[Rule, ...]]],
+    ) -> None:
+        self.general = general
+        self.tables = tables
+
+    @staticmethod
+    def build(rules: Iterable[Rule]) -> _Index | None:
+        general: list[Rule] = []
+        tables: dict[str, dict[str, list[Rule]]] = {}
+        for rule in rules:
+            if rule._bucket is None:
+                general.append(rule)
+                continue
+            kind, keys = rule._bucket
+            table = tables.setdefault(kind, {})
+            for key in keys:
+                table.setdefault(key, []).append(rule)
+        if not general and not tables:
+            return None
+        frozen = {
+            kind: {key: tuple(bucket) for key, bucket in tables[kind].items()}
+            for kind in _INDEX_ORDER
+            if kind in tables
+        }
+        return _Index(tuple(general), frozen)
+
+    def plus(self, rule: Rule) -> _Index:
+        if rule._bucket is None:
+            return _Index((*self.general, rule), self.tables)
+        kind, keys = rule._bucket
+        table = dict(self.tables.get(kind, {}))  # copy on write: readers keep the old one
+        for key in keys:
+            table[key] = (*table.get(key, ()), rule)
+        tables = {**self.tables, kind: table}
+        return _Index(self.general, {k: tables[k] for k in _INDEX_ORDER if k in tables})
+
+    def minus(self, rule: Rule) -> _Index | None:
+        general, tables = self.general, dict(self.tables)
+        if rule._bucket is None:
+            general = tuple(r for r in general if r is not rule)
+        else:
+            kind, keys = rule._bucket
+            table = dict(tables[kind])
+            for key in keys:
+                bucket = tuple(r for r in table.get(key, ()) if r is not rule)
+                if bucket:
+                    table[key] = bucket
+                else:
+                    table.pop(key, None)
+            if table:
+                tables[kind] = table  # an existing key keeps its place in the order
+            else:
+                del tables[kind]
+        if not general and not tables:
+            return None
+        return _Index(general, tables)
+
+    def candidates(self, facts: RequestFacts) -> list[tuple[Rule, ...]]:
+        found = [self.general]
+        for kind, table in self.tables.items():
+            key = _KEY_OF[kind](facts)
+            if key is not None:
+                bucket = table.get(key)
+                if bucket:
+                    found.append(bucket)
+        return found
+
+
+_NO_RULES = _Index((), {})
+
+
+class _Snapshot:
+    """Everything a lookup reads, swapped in as one object."""
+
+    __slots__ = ("by_id", "detail", "end", "next_expiry")
+
+    def __init__(
+        self,
+        by_id: dict[str, Rule],
+        detail: _Index | None,
+        end: _Index | None,
+        next_expiry: float,
+    ) -> None:
+        self.by_id = by_id
+        self.detail = detail
+        self.end = end
+        self.next_expiry = next_expiry
+
+    @staticmethod
+    def of(by_id: dict[str, Rule]) -> _Snapshot:
+        rules = list(by_id.values())
+        return _Snapshot(
+            by_id,
+            _Index.build(r for r in rules if r.action == "detail"),
+            _Index.build(r for r in rules if r.action != "detail"),
+            min((r._until for r in rules), default=math.inf),
+        )
+
+
+_EMPTY = _Snapshot({}, None, None, math.inf)
+
+
+class RuleSet:
+    """The rules held by one process, indexed for the per-request lookups.
+
+    Thread-safe: changes take a lock and swap in a new immutable snapshot;
+    lookups take no lock.
+
+    Args:
+        clock: the current time in epoch seconds (tests inject their own).
+        rng: a random number in [0, 1), drawn once per matching rule whose
+            ``sample_rate`` is below 1.
+
+    Example::
+
+        rules = RuleSet()
+        rules.add(parse_rule({"action": "detail", "match": {"user_id": "42"}}, now=time.time()))
+        winner = rules.detail_for(state)   # at the start of a request
+        winner = rules.decide(state, duration_ms)   # at its end
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._clock = clock
+        self._rng = rng
+        self._lock = threading.Lock()
+        self._snap = _EMPTY
+        self._pending: list[Rule] = []  # expired rules pushed out by add(), for expire()
+
+    # -- changes ---------------------------------------------------------------------
+
+    def add(self, rule: Rule) -> None:
+        """Add a rule.
+
+        Raises:
+            KeyError: a live rule already has this id (the admin API answers 409).
+        """
+        with self._lock:
+            snap = self._snap
+            held = snap.by_id.get(rule.id)
+            if held is not None and held.live(self._clock()):
+                raise KeyError(rule.id)
+            if held is not None:  # expired, not yet collected: report it from expire()
+                self._pending.append(held)
+                snap = self._without(snap, held)
+            by_id = {**snap.by_id, rule.id: rule}
+            detail, end = snap.detail, snap.end
+            if rule.action == "detail":
+                detail = (detail or _NO_RULES).plus(rule)
+            else:
+                end = (end or _NO_RULES).plus(rule)
+            self._snap = _Snapshot(by_id, detail, end, min(snap.next_expiry, rule._until))
+
+    def remove(self, rule_id: str) -> Rule | None:
+        """Remove and return the live rule with this id; None when absent or expired.
+
+        An expired rule is left for :meth:`expire` to report.
+        """
+        with self._lock:
+            held = self._snap.by_id.get(rule_id)
+            if held is None or not held.live(self._clock()):
+                return None
+            self._snap = self._without(self._snap, held)
+            return held
+
+    def replace(self, rules: list[Rule]) -> None:
+        """Swap every rule for `rules` (loaded from a file or a store).
+
+        Raises:
+            ValueError: two rules share an id; nothing is changed.
+        """
+        by_id: dict[str, Rule] = {}
+        for rule in rules:
+            if rule.id in by_id:
+                raise ValueError(f"invalid rules: id {rule.id!r} is given twice; ids are unique")
+            by_id[rule.id] = rule
+        snap = _Snapshot.of(by_id)
+        with self._lock:
+            self._snap = snap
+            self._pending = []
+
+    def expire(self) -> list[Rule]:
+        """Remove and return the rules whose expiry has passed, each once.
+
+        Cheap when nothing is due: the earliest expiry is kept.
+        """
+        now = self._clock()
+        if now < self._snap.next_expiry and not self._pending:
+            return []
+        with self._lock:
+            snap = self._snap
+            gone = [r for r in snap.by_id.values() if not r.live(now)]
+            if gone:
+                self._snap = _Snapshot.of({k: r for k, r in snap.by_id.items() if r.live(now)})
+            gone = self._pending + gone
+            self._pending = []
+        return gone
+
+    @staticmethod
+    def _without(snap: _Snapshot, rule: Rule) -> _Snapshot:
+        by_id = {k: r for k, r in snap.by_id.items() if k != rule.id}
+        if not by_id:
+            return _EMPTY
+        detail, end = snap.detail, snap.end
+        if rule.action == "detail":
+            detail = detail.minus(rule) if detail is not None else None
+        else:
+            end = end.minus(rule) if end is not None else None
+        return _Snapshot(by_id, detail, end, snap.next_expiry)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def get(self, rule_id: str) -> Rule | None:
+        """The rule with this id; None when absent or expired."""
+        rule = self._snap.by_id.get(rule_id)
+        return rule if rule is not None and rule.live(self._clock()) else None
+
+    def rules(self) -> list[Rule]:
+        """The live rules (including ones not started yet), oldest first."""
+        now = self._clock()
+        live = [r for r in self._snap.by_id.values() if r.live(now)]
+        live.sort(key=lambda r: (r.created_at, r._detail_key[-1]))
+        return live
+
+    def __len__(self) -> int:
+        """How many live rules are held."""
+        snap = self._snap
+        now = self._clock()
+        if now < snap.next_expiry:
+            return len(snap.by_id)
+        return sum(1 for r in snap.by_id.values() if r.live(now))
+
+    @property
+    def empty(self) -> bool:
+        """True when no rule is held at all: the per-request lookups can be skipped."""
+        return not self._snap.by_id
+
+    # -- the per-request lookups -----------------------------------------------------
+
+    def detail_for(self, facts: RequestFacts) -> Rule | None:
+        """The `detail` rule that applies when a request starts, or None.
+
+        Among the started, unexpired detail rules whose keys match and whose
+        sample draws the request, the highest priority wins; on a tie the
+        lower level (more detail), then the newest. Every such rule counts a
+        hit; dry-run rules only count.
+        """
+        index = self._snap.detail
+        if index is None:
+            return None
+        now = self._clock()
+        best: Rule | None = None
+        for bucket in index.candidates(facts):
+            for rule in bucket:
+                if not rule._from <= now < rule._until:
+                    continue
+                for check in rule._start_checks:
+                    if not check(facts):
+                        break
+                else:
+                    if rule.sample_rate < 1.0 and not self._rng() < rule.sample_rate:
+                        continue
+                    rule._hits.n += 1
+                    if not rule.dry_run and (best is None or rule._detail_key > best._detail_key):
+                        best = rule
+        return best
+
+    def decide(self, facts: RequestFacts, duration_ms: float) -> Rule | None:
+        """The `release` or `drop` rule that applies when a request ends, or None.
+
+        Among the started, unexpired release/drop rules whose keys match and
+        whose sample draws the request, the highest priority wins; on a tie
+        `release` beats `drop`, then the newest wins. Every such rule counts a
+        hit; dry-run rules only count.
+        """
+        index = self._snap.end
+        if index is None:
+            return None
+        now = self._clock()
+        best: Rule | None = None
+        for bucket in index.candidates(facts):
+            for rule in bucket:
+                if not rule._from <= now < rule._until or not _matches(rule, facts, duration_ms):
+                    continue
+                if rule.sample_rate < 1.0 and not self._rng() < rule.sample_rate:
+                    continue
+                rule._hits.n += 1
+                if not rule.dry_run and (best is None or rule._decide_key > best._decide_key):
+                    best = rule
+        return best
+
+
+def _matches(rule: Rule, facts: RequestFacts, duration_ms: float) -> bool:
+    """Whether every key of the rule but its index key matches (plain loops: no generators)."""
+    for check in rule._start_checks:
+        if not check(facts):
+            return False
+    for end_check in rule._end_checks:  # noqa: SIM110 (all() of a generator costs more)
+        if not end_check(facts, duration_ms):
+            return False
+    return True

@@ -1,0 +1,211 @@
+"""Rules in force from the start: a list, a JSON file, a URL polled by a real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hindsight_web import Hindsight
+
+from .conftest import ListHandler
+
+RELEASE_CHECKOUT = {"id": "checkout", "action": "release", "match": {"path": "/checkout"}}
+DROP_HEALTH = {"id": "health", "action": "drop", "match": {"path": "/healthz"}}
+
+
+def rule_ids(hs: Hindsight) -> list[str]:
+    return sorted(rule.id for rule in hs.rules.rules())
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_rules_from_a_list_are_in_force_and_audited() -> None:
+    hs = Hindsight(rules=[RELEASE_CHECKOUT, DROP_HEALTH])
+    assert rule_ids(hs) == ["checkout", "health"]
+    events = hs.audit.events(10)
+    assert {(e["action"], e["rule"]["id"], e["by"]) for e in events} == {
+        ("added", "checkout", "startup"),
+        ("added", "health", "startup"),
+    }
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["list", "object"])
+def test_rules_from_a_json_file(tmp_path: Path, wrapped: bool) -> None:
+    path = tmp_path / "rules.json"
+    document: Any = [RELEASE_CHECKOUT]
+    if wrapped:
+        document = {"rules": document}
+    path.write_text(json.dumps(document))
+    assert rule_ids(Hindsight(rules=str(path))) == ["checkout"]
+    assert rule_ids(Hindsight(rules=path)) == ["checkout"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[{", "is not JSON"),
+        ('{"nope": []}', "must be a list of rules"),
+        ('[{"action": "release"}, {"action": "explode"}]', "invalid rule #1"),
+        ('[{"id": "a", "action": "drop"}, {"id": "a", "action": "drop"}]', "uses the id 'a' twice"),
+    ],
+)
+def test_a_bad_rules_file_is_refused_at_startup(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "rules.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as info:
+        Hindsight(rules=str(path))
+    assert str(path) in str(info.value)
+
+
+def test_a_missing_rules_file_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"cannot read rules file .*missing\.json"):
+        Hindsight(rules=str(tmp_path / "missing.json"))
+
+
+def test_a_bad_rule_in_a_list_names_its_position_and_field() -> None:
+    with pytest.raises(ValueError, match=r"invalid rule #0 in rules: .*sample_rate"):
+        Hindsight(rules=[{"action": "release", "sample_rate": 7}])
+
+
+# -- rules_url ---------------------------------------------------------------------------
+
+
+class RulesServer:
+    """A real HTTP server on 127.0.0.1 serving a rules document with an ETag."""
+
+    def __init__(self) -> None:
+        self.document: Any = []
+        self.requests: list[str | None] = []  # the If-None-Match of each request
+        self.port = 0
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps(owner.document).encode()
+                etag = f'"{hash(body) & 0xFFFFFFFF:x}"'
+                owner.requests.append(self.headers.get("If-None-Match"))
+                if self.headers.get("If-None-Match") == etag:
+                    self.send_response(304)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.allow_reuse_address = True
+        self.port = server.server_address[1]
+        self._server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/rules.json"
+
+
+@pytest.fixture
+def rules_server() -> Iterator[RulesServer]:
+    server = RulesServer()
+    server.start()
+    yield server
+    if server._server is not None:
+        server.stop()
+
+
+def test_rules_url_is_fetched_at_start_then_polled_with_etag(
+    rules_server: RulesServer, out: ListHandler
+) -> None:
+    rules_server.document = [RELEASE_CHECKOUT]
+    hs = Hindsight(rules_url=rules_server.url, rules_poll_s=0.05)
+    assert rule_ids(hs) == ["checkout"]
+    hs.finish(hs.begin("GET", "/"))  # the first request starts the polling thread
+    wait_for(lambda: len(rules_server.requests) >= 3, "a few polls")
+    assert rules_server.requests[0] is None
+    assert all(tag is not None for tag in rules_server.requests[1:])  # If-None-Match sent
+
+    rules_server.document = {"rules": [DROP_HEALTH]}
+    wait_for(lambda: rule_ids(hs) == ["health"], "the new document to replace the old")
+    actions = [(e["action"], e["rule"]["id"]) for e in reversed(hs.audit.events(10))]
+    assert actions == [("added", "checkout"), ("removed", "checkout"), ("added", "health")]
+    assert {e["by"] for e in hs.audit.events(10)} == {f"rules_url {rules_server.url}"}
+
+
+def test_rules_url_down_keeps_the_last_good_rules_and_says_so_once(
+    rules_server: RulesServer, out: ListHandler
+) -> None:
+    out.setLevel(logging.WARNING)
+    rules_server.document = [RELEASE_CHECKOUT]
+    hs = Hindsight(rules_url=rules_server.url, rules_poll_s=0.05)
+    hs.finish(hs.begin("GET", "/"))
+    polls = len(rules_server.requests)
+    wait_for(lambda: len(rules_server.requests) > polls, "a poll")
+
+    rules_server.stop()
+    wait_for(lambda: any("cannot apply" in m for m in out.messages()), "the warning")
+    time.sleep(0.5)  # about ten failed polls
+    assert rule_ids(hs) == ["checkout"]
+    assert sum("cannot apply" in m for m in out.messages()) == 1
+
+    rules_server.document = [DROP_HEALTH]
+    rules_server.start()  # back, on the same port
+    wait_for(lambda: rule_ids(hs) == ["health"], "the rules of the server that came back")
+    assert sum("applied again" in m for m in out.messages()) == 1
+
+
+def test_rules_url_serving_invalid_rules_keeps_the_last_good_ones(
+    rules_server: RulesServer, out: ListHandler
+) -> None:
+    out.setLevel(logging.WARNING)
+    rules_server.document = [RELEASE_CHECKOUT]
+    hs = Hindsight(rules_url=rules_server.url, rules_poll_s=0.05)
+    hs.finish(hs.begin("GET", "/"))
+    rules_server.document = [{"action": "release", "match": {"nope": 1}}]
+    wait_for(lambda: any("cannot apply" in m for m in out.messages()), "the warning")
+    time.sleep(0.3)
+    assert rule_ids(hs) == ["checkout"]
+    warnings = [m for m in out.messages() if "cannot apply" in m]
+    assert len(warnings) == 1
+    assert "match.nope" in warnings[0]
+
+
+def test_rules_url_leaves_rules_added_through_the_api_alone(rules_server: RulesServer) -> None:
+    rules_server.document = [RELEASE_CHECKOUT]
+    hs = Hindsight(rules_url=rules_server.url, rules_poll_s=0.05)
+    hs.add_rule({"id": "mine", "action": "drop", "match": {"path": "/x"}}, by="127.0.0.1")
+    hs.finish(hs.begin("GET", "/"))
+    rules_server.document = []
+    wait_for(lambda: rule_ids(hs) == ["mine"], "the URL's rules to be withdrawn")
+
+
+def test_rules_url_must_be_http() -> None:
+    with pytest.raises(ValueError, match="invalid 'rules_url' 'file:///etc/passwd'"):
+        Hindsight(rules_url="file:///etc/passwd")
