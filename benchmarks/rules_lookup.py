@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from hindsight_web.rules import RuleSet, parse_rule
 
@@ -107,8 +108,8 @@ def main() -> None:
         for who, request in (("another user", other), ("a named user", named)):
             if name in ("empty", "5 general rules") and who == "a named user":
                 continue
-            d = per_call_us(lambda: detail_set.detail_for(request), args.calls, args.rounds)
-            e = per_call_us(lambda: end_set.decide(request, 12.5), args.calls, args.rounds)
+            d = per_call_us(partial(detail_set.detail_for, request), args.calls, args.rounds)
+            e = per_call_us(partial(end_set.decide, request, 12.5), args.calls, args.rounds)
             print(
                 f"{name:<20} {who:<16} {d[0]:>8.3f} ({d[1]:.3f}-{d[2]:.3f}) "
                 f"{e[0]:>8.3f} ({e[1]:.3f}-{e[2]:.3f})"

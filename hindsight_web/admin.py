@@ -150,7 +150,11 @@ def hs_stats_table(segments: list[str]) -> dict[str, Action] | None:
     """The statistics calls (answered by the Hindsight's stats, when it keeps them)."""
 
     def answer(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-        result = hs.stats_answer(segments, request.query)
+        try:
+            result = hs.stats_answer(segments, request.query)
+        except ValueError as exc:
+            field = str(exc).split("'")[1] if "'" in str(exc) else "query"
+            raise AdminError(400, str(exc), [{"field": field, "error": str(exc)}]) from None
         if result is None:
             raise AdminError(404, f"no admin call at /{'/'.join(segments)}")
         content_type, body = result

@@ -83,6 +83,9 @@ class HindsightMiddleware:
             exception = exc
             raise
         finally:
+            route = scope.get("route")  # Starlette and FastAPI put the matched route here
+            if route is not None:
+                state.route = getattr(route, "path", None)
             self.hindsight.finish(state, exception)
             _current.reset(token)
 

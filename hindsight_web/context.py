@@ -45,7 +45,9 @@ class RequestState:
         "detail_level",
         "detail_rule",
         "dropped",
+        "duration_ms",
         "ended",
+        "errored",
         "fields",
         "headers",
         "keep_level",
@@ -55,11 +57,15 @@ class RequestState:
         "nbytes",
         "on_identity",
         "path",
+        "raised",
+        "reason",
         "records",
+        "released",
         "request_id",
         "reserved",
         "route",
         "session_id",
+        "slow",
         "started",
         "status",
         "ttfb",
@@ -111,6 +117,18 @@ class RequestState:
         # Messages of the records written during the request, kept only while a
         # rule matches on `message`.
         self.written: list[str] | None = None
+        # The outcome, set by `Hindsight.finish` and read by the statistics.
+        self.duration_ms = 0.0
+        self.errored = False
+        self.slow = False
+        self.released = False
+        self.reason: str | None = None
+        self.raised: str | None = None
+
+    @property
+    def ttfb_ms(self) -> float | None:
+        """Milliseconds from the start to the first response byte, or None."""
+        return None if self.ttfb is None else (self.ttfb - self.started) * 1000.0
 
     def header(self, name: str) -> str | None:
         """The value of request header `name` (lower-case), or None."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import re
@@ -11,12 +12,13 @@ import time
 from time import perf_counter
 from typing import Any
 
-from . import admin, capture, errors, sources
+from . import admin, capture, errors, metrics, sources
 from ._sync import new_lock
 from .audit import Audit
 from .buffer import Budget, release_memory
 from .context import CLOSED_LEVEL, RequestState
 from .rules import Rule, RuleSet, parse_rule
+from .stats import Stats
 
 __all__ = ["Hindsight"]
 
@@ -65,6 +67,10 @@ class Hindsight:
         rules_poll_s: seconds between two fetches of `rules_url`.
         max_detail_ttl_s: the longest a ``detail`` rule may live; detail rules
             given no ttl expire after 30 minutes.
+        max_routes: routes (method and route template) kept in the statistics;
+            requests to others are counted under ``(other)``.
+        max_sessions: user sessions kept in the statistics (the least recently
+            seen are forgotten first); 0 keeps none.
 
     Example::
 
@@ -92,6 +98,8 @@ class Hindsight:
         rules_url: str | None = None,
         rules_poll_s: float = 30.0,
         max_detail_ttl_s: float = 24 * 3600.0,
+        max_routes: int = 500,
+        max_sessions: int = 10_000,
     ) -> None:
         self.slow_ms = _optional_number("slow_ms", slow_ms)
         self.release_on_status = _optional_status(release_on_status)
@@ -137,15 +145,9 @@ class Hindsight:
         self._poller = sources.RulesPoller(self, rules_url) if rules_url is not None else None
         self._lock = new_lock()
         self._counts = dict.fromkeys(
-            (
-                "requests",
-                "releases",
-                "records_captured",
-                "records_released",
-                "records_dropped",
-            ),
-            0,
+            ("records_captured", "records_released", "records_dropped"), 0
         )
+        self.stats = Stats(max_routes=max_routes, max_sessions=max_sessions)
         capture.install()
 
     # -- the life of a request -------------------------------------------------
@@ -219,27 +221,39 @@ class Hindsight:
         state.keep_level = CLOSED_LEVEL
         reason = None
         try:
-            end = state.ended if state.ended is not None else perf_counter()
+            end = state.ended
+            if end is None:
+                end = perf_counter()
             duration_ms = (end - state.started) * 1000.0
+            state.duration_ms = duration_ms
+            slow_ms = self.slow_ms
+            state.slow = slow_ms is not None and duration_ms >= slow_ms
+            if exception is not None:
+                state.errored = True
+                state.raised = type(exception).__name__
+            elif state.status is not None and state.status >= 500:
+                state.errored = True
             if self.rules.empty:
                 reason = self._reason(state, exception, duration_ms)
             else:
                 reason = self._decide(state, exception, duration_ms)
             released = 0
             if reason is not None:
+                state.reason = reason
+                state.released = True
                 released = self._release(state, reason, duration_ms, exception)
-            with self._lock:
-                counts = self._counts
-                counts["requests"] += 1
-                counts["records_captured"] += len(state.records) + state.dropped
-                counts["records_dropped"] += state.dropped
-                if reason is not None:
-                    counts["releases"] += 1
+            if reason is not None or state.records or state.dropped:
+                with self._lock:
+                    counts = self._counts
+                    counts["records_captured"] += len(state.records) + state.dropped
+                    counts["records_dropped"] += state.dropped
                     counts["records_released"] += released
+            self.stats.record(state)
         except Exception as exc:
             errors.report("finish", exc)
         finally:
-            release_memory(state)
+            if state.reserved or state.records:
+                release_memory(state)
         return reason
 
     def _decide(
@@ -421,16 +435,35 @@ class Hindsight:
         return None
 
     def stats_answer(self, segments: list[str], query: dict[str, str]) -> tuple[str, bytes] | None:
-        """The answer (content type, body) to a statistics call, or None if there is none."""
-        return None
+        """The answer (content type, body) to a statistics call, or None if there is none.
+
+        Raises:
+            ValueError: a bad ``limit`` or ``window`` query parameter.
+        """
+        call = "/".join(segments)
+        if call == "metrics":
+            return metrics.CONTENT_TYPE, metrics.render(self.stats, self.counters()).encode()
+        window = query.get("window")
+        if call == "stats":
+            answer = self.stats.overview(window or "all")
+            answer["counters"] = self.counters()
+        elif call == "stats/slow":
+            answer = self.stats.slowest(_query_int(query, "limit", 20), window or "recent")
+        elif call == "stats/sessions":
+            answer = self.stats.sessions(_query_int(query, "limit", 20), window or "recent")
+        else:
+            return None
+        return "application/json", json.dumps(answer).encode()
 
     # -- reporting ---------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
         """Counts since start: requests, releases, records captured, released and
         dropped, internal errors, and buffer bytes in use now."""
+        totals = self.stats.totals()
         with self._lock:
-            counts = dict(self._counts)
+            counts = {"requests": totals["requests"], "releases": totals["releases"]}
+            counts.update(self._counts)
         counts["internal_errors"] = errors.count()
         counts["buffer_bytes"] = self.budget.used
         return counts
@@ -464,6 +497,16 @@ def safe_text(text: str, limit: int) -> str:
     if _UNSAFE.search(text):
         text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
     return text
+
+
+def _query_int(query: dict[str, str], name: str, default: int) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"invalid {name!r} {text!r}: expected an integer") from None
 
 
 def _token(name: str, value: object, env: str) -> str | None:

@@ -30,12 +30,13 @@ import math
 import os
 import random
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Protocol, TypeVar
+
+from ._sync import new_lock
 
 __all__ = ["RequestFacts", "Rule", "RuleError", "RuleSet", "parse_rule", "restore_rule"]
 
@@ -79,8 +80,8 @@ _MAX_PRIORITY = 1_000_000_000
 _MAX_LEVEL = 1000
 _SLACK_S = 0.001  # times are kept to the microsecond; do not refuse a ttl for rounding
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_FIRST_YEAR, _LAST_YEAR = 1970, 9000
 _SECOND = timedelta(seconds=1)
-_MISSING = object()
 _order = itertools.count()  # creation order: "newest" among rules made in the same microsecond
 
 
@@ -283,12 +284,13 @@ def _check_method(values: frozenset[str]) -> StartCheck:
 def _check_path(values: list[str]) -> StartCheck:
     exact = frozenset(v for v in values if "*" not in v)
     globs = tuple(_Glob(v) for v in values if "*" in v)
-
-    def check(facts: RequestFacts) -> bool:
-        path = facts.path
-        return path in exact or any(glob(path) for glob in globs)
-
-    return check
+    # The common shapes get a closure without a generator: this runs on every request.
+    if not globs:
+        return lambda facts: facts.path in exact
+    if not exact and len(globs) == 1:
+        glob = globs[0]
+        return lambda facts: glob(facts.path)
+    return lambda facts: facts.path in exact or any(glob(facts.path) for glob in globs)
 
 
 def _check_attr(name: str, values: frozenset[str]) -> StartCheck:
@@ -298,7 +300,11 @@ def _check_attr(name: str, values: frozenset[str]) -> StartCheck:
 def _check_client(values: list[str]) -> StartCheck:
     networks = [ipaddress.ip_network(v) for v in values]
     exact = frozenset(n.network_address for n in networks if n.num_addresses == 1)
-    ranges = tuple(n for n in networks if n.num_addresses > 1)
+    # (version, network, mask) as ints: `address in network` is slow, and across IP
+    # versions it is not reliably False on every Python.
+    ranges = tuple(
+        (n.version, int(n.network_address), int(n.netmask)) for n in networks if n.num_addresses > 1
+    )
 
     def check(facts: RequestFacts) -> bool:
         address = _client_address(facts.client)
@@ -306,29 +312,25 @@ def _check_client(values: list[str]) -> StartCheck:
             return False
         if address in exact:
             return True
-        # `in` across IP versions is not reliably False on every Python: compare versions first.
-        return any(n.version == address.version and address in n for n in ranges)
+        version, number = address.version, int(address)
+        return any(v == version and number & mask == net for v, net, mask in ranges)
 
     return check
 
 
 def _check_headers(headers: dict[str, frozenset[str]]) -> StartCheck:
     items = tuple(headers.items())
-
-    def check(facts: RequestFacts) -> bool:
-        return all(facts.header(name) in values for name, values in items)
-
-    return check
+    if len(items) == 1:
+        ((name, values),) = items
+        return lambda facts: facts.header(name) in values
+    return lambda facts: all(facts.header(name) in values for name, values in items)
 
 
 def _check_status(values: frozenset[int] | _Range) -> EndCheck:
-    def check(facts: RequestFacts, duration_ms: float) -> bool:
-        status = facts.status
-        return status is not None and (
-            values(status) if isinstance(values, _Range) else status in values
-        )
-
-    return check
+    if isinstance(values, _Range):
+        bounds = values
+        return lambda facts, duration_ms: facts.status is not None and bounds(facts.status)
+    return lambda facts, duration_ms: facts.status in values
 
 
 def _check_duration(bounds: _Range) -> EndCheck:
@@ -382,8 +384,11 @@ def _text(
     return parse
 
 
+_method_text = _text(32, "an HTTP method such as 'GET'", token=True)
+
+
 def _method_item(p: _Problems, field: str, value: object) -> str | None:
-    text = _text(32, "an HTTP method such as 'GET'", token=True)(p, field, value)
+    text = _method_text(p, field, value)
     return None if text is None else text.upper()
 
 
@@ -465,9 +470,7 @@ def _range(p: _Problems, field: str, value: Mapping[object, object]) -> _Range |
         return None
     bounds = _Range(lo, lo_open, hi, hi_open)
     if bounds.empty():
-        p.wrong_value(
-            field, value, "the range matches no number: its lower bound is above its upper"
-        )
+        p.wrong_value(field, value, "the range matches no number: its bounds exclude each other")
         return None
     return bounds
 
@@ -520,13 +523,16 @@ def _exact_key(
     name: str,
     item: Callable[[_Problems, str, object], str | None],
     what: str,
-    check: Callable[[list[str]], StartCheck],
+    check: Callable[[frozenset[str]], StartCheck] | None = None,
 ) -> Callable[[_Problems, str, object, _Match], None]:
+    """The parser of a key matched exactly against the request attribute of the same name."""
+
     def parse(p: _Problems, field: str, value: object, match: _Match) -> None:
         parsed = _one_or_many(p, field, value, item, what)
         if parsed is not None:
             match.json[name], values = parsed
-            match.start[name] = check(values)
+            exact = frozenset(values)
+            match.start[name] = check(exact) if check else _check_attr(name, exact)
             match.keys[name] = tuple(dict.fromkeys(values))
 
     return parse
@@ -616,33 +622,14 @@ def _parse_message(p: _Problems, field: str, value: object, match: _Match) -> No
         match.end["message"] = _check_message(tuple(dict.fromkeys(values)))
 
 
-def _route_check(values: list[str]) -> StartCheck:
-    return _check_attr("route", frozenset(values))
-
-
 _MATCH_PARSERS: dict[str, Callable[[_Problems, str, object, _Match], None]] = {
-    "method": _exact_key(
-        "method", _method_item, "an HTTP method", lambda v: _check_method(frozenset(v))
-    ),
+    "method": _exact_key("method", _method_item, "an HTTP method", _check_method),
     "path": _parse_path,
     "route": _exact_key(
-        "route",
-        _text(_MAX_TEXT, "a route template such as '/items/{item_id}'"),
-        "a route",
-        _route_check,
+        "route", _text(_MAX_TEXT, "a route template such as '/items/{item_id}'"), "a route"
     ),
-    "user_id": _exact_key(
-        "user_id",
-        _identity_item,
-        "a user id",
-        lambda v: _check_attr("user_id", frozenset(v)),
-    ),
-    "session_id": _exact_key(
-        "session_id",
-        _identity_item,
-        "a session id",
-        lambda v: _check_attr("session_id", frozenset(v)),
-    ),
+    "user_id": _exact_key("user_id", _identity_item, "a user id"),
+    "session_id": _exact_key("session_id", _identity_item, "a session id"),
     "client_ip": _parse_client,
     "header": _parse_header,
     "status": _parse_status,
@@ -683,11 +670,7 @@ def _canonical(seconds: float) -> float:
 def _iso(seconds: float | None) -> str | None:
     if seconds is None:
         return None
-    moment = _to_time(seconds)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond:
-        text += f".{moment.microsecond:06d}"
-    return text + "Z"
+    return _to_time(seconds).replace(tzinfo=None).isoformat() + "Z"
 
 
 def _parse_time(p: _Problems, field: str, value: object) -> float | None:
@@ -702,12 +685,15 @@ def _parse_time(p: _Problems, field: str, value: object) -> float | None:
         if len(text) > 64:
             raise ValueError(text)
         moment = datetime.fromisoformat(text)
-        if moment.tzinfo is None:  # a naive time means UTC
-            moment = moment.replace(tzinfo=timezone.utc)
-        return _canonical(_from_time(moment))
-    except (ValueError, OverflowError):
+    except ValueError:
         p.wrong_value(field, value, expected + " (a time without an offset is UTC)")
         return None
+    if moment.tzinfo is None:  # a naive time means UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    if not _FIRST_YEAR <= moment.year <= _LAST_YEAR:  # keeps expiry arithmetic in range
+        p.wrong_value(field, value, f"expected a time in the years {_FIRST_YEAR} to {_LAST_YEAR}")
+        return None
+    return _canonical(_from_time(moment))
 
 
 def _parse_level(p: _Problems, value: object) -> int:
@@ -838,7 +824,8 @@ def _window(
     raw_starts, raw_expires = obj.get("starts_at"), obj.get("expires_at")
     starts = None if raw_starts is None else _parse_time(p, "starts_at", raw_starts)
     expires = None if raw_expires is None else _parse_time(p, "expires_at", raw_expires)
-    ttl = None if stored else _parse_ttl(p, obj.get("ttl_s"))
+    # In the stored form ttl_s is what was left when it was written: expires_at is the truth.
+    ttl = None if stored and raw_expires is not None else _parse_ttl(p, obj.get("ttl_s"))
     begin = now if starts is None else max(now, starts)
     if ttl is not None and raw_expires is not None:
         p.wrong_value("ttl_s", obj["ttl_s"], "give either 'ttl_s' or 'expires_at', not both")
@@ -1097,9 +1084,9 @@ def restore_rule(
     """Rebuild a rule from its stored form (what :meth:`Rule.to_json` gave).
 
     Unlike :func:`parse_rule`, it keeps ``created_at`` and ``hits``, ignores
-    ``ttl_s`` (``expires_at`` holds the expiry) and accepts an expiry that
-    has passed (a :class:`RuleSet` then expires the rule): a store reloads
-    its rules with it.
+    ``ttl_s`` when ``expires_at`` is given (that holds the expiry), and
+    accepts an expiry that has passed (a :class:`RuleSet` then expires the
+    rule): a store reloads its rules with it.
 
     Raises:
         RuleError: as :func:`parse_rule`.
@@ -1174,7 +1161,7 @@ def _parse(
 class _Index:
     """An immutable lookup structure over rules of one kind (detail, or release/drop)."""
 
-    __slots__ = ("general", "tables")
+    __slots__ = ("general", "lookups", "tables")
 
     def __init__(
         self,
@@ -1183,6 +1170,7 @@ class _Index:
     ) -> None:
         self.general = general
         self.tables = tables
+        self.lookups = tuple((_KEY_OF[kind], table) for kind, table in tables.items())
 
     @staticmethod
     def build(rules: Iterable[Rule]) -> _Index | None:
@@ -1237,9 +1225,10 @@ class _Index:
         return _Index(general, tables)
 
     def candidates(self, facts: RequestFacts) -> list[tuple[Rule, ...]]:
-        found = [self.general]
-        for kind, table in self.tables.items():
-            key = _KEY_OF[kind](facts)
+        """The non-empty buckets the request's own values select, and the general list."""
+        found = [self.general] if self.general else []
+        for key_of, table in self.lookups:
+            key = key_of(facts)
             if key is not None:
                 bucket = table.get(key)
                 if bucket:
@@ -1274,8 +1263,13 @@ class _Snapshot:
             by_id,
             _Index.build(r for r in rules if r.action == "detail"),
             _Index.build(r for r in rules if r.action != "detail"),
-            min((r._until for r in rules), default=math.inf),
+            _earliest(by_id),
         )
+
+
+def _earliest(by_id: dict[str, Rule]) -> float:
+    """The earliest expiry among the rules (inf when none expires)."""
+    return min((r._until for r in by_id.values()), default=math.inf)
 
 
 _EMPTY = _Snapshot({}, None, None, math.inf)
@@ -1308,7 +1302,7 @@ class RuleSet:
     ) -> None:
         self._clock = clock
         self._rng = rng
-        self._lock = threading.Lock()
+        self._lock = new_lock()  # re-made in a forked child (gunicorn --preload)
         self._snap = _EMPTY
         self._pending: list[Rule] = []  # expired rules pushed out by add(), for expire()
 
@@ -1391,7 +1385,10 @@ class RuleSet:
             detail = detail.minus(rule) if detail is not None else None
         else:
             end = end.minus(rule) if end is not None else None
-        return _Snapshot(by_id, detail, end, snap.next_expiry)
+        next_expiry = snap.next_expiry
+        if rule._until <= next_expiry:  # it held the earliest expiry: find the next one
+            next_expiry = _earliest(by_id)
+        return _Snapshot(by_id, detail, end, next_expiry)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -1433,9 +1430,12 @@ class RuleSet:
         index = self._snap.detail
         if index is None:
             return None
+        found = index.candidates(facts)
+        if not found:
+            return None
         now = self._clock()
         best: Rule | None = None
-        for bucket in index.candidates(facts):
+        for bucket in found:
             for rule in bucket:
                 if not rule._from <= now < rule._until:
                     continue
@@ -1461,9 +1461,12 @@ class RuleSet:
         index = self._snap.end
         if index is None:
             return None
+        found = index.candidates(facts)
+        if not found:
+            return None
         now = self._clock()
         best: Rule | None = None
-        for bucket in index.candidates(facts):
+        for bucket in found:
             for rule in bucket:
                 if not rule._from <= now < rule._until or not _matches(rule, facts, duration_ms):
                     continue

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from heapq import heappush, heapreplace
 from itertools import count
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from ._sync import new_lock
 from .histogram import BOUNDS_MS, Histogram, bucket_of_rank, bucket_range
@@ -105,6 +105,40 @@ class RequestRecord(NamedTuple):
     released: bool = False
     reason: str | None = None
     raised: str | None = None
+
+
+class Finished(Protocol):
+    """What `Stats.record` reads of a finished request: a `RequestRecord`, or the
+    middleware's own request state (no copy on the hot path)."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def route(self) -> str | None: ...
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def duration_ms(self) -> float: ...
+    @property
+    def ttfb_ms(self) -> float | None: ...
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def session_id(self) -> str | None: ...
+    @property
+    def errored(self) -> bool: ...
+    @property
+    def slow(self) -> bool: ...
+    @property
+    def released(self) -> bool: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def raised(self) -> str | None: ...
 
 
 class RouteStats(Histogram):
@@ -298,6 +332,8 @@ class Stats:
         self._reasons: set[str] = set()
         self._sessions: OrderedDict[str | tuple[str | None], _Session] = OrderedDict()
         self._evicted = 0
+        self._requests = 0
+        self._releases = 0
         now = clock()
         self._started = now
         number = math.floor(now / self._slot_s)
@@ -309,7 +345,7 @@ class Stats:
 
     # -- the hot path -----------------------------------------------------------------
 
-    def record(self, r: RequestRecord) -> None:
+    def record(self, r: Finished) -> None:
         """Count one finished request (called once per request; cheap).
 
         Raises:
@@ -328,6 +364,7 @@ class Stats:
             slot = self._slot
             entry = slot.routes.get(key) or self._entry(slot, key)
             index = entry.record(ms)
+            self._requests += 1
             errored = r.errored
             slow = r.slow
             if errored:
@@ -335,10 +372,11 @@ class Stats:
             if slow:
                 entry.slow += 1
             if r.released:
+                self._releases += 1
                 entry.releases += 1
                 self._count_reason(slot, r.reason)
             if ms > slot.floor:
-                self._keep_slow(slot, r, route)
+                self._keep_slow(slot, r, route, now)
             if self._leaving:
                 self._retire_one()
 
@@ -372,10 +410,10 @@ class Stats:
                 session.halve()
                 session.counts[(index + 1) >> 1] += 1
 
-    def _keep_slow(self, slot: _Slot, r: RequestRecord, route: str) -> None:
+    def _keep_slow(self, slot: _Slot, r: Finished, route: str, now: float) -> None:
         """Keep `r` among the slowest of `slot` (it is slower than the fastest kept)."""
         slowest = slot.slowest
-        entry = (r.duration_ms, next(self._seq), _kept(r, route))
+        entry = (r.duration_ms, next(self._seq), _kept(r, route, now))
         if len(slowest) < self.slow_kept:
             heappush(slowest, entry)
         else:
@@ -485,6 +523,11 @@ class Stats:
                 slots += [slot.view() for slot in (self._retired, *self._leaving)]
             sizes = (len(self._registry), len(self._sessions), self._evicted)
         return slots, sizes
+
+    def totals(self) -> dict[str, int]:
+        """Requests and releases counted since start (cheap: no merging)."""
+        with self._lock:
+            return {"requests": self._requests, "releases": self._releases}
 
     def snapshot(self, window: str = "all") -> Snapshot:
         """The statistics of `window` (``"all"`` or ``"recent"``), merged per route."""
@@ -642,12 +685,28 @@ def iso(seconds: float) -> str:
 # -- helpers ----------------------------------------------------------------------------
 
 
-def _kept(r: RequestRecord, route: str) -> RequestRecord:
-    """`r` as kept among the slowest: with its grouping route and a bounded path."""
-    if r.route is None or len(r.path) > _MAX_PATH_KEPT:
-        path = r.path if len(r.path) <= _MAX_PATH_KEPT else r.path[:_MAX_PATH_KEPT] + "..."
-        return r._replace(route=route, path=path)
-    return r
+def _kept(r: Finished, route: str, now: float) -> RequestRecord:
+    """`r` as kept among the slowest: a `RequestRecord` with its grouping route and a
+    bounded path; `at` (its start) is `now` less its duration unless `r` tells it."""
+    path = r.path if len(r.path) <= _MAX_PATH_KEPT else r.path[:_MAX_PATH_KEPT] + "..."
+    at = r.at if isinstance(r, RequestRecord) else now - r.duration_ms / 1000.0
+    return RequestRecord(
+        request_id=r.request_id,
+        method=r.method,
+        path=path,
+        route=r.route if r.route is not None else route,
+        status=r.status,
+        duration_ms=r.duration_ms,
+        at=at,
+        ttfb_ms=r.ttfb_ms,
+        user_id=r.user_id,
+        session_id=r.session_id,
+        errored=r.errored,
+        slow=r.slow,
+        released=r.released,
+        reason=r.reason,
+        raised=r.raised,
+    )
 
 
 def _added(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

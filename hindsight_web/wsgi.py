@@ -74,6 +74,10 @@ class HindsightWSGIMiddleware:
                 state.status = int(status[:3])
             except ValueError:
                 state.status = None
+            # Flask (werkzeug) answers inside its request context: the matched URL rule.
+            rule = getattr(environ.get("werkzeug.request"), "url_rule", None)
+            if rule is not None:
+                state.route = getattr(rule, "rule", None)
             for name, _ in headers:
                 if name.lower() == wanted:
                     break  # the app set its own request id; keep it

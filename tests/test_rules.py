@@ -498,6 +498,8 @@ def test_many_pieces_still_match_correctly_on_a_long_path() -> None:
         ),
         ({"action": "drop", "starts_at": "soon"}, 422, "starts_at", "ISO 8601"),
         ({"action": "drop", "starts_at": []}, 400, "starts_at", "ISO 8601"),
+        ({"action": "drop", "starts_at": "9999-12-31T23:59:59"}, 422, "starts_at", "1970 to 9000"),
+        ({"action": "drop", "expires_at": "1969-12-31"}, 422, "expires_at", "1970 to 9000"),
         ({"action": "drop", "priority": 1.5}, 400, "priority", "expected an integer"),
         ({"action": "drop", "priority": "1"}, 400, "priority", "expected an integer"),
         ({"action": "drop", "priority": False}, 400, "priority", "expected an integer"),
@@ -701,7 +703,7 @@ def test_iso_8601_expiry(text: str, expected: float) -> None:
 
 
 def test_times_are_shown_in_utc() -> None:
-    rule = make(starts_at="2026-11-23T16:00:00+02:00", expires_at="2026-11-23T15:30:00.5Z")
+    rule = make(starts_at="2026-11-23T16:00:00+02:00", expires_at="2026-11-23T15:30:00.500Z")
     body = rule.to_json(NOW)
     assert body["starts_at"] == "2026-11-23T14:00:00Z"
     assert body["expires_at"] == "2026-11-23T15:30:00.500000Z"
@@ -869,6 +871,19 @@ def test_rules_start_and_expire_with_the_clock() -> None:
     assert len(rs) == 0
 
 
+def test_expire_follows_removals() -> None:
+    clock = Clock()
+    soon, later = make(id="soon", ttl_s=10), make(id="later", ttl_s=20)
+    rs = ruleset(soon, later, make(id="forever"), clock=clock)
+    assert rs.remove("soon") is soon
+    clock.now = NOW + 15
+    assert rs.expire() == []
+    assert len(rs) == 2
+    clock.now = NOW + 20
+    assert rs.expire() == [later]
+    assert [r.id for r in rs.rules()] == ["forever"]
+
+
 def test_add_over_an_expired_rule_reports_the_old_one_from_expire() -> None:
     clock = Clock()
     old = make(id="x", ttl_s=5)
@@ -896,6 +911,17 @@ def test_restored_rules_keep_their_history() -> None:
     rs2 = ruleset(gone, clock=Clock(NOW + 900))
     assert rs2.get("d") is None
     assert rs2.expire() == [gone]
+
+
+def test_restore_rule_uses_ttl_only_without_expires_at() -> None:
+    rule = restore_rule(
+        {"action": "drop", "ttl_s": 60, "created_at": "2026-11-23T13:00:00Z"}, now=NOW
+    )
+    assert (rule.created_at, rule.expires_at) == (NOW - 3600, NOW + 60)
+    rule = restore_rule(
+        {"action": "drop", "ttl_s": 60, "expires_at": "2026-11-23T14:00:30Z"}, now=NOW
+    )
+    assert rule.expires_at == NOW + 30
 
 
 def test_restore_rule_still_validates() -> None:
@@ -992,7 +1018,9 @@ def test_the_index_finds_user_rules_among_many() -> None:
         make("detail", id=f"user-{i}", match={"user_id": f"u{i}"}, ttl_s=60) for i in range(10_000)
     ]
     general = make("detail", id="admins", match={"path": "/admin/*"}, priority=-1)
-    rs = ruleset(*users, general)
+    rs = RuleSet(clock=Clock())
+    rs.replace(users)
+    rs.add(general)
     assert rs.detail_for(Facts(user_id="u5000")) is users[5000]
     assert rs.detail_for(Facts(user_id="nobody")) is None
     assert rs.detail_for(Facts(user_id="nobody", path="/admin/x")) is general
