@@ -27,6 +27,19 @@ AdminResponse = tuple[int, list[tuple[str, str]], bytes]
 
 JSON_HEADERS = [("content-type", "application/json"), ("cache-control", "no-store")]
 MAX_LIMIT = 1000
+PAGE_HEADERS = [
+    ("content-type", "text/html; charset=utf-8"),
+    ("cache-control", "no-store"),
+    # The page runs only its own inline script and talks only to its own origin.
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+]
 
 
 @dataclass

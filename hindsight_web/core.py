@@ -12,7 +12,7 @@ import time
 from time import perf_counter
 from typing import Any
 
-from . import admin, capture, errors, metrics, sources
+from . import admin, capture, dashboard, errors, metrics, sources
 from ._sync import new_lock
 from .audit import Audit
 from .buffer import Budget, release_memory
@@ -144,9 +144,7 @@ class Hindsight:
                 self._add(rule, by="startup")
         self._poller = sources.RulesPoller(self, rules_url) if rules_url is not None else None
         self._lock = new_lock()
-        self._counts = dict.fromkeys(
-            ("records_captured", "records_released", "records_dropped"), 0
-        )
+        self._counts = dict.fromkeys(("records_captured", "records_released", "records_dropped"), 0)
         self.stats = Stats(max_routes=max_routes, max_sessions=max_sessions)
         capture.install()
 
@@ -430,9 +428,9 @@ class Hindsight:
 
         return AdminWSGIApp(self)
 
-    def dashboard_page(self) -> bytes | None:
-        """The dashboard's HTML page, or None while there is none."""
-        return None
+    def dashboard_page(self) -> bytes:
+        """The dashboard's HTML page (no data in it: it asks for the token, then the API)."""
+        return dashboard.page(self.admin_path or "")
 
     def stats_answer(self, segments: list[str], query: dict[str, str]) -> tuple[str, bytes] | None:
         """The answer (content type, body) to a statistics call, or None if there is none.

@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import math
+import operator
 import os
 import random
 import re
@@ -1428,27 +1429,7 @@ class RuleSet:
         hit; dry-run rules only count.
         """
         index = self._snap.detail
-        if index is None:
-            return None
-        found = index.candidates(facts)
-        if not found:
-            return None
-        now = self._clock()
-        best: Rule | None = None
-        for bucket in found:
-            for rule in bucket:
-                if not rule._from <= now < rule._until:
-                    continue
-                for check in rule._start_checks:
-                    if not check(facts):
-                        break
-                else:
-                    if rule.sample_rate < 1.0 and not self._rng() < rule.sample_rate:
-                        continue
-                    rule._hits.n += 1
-                    if not rule.dry_run and (best is None or rule._detail_key > best._detail_key):
-                        best = rule
-        return best
+        return None if index is None else self._lookup(index, facts, 0.0, _DETAIL_ORDER)
 
     def decide(self, facts: RequestFacts, duration_ms: float) -> Rule | None:
         """The `release` or `drop` rule that applies when a request ends, or None.
@@ -1459,8 +1440,15 @@ class RuleSet:
         hit; dry-run rules only count.
         """
         index = self._snap.end
-        if index is None:
-            return None
+        return None if index is None else self._lookup(index, facts, duration_ms, _DECIDE_ORDER)
+
+    def _lookup(
+        self,
+        index: _Index,
+        facts: RequestFacts,
+        duration_ms: float,
+        order: Callable[[Rule], tuple[float, ...]],
+    ) -> Rule | None:
         found = index.candidates(facts)
         if not found:
             return None
@@ -1473,9 +1461,13 @@ class RuleSet:
                 if rule.sample_rate < 1.0 and not self._rng() < rule.sample_rate:
                     continue
                 rule._hits.n += 1
-                if not rule.dry_run and (best is None or rule._decide_key > best._decide_key):
+                if not rule.dry_run and (best is None or order(rule) > order(best)):
                     best = rule
         return best
+
+
+_DETAIL_ORDER: Callable[[Rule], tuple[float, ...]] = operator.attrgetter("_detail_key")
+_DECIDE_ORDER: Callable[[Rule], tuple[float, ...]] = operator.attrgetter("_decide_key")
 
 
 def _matches(rule: Rule, facts: RequestFacts, duration_ms: float) -> bool:

@@ -925,14 +925,10 @@ def test_restore_rule_uses_ttl_only_without_expires_at() -> None:
 
 
 def test_restore_rule_still_validates() -> None:
-    err = refusal_restore({"action": "drop", "created_at": "yesterday", "hits": -1})
-    assert {d["field"] for d in err.details} == {"created_at", "hits"}
-
-
-def refusal_restore(obj: object) -> RuleError:
     with pytest.raises(RuleError) as info:
-        restore_rule(obj, now=NOW)
-    return info.value
+        restore_rule({"action": "drop", "created_at": "yesterday", "hits": -1}, now=NOW)
+    err = info.value
+    assert {d["field"] for d in err.details} == {"created_at", "hits"}
 
 
 # -- the set ------------------------------------------------------------------------------
