@@ -18,7 +18,7 @@ from .audit import Audit
 from .buffer import Budget, release_memory
 from .context import CLOSED_LEVEL, RequestState
 from .rules import Rule, RuleSet, parse_rule
-from .stats import Stats
+from .stats import Stats, hash_session
 
 __all__ = ["Hindsight"]
 
@@ -71,6 +71,9 @@ class Hindsight:
             requests to others are counted under ``(other)``.
         max_sessions: user sessions kept in the statistics (the least recently
             seen are forgotten first); 0 keeps none.
+        session_cookie: the name of the app's session cookie, to group the
+            statistics of requests whose app did not call ``set_user(...,
+            session_id=...)``; only a hash of its value is kept.
 
     Example::
 
@@ -100,6 +103,7 @@ class Hindsight:
         max_detail_ttl_s: float = 24 * 3600.0,
         max_routes: int = 500,
         max_sessions: int = 10_000,
+        session_cookie: str | None = None,
     ) -> None:
         self.slow_ms = _optional_number("slow_ms", slow_ms)
         self.release_on_status = _optional_status(release_on_status)
@@ -146,6 +150,14 @@ class Hindsight:
         self._lock = new_lock()
         self._counts = dict.fromkeys(("records_captured", "records_released", "records_dropped"), 0)
         self.stats = Stats(max_routes=max_routes, max_sessions=max_sessions)
+        if session_cookie is not None and (
+            not isinstance(session_cookie, str)
+            or not re.fullmatch(r"[!#-'*+.0-9A-Z^-z|~-]+", session_cookie)
+        ):
+            raise ValueError(
+                f"invalid 'session_cookie' {session_cookie!r}: expected a cookie name or None"
+            )
+        self.session_cookie = session_cookie
         capture.install()
 
     # -- the life of a request -------------------------------------------------
@@ -246,6 +258,8 @@ class Hindsight:
                     counts["records_captured"] += len(state.records) + state.dropped
                     counts["records_dropped"] += state.dropped
                     counts["records_released"] += released
+            if self.session_cookie is not None and state.session_id is None:
+                state.session_id = _cookie_session(state, self.session_cookie)
             self.stats.record(state)
         except Exception as exc:
             errors.report("finish", exc)
@@ -495,6 +509,18 @@ def safe_text(text: str, limit: int) -> str:
     if _UNSAFE.search(text):
         text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
     return text
+
+
+def _cookie_session(state: RequestState, name: str) -> str | None:
+    """A hash of the request's `name` cookie (the value itself is never kept), or None."""
+    header = state.header("cookie")
+    if not header:
+        return None
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name and value:
+            return hash_session(value.strip('"'))
+    return None
 
 
 def _query_int(query: dict[str, str], name: str, default: int) -> int:
