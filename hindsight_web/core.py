@@ -138,6 +138,7 @@ class Hindsight:
         self.request_id_header = request_id_header
         self.budget = Budget(self.max_total_bytes)
         self.rules = RuleSet()
+        self._rules_lock = new_lock()
         self.audit = Audit()
         self._watch_messages = False
         self._message_rules = 0
@@ -378,7 +379,8 @@ class Hindsight:
 
     def remove_rule(self, rule_id: str, by: str | None = None) -> Rule | None:
         """Take a rule out of force; returns it, or None if there was none with that id."""
-        removed = self.rules.remove(rule_id)
+        with self._rules_lock:
+            removed = self.rules.remove(rule_id)
         if removed is not None:
             self._rules_changed([removed], -1)
             self.audit.record("removed", removed.to_json(), by)
@@ -393,9 +395,34 @@ class Hindsight:
                 self.audit.record("expired", rule.to_json(), "expiry")
 
     def _add(self, rule: Rule, by: str | None) -> None:
-        self.rules.add(rule)
+        with self._rules_lock:
+            self.rules.add(rule)
         self._rules_changed([rule], +1)
         self.audit.record("added", rule.to_json(), by)
+
+    def swap_rules(
+        self, old_ids: set[str], rules: list[Rule], by: str
+    ) -> tuple[set[str], list[str]]:
+        """Replace the rules `old_ids` (put in force by one source) by `rules`, at once.
+
+        Rules of other sources are left alone; a new rule whose id one of them
+        has is skipped. Returns the ids put in force and the ids skipped.
+        """
+        self.expire_rules()
+        with self._rules_lock:
+            current = {rule.id: rule for rule in self.rules.rules()}
+            others = [rule for rule_id, rule in current.items() if rule_id not in old_ids]
+            taken = {rule.id for rule in others}
+            applied = [rule for rule in rules if rule.id not in taken]
+            self.rules.replace(others + applied)
+        removed = [current[rule_id] for rule_id in sorted(old_ids) if rule_id in current]
+        self._rules_changed(removed, -1)
+        self._rules_changed(applied, +1)
+        for rule in removed:
+            self.audit.record("removed", rule.to_json(), by)
+        for rule in applied:
+            self.audit.record("added", rule.to_json(), by)
+        return {rule.id for rule in applied}, [rule.id for rule in rules if rule.id in taken]
 
     def _rules_changed(self, rules: list[Rule], delta: int) -> None:
         # Messages of written records are kept only while some rule matches on them.

@@ -155,22 +155,14 @@ class RulesPoller:
             self._failed(exc)
 
     def _apply(self, hs: Hindsight, rules: list[Rule]) -> None:
-        by = f"rules_url {self.url}"
-        for rule_id in sorted(self._ids):
-            hs.remove_rule(rule_id, by=by)
-        self._ids = set()
-        for rule in rules:
-            try:
-                hs._add(rule, by=by)
-            except KeyError:
-                logger.warning(
-                    "hindsight-web: rule %r from %s not applied: a rule with that id was "
-                    "added through the admin API",
-                    rule.id,
-                    self.url,
-                )
-                continue
-            self._ids.add(rule.id)
+        self._ids, skipped = hs.swap_rules(self._ids, rules, by=f"rules_url {self.url}")
+        for rule_id in skipped:
+            logger.warning(
+                "hindsight-web: rule %r from %s not applied: a rule with that id was added "
+                "through the admin API",
+                rule_id,
+                self.url,
+            )
 
     def _ok(self) -> None:
         if self._failing is not None:

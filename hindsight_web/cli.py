@@ -1,0 +1,604 @@
+"""The ``hindsight-web`` command: manage a running app's rules through its admin API.
+
+Usage::
+
+    export HINDSIGHT_URL=http://127.0.0.1:8000/_hindsight HINDSIGHT_ADMIN_TOKEN=s3cret
+    hindsight-web rules list
+    hindsight-web rules add '{"action": "release", "match": {"path": "/checkout/*"}}'
+    hindsight-web rules add rules.json          # one rule, a list, or {"rules": [...]}; - is stdin
+    hindsight-web rules rm checkout-slow
+    hindsight-web detail alice --ttl 30m        # alice's requests write from DEBUG, live
+    hindsight-web undetail alice
+    hindsight-web audit --limit 20
+    hindsight-web stats [--slow | --sessions] [--limit N]
+
+The options ``--url``, ``--token``, ``--json`` and ``--timeout`` go before or after
+the command. ``--json`` prints the admin API's answer as is (indented, keys
+sorted); the calls that answer nothing (``rules rm``, ``undetail``) print what
+they removed.
+
+Exit codes:
+    0  done
+    1  the admin refused the call: bad input (400, 422: the fields are named),
+       no such rule or user (404), an id already taken (409)
+    2  usage: bad arguments, no URL or token, rule input that cannot be read
+    3  the app cannot be reached: connection refused, timeout, unknown host
+    4  the admin refused the token (401)
+    5  the read-only token was used for a change (403)
+    6  the answer is not the admin API's (not JSON, wrong URL) or the admin failed (5xx)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["main"]
+
+OK, API_ERROR, USAGE, UNREACHABLE, TOKEN_REFUSED, READ_ONLY, BAD_ANSWER = range(7)
+
+EXIT_CODES = """\
+exit codes:
+  0  done
+  1  the admin refused the call: bad input (400, 422: the fields are named),
+     no such rule or user (404), an id already taken (409)
+  2  usage: bad arguments, no URL or token, rule input that cannot be read
+  3  the app cannot be reached: connection refused, timeout, unknown host
+  4  the admin refused the token (401)
+  5  the read-only token was used for a change (403)
+  6  the answer is not the admin API's (not JSON, wrong URL) or the admin failed (5xx)
+"""
+URL_HINT = "--url should be the admin's base URL, e.g. http://127.0.0.1:8000/_hindsight"
+TTL_FORMS = "seconds (90) or a number with s, m, h or d (90s, 30m, 2h, 1d)"
+_TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class CliError(Exception):
+    """A failure to report on one line of stderr, with the exit code it gives."""
+
+    def __init__(self, message: str, code: int, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class Api:
+    """A client of one admin API: each call returns the decoded JSON answer or raises CliError.
+
+    Args:
+        url: the admin's base URL, e.g. ``http://127.0.0.1:8000/_hindsight``.
+        token: the bearer token (admin or read-only).
+        timeout: seconds to wait for the connection and for the answer.
+    """
+
+    def __init__(self, url: str, token: str, timeout: float) -> None:
+        try:
+            import httpx
+        except ImportError:
+            raise CliError(
+                "this command needs httpx: pip install 'hindsight-web[cli]'", USAGE
+            ) from None
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._client = httpx.Client(
+            timeout=timeout,
+            headers={
+                "authorization": f"Bearer {token}",
+                "accept": "application/json",
+                "user-agent": f"hindsight-web/{__version__}",
+            },
+        )
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._client.close()
+
+    def call(
+        self, method: str, path: str, body: object = None, params: dict[str, int] | None = None
+    ) -> Any:
+        """Make one call (`path` below the base URL, segments quoted); None for a 204."""
+        import httpx
+
+        what = f"{method} {path}"
+        try:
+            response = self._client.request(
+                method,
+                self.url + path,
+                json=body,
+                params={k: v for k, v in (params or {}).items() if v is not None},
+            )
+        except httpx.TimeoutException:
+            raise CliError(
+                f"no answer from {self.url} within {self.timeout:g} s (see --timeout)", UNREACHABLE
+            ) from None
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            raise CliError(
+                f"cannot reach {self.url}: {str(exc) or type(exc).__name__}", UNREACHABLE
+            ) from None
+        return _answer(what, response)
+
+
+def _answer(what: str, response: httpx.Response) -> Any:
+    """The decoded answer to a successful call (None for 204), else the CliError it means."""
+    status = response.status_code
+    if status == 204:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        if status < 400:
+            kind = response.headers.get("content-type", "no content type")
+            raise CliError(
+                f"the answer to {what} is not JSON (HTTP {status}, {kind}); {URL_HINT}",
+                BAD_ANSWER,
+                status,
+            ) from None
+        body = None
+    if status < 400:
+        return body
+    raise _refusal(what, status, body)
+
+
+def _refusal(what: str, status: int, body: object) -> CliError:
+    """The error for an answer of `status` >= 400, naming the API's message and fields."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if status == 401:
+        message = "the admin refused the token (HTTP 401); check --token or HINDSIGHT_ADMIN_TOKEN"
+        return CliError(message, TOKEN_REFUSED, status)
+    if status == 403:
+        message = (
+            f"the token may not make this change (HTTP 403): {error or 'forbidden'}; "
+            "changes need the admin token, not the read-only one"
+        )
+        return CliError(message, READ_ONLY, status)
+    if not isinstance(body, dict) or not isinstance(error, str):
+        message = f"no hindsight admin API answered {what} (HTTP {status}); {URL_HINT}"
+        return CliError(message, BAD_ANSWER, status)
+    details = body.get("details")
+    fields = "; ".join(
+        f"{d.get('field')}: {d.get('error')}"
+        for d in (details if isinstance(details, list) else [])
+        if isinstance(d, dict)
+    )
+    verb = "failed on" if status >= 500 else "refused"
+    message = f"the admin {verb} {what} (HTTP {status}): {error}"
+    code = BAD_ANSWER if status >= 500 else API_ERROR
+    return CliError(message + (f" [{fields}]" if fields else ""), code, status)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def rules_list(api: Api, args: argparse.Namespace) -> int:
+    """``rules list``: every rule, as a table."""
+    return _emit(args, api.call("GET", "/rules"), lambda answer: _rules_table(answer["rules"]))
+
+
+def rules_add(api: Api, args: argparse.Namespace) -> int:
+    """``rules add``: post each rule of the input, print the stored rules."""
+    rules, single = _read_rules(args.source)
+    stored: list[Any] = []
+    for number, rule in enumerate(rules, 1):
+        try:
+            stored.append(api.call("POST", "/rules", rule))
+        except CliError as exc:
+            if len(rules) == 1:
+                raise
+            if stored:
+                _emit(args, {"rules": stored}, lambda answer: _rules_table(answer["rules"]))
+            rule_id = rule.get("id") if isinstance(rule, dict) else None
+            where = f"rule {number} of {len(rules)}" + (f" (id {rule_id!r})" if rule_id else "")
+            done = f"; the {len(stored)} before it were added" if stored else ""
+            rest = "; the rest were not sent" if number < len(rules) else ""
+            raise CliError(f"{where}: {exc}{done}{rest}", exc.code, exc.status) from None
+    answer = stored[0] if single else {"rules": stored}
+    return _emit(args, answer, lambda _: _rules_table(stored))
+
+
+def rules_rm(api: Api, args: argparse.Namespace) -> int:
+    """``rules rm``: remove each rule; a missing one is reported and the others still go."""
+    removed: list[str] = []
+    code = OK
+    for rule_id in args.ids:
+        try:
+            api.call("DELETE", f"/rules/{_segment(rule_id)}")
+        except CliError as exc:
+            if exc.code != API_ERROR:
+                raise
+            _complain(str(exc))
+            code = API_ERROR
+            continue
+        removed.append(rule_id)
+    _emit(args, {"removed": removed}, _removed_text)
+    return code
+
+
+def detail(api: Api, args: argparse.Namespace) -> int:
+    """``detail USER``: write the user's requests from `--level` up, live, for `--ttl`."""
+    body = {
+        key: value
+        for key, value in (("ttl_s", args.ttl), ("level", args.level), ("note", args.note))
+        if value is not None
+    }
+    rule = api.call("POST", f"/users/{_segment(args.user)}/detail", body)
+    return _emit(args, rule, _detail_text)
+
+
+def undetail(api: Api, args: argparse.Namespace) -> int:
+    """``undetail USER``: remove every detail rule of the user."""
+    api.call("DELETE", f"/users/{_segment(args.user)}/detail")
+    answer = {"user_id": args.user, "detail": False}
+    return _emit(args, answer, lambda _: f"detail off for user {_clean(args.user)!r}")
+
+
+def audit(api: Api, args: argparse.Namespace) -> int:
+    """``audit``: the rule changes, newest first."""
+    answer = api.call("GET", "/audit", params={"limit": args.limit})
+    return _emit(args, answer, lambda answer: _audit_table(answer["events"]))
+
+
+def stats(api: Api, args: argparse.Namespace) -> int:
+    """``stats``: totals and routes, or the slowest requests (--slow) or sessions (--sessions)."""
+    path, render = "/stats", lambda answer: _stats_text(answer, args.limit)
+    if args.slow:
+        path, render = "/stats/slow", _slow_table
+    elif args.sessions:
+        path, render = "/stats/sessions", _sessions_table
+    params = {"limit": args.limit} if path != "/stats" else None
+    try:
+        answer = api.call("GET", path, params=params)
+    except CliError as exc:
+        if exc.code == API_ERROR and exc.status == 404:
+            raise CliError(
+                f"the app's admin API has no {path} call (HTTP 404); "
+                "its hindsight-web may be older than this command",
+                API_ERROR,
+                404,
+            ) from None
+        raise
+    return _emit(args, answer, render)
+
+
+# -- input ---------------------------------------------------------------------------------
+
+
+def _read_rules(source: str) -> tuple[list[Any], bool]:
+    """The rules of `source` (inline JSON, a file, or - for stdin) and whether it held one."""
+    if source == "-":
+        text, name = sys.stdin.read(), "stdin"
+    elif source.lstrip()[:1] in ("{", "["):
+        text, name = source, "the inline rule"
+    else:
+        try:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read rule file {source!r}: {exc}", USAGE) from None
+        name = f"rule file {source!r}"
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"{name} is not valid JSON: {exc}", USAGE) from None
+    if isinstance(data, dict) and isinstance(data.get("rules"), list):
+        data = data["rules"]
+    elif isinstance(data, dict):
+        return [data], True
+    if not isinstance(data, list):
+        raise CliError(
+            f'{name}: expected a rule object, a list of rules or {{"rules": [...]}}', USAGE
+        )
+    if not data:
+        raise CliError(f"{name} holds no rules", USAGE)
+    return data, False
+
+
+def parse_ttl(text: str) -> float:
+    """A ``--ttl`` value in seconds: ``90``, ``90s``, ``30m``, ``2h``, ``1d``.
+
+    Raises:
+        argparse.ArgumentTypeError: any other form, or zero.
+    """
+    m = _TTL.fullmatch(text.strip().lower())
+    seconds = float(m[1]) * _UNITS[m[2]] if m else 0.0
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {TTL_FORMS}")
+    return int(seconds) if seconds.is_integer() else seconds
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= 1")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds > 0")
+    return value
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def _emit(args: argparse.Namespace, answer: Any, render: Callable[[Any], str]) -> int:
+    """Print `answer` as JSON (--json) or as `render` makes it readable."""
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+        return OK
+    try:
+        text = render(answer)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise CliError(
+            f"unexpected answer from the admin ({type(exc).__name__}: {exc}); {URL_HINT}",
+            BAD_ANSWER,
+        ) from None
+    print(text)
+    return OK
+
+
+def _rules_table(rules: list[dict[str, Any]]) -> str:
+    if not rules:
+        return "no rules"
+    headers = ["id", "action", "match", "level", "priority", "sample", "dry_run", "expires in"]
+    rows = [
+        [
+            rule["id"],
+            rule["action"],
+            _compact(rule.get("match")),
+            rule.get("level"),
+            rule.get("priority"),
+            rule.get("sample_rate"),
+            rule.get("dry_run"),
+            _expires_in(rule.get("ttl_s")),
+            rule.get("hits"),
+            rule.get("note"),
+        ]
+        for rule in rules
+    ]
+    return table([*headers, "hits", "note"], rows)
+
+
+def _audit_table(events: list[dict[str, Any]]) -> str:
+    if not events:
+        return "no rule changes"
+    rows = [
+        [e["at"], e["action"], e["rule"].get("id"), e.get("by"), e["rule"].get("note")]
+        for e in events
+    ]
+    return table(["at", "action", "rule id", "by", "note"], rows)
+
+
+def _stats_text(answer: dict[str, Any], limit: int | None) -> str:
+    totals = "  ".join(f"{key} {answer[key]}" for key in ("requests", "errors", "slow", "releases"))
+    if answer.get("since"):
+        totals += f"  (since {answer['since']})"
+    routes = answer["routes"]
+    if not routes:
+        return f"{totals}\n\nno requests recorded"
+    keys = ["method", "route", "count", "errors", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
+    rows = [[route.get(key) for key in keys] for route in routes[:limit]]
+    return f"{totals}\n\n" + table([key.replace("_ms", " ms") for key in keys], rows)
+
+
+def _slow_table(answer: dict[str, Any]) -> str:
+    requests = answer["requests"]
+    if not requests:
+        return "no requests recorded"
+    keys = ["at", "duration_ms", "status", "method", "path", "user_id", "released", "request_id"]
+    rows = [[r.get(key) for key in keys] for r in requests]
+    return table(["at", "ms", "status", "method", "path", "user", "released", "request id"], rows)
+
+
+def _sessions_table(answer: dict[str, Any]) -> str:
+    sessions = answer["sessions"]
+    if not sessions:
+        return "no sessions recorded"
+    keys = ["session", "user_id", "requests", "slow", "errors", "mean_ms", "max_ms", "last_seen"]
+    rows = [[s.get(key) for key in keys] for s in sessions]
+    headers = ["session", "user", "requests", "slow", "errors", "mean ms", "max ms", "last seen"]
+    return table(headers, rows)
+
+
+def _detail_text(rule: dict[str, Any]) -> str:
+    user = rule["match"]["user_id"]
+    expires = _expires_in(rule.get("ttl_s"))
+    return (
+        f"detail on for user {_clean(str(user))!r} from {rule.get('level')}, "
+        f"expires in {expires} (rule {rule['id']})"
+    )
+
+
+def _removed_text(answer: dict[str, list[str]]) -> str:
+    return "\n".join(f"removed rule {_clean(i)}" for i in answer["removed"]) or "nothing removed"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Rows as aligned plain-text columns; a column of numbers is aligned right.
+
+    Example::
+
+        table(["id", "hits"], [["a", 3], ["bb", 12]])
+        # 'id  hits\\na      3\\nbb    12'
+    """
+    cells = [[_cell(value) for value in row] for row in rows]
+    right = [all(_is_number(row[i]) or row[i] is None for row in rows) for i in range(len(headers))]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    lines = []
+    for row in [list(headers), *cells]:
+        parts = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}" if abs(value) < 1e6 else f"{value:.0f}"
+    if isinstance(value, (dict, list)):
+        return _compact(value)
+    return _clean(str(value))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _compact(value: object) -> str:
+    return _clean(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def _clean(text: str) -> str:
+    """`text` on one line, without control characters (a note could hold escapes)."""
+    return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
+def _expires_in(ttl_s: object) -> str:
+    """Seconds left as ``29m59s``, ``1h00m``, ``2d03h``; ``never`` for None."""
+    if not isinstance(ttl_s, (int, float)) or isinstance(ttl_s, bool):
+        return "never"
+    s = int(ttl_s)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{s:02d}s" if minutes else f"{s}s"
+
+
+def _segment(text: str) -> str:
+    return quote(text, safe="")
+
+
+def _complain(message: str) -> None:
+    print(f"hindsight-web: {_clean(message)}", file=sys.stderr)
+
+
+# -- the parser and main -------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    # The options are declared on every subcommand too, with SUPPRESS defaults, so they may
+    # come after the command (`hindsight-web rules list --json`) without undoing earlier ones.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", default=argparse.SUPPRESS, help="admin base URL (env HINDSIGHT_URL)"
+    )
+    common.add_argument(
+        "--token", default=argparse.SUPPRESS, help="bearer token (env HINDSIGHT_ADMIN_TOKEN)"
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the API's JSON"
+    )
+    common.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=argparse.SUPPRESS,
+        metavar="S",
+        help="seconds to wait for the app (default 10)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="hindsight-web",
+        description="Manage the runtime rules of an app that runs hindsight-web.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(group: Any, name: str, run: Callable[..., int], text: str) -> Any:
+        sub = group.add_parser(name, parents=[common], help=text, description=text)
+        sub.set_defaults(run=run)
+        return sub
+
+    rules = commands.add_parser("rules", help="list, add or remove rules")
+    rule_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
+    command(rule_commands, "list", rules_list, "list the rules")
+    add = command(rule_commands, "add", rules_add, "add rules and print them as stored")
+    add.add_argument(
+        "source",
+        metavar="FILE-or-JSON",
+        help='a JSON file (a rule, a list, or {"rules": [...]}), an inline rule, or - for stdin',
+    )
+    rm = command(rule_commands, "rm", rules_rm, "remove rules")
+    rm.add_argument("ids", nargs="+", metavar="ID")
+    on = command(commands, "detail", detail, "write a user's requests from a level up, live")
+    on.add_argument("user", metavar="USER")
+    on.add_argument(
+        "--ttl", type=parse_ttl, help=f"how long: {TTL_FORMS}; default: the app's (30m)"
+    )
+    on.add_argument("--level", help="lowest level written (default DEBUG)")
+    on.add_argument("--note", help="a note kept with the rule and in the audit trail")
+    off = command(commands, "undetail", undetail, "remove a user's detail rules")
+    off.add_argument("user", metavar="USER")
+    trail = command(commands, "audit", audit, "rule changes, newest first")
+    trail.add_argument("--limit", type=_positive_int, metavar="N", help="at most N events")
+    numbers = command(commands, "stats", stats, "request statistics per route")
+    which = numbers.add_mutually_exclusive_group()
+    which.add_argument("--slow", action="store_true", help="the slowest requests")
+    which.add_argument("--sessions", action="store_true", help="the slowest sessions")
+    numbers.add_argument("--limit", type=_positive_int, metavar="N", help="at most N rows")
+    return parser
+
+
+def _connect(args: argparse.Namespace) -> Api:
+    url = getattr(args, "url", None) or os.environ.get("HINDSIGHT_URL")
+    token = getattr(args, "token", None) or os.environ.get("HINDSIGHT_ADMIN_TOKEN")
+    if not url:
+        raise CliError(f"set --url or HINDSIGHT_URL ({URL_HINT})", USAGE)
+    if not token:
+        raise CliError("set --token or HINDSIGHT_ADMIN_TOKEN (the app's admin token)", USAGE)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CliError(f"invalid --url {url!r}; {URL_HINT}", USAGE)
+    return Api(url, token, getattr(args, "timeout", 10.0))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with `argv` (default ``sys.argv[1:]``) and return its exit code.
+
+    Example::
+
+        main(["--url", "http://127.0.0.1:8000/_hindsight", "rules", "list"])
+    """
+    args = _parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
+    try:
+        api = _connect(args)
+        try:
+            code: int = args.run(api, args)
+        finally:
+            api.close()
+    except CliError as exc:
+        _complain(str(exc))
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
