@@ -118,13 +118,7 @@ Action = Callable[["Hindsight", AdminRequest], AdminResponse]
 def _route(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     segments = request.segments
     if not segments and request.method in ("GET", "HEAD"):
-        page = hs.dashboard_page()
-        if page is not None:
-            return (
-                200,
-                [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")],
-                page,
-            )
+        return 200, list(PAGE_HEADERS), hs.dashboard_page()
     _authorize(hs, request)
     methods = _table(segments)
     if methods is None:

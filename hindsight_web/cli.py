@@ -159,7 +159,7 @@ def _refusal(what: str, status: int, body: object) -> CliError:
         return CliError(message, TOKEN_REFUSED, status)
     if status == 403:
         message = (
-            f"the token may not make this change (HTTP 403): {error or 'forbidden'}; "
+            f"the admin refused {what} with this token (HTTP 403): {error or 'forbidden'}; "
             "changes need the admin token, not the read-only one"
         )
         return CliError(message, READ_ONLY, status)
@@ -437,7 +437,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
         # 'id  hits\\na      3\\nbb    12'
     """
     cells = [[_cell(value) for value in row] for row in rows]
-    right = [all(_is_number(row[i]) or row[i] is None for row in rows) for i in range(len(headers))]
+    right = [
+        any(_is_number(row[i]) for row in rows)
+        and all(_is_number(row[i]) or row[i] is None for row in rows)
+        for i in range(len(headers))
+    ]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
     lines = []
     for row in [list(headers), *cells]:

@@ -37,7 +37,7 @@ code, td { font-variant-numeric: tabular-nums; }
 #totals dd { font-size: 1.6rem; margin: 0; } #totals dt { color: var(--muted); }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .2rem .5rem; border-bottom: 1px solid #8884; }
-td { max-width: 22rem; overflow-wrap: anywhere; }
+td { max-width: 24rem; overflow-wrap: break-word; }
 th button { all: unset; cursor: pointer; text-decoration: underline dotted; }
 th[aria-sort=descending]::after { content: " \\25BC"; }
 th[aria-sort=ascending]::after { content: " \\25B2"; }
@@ -151,7 +151,7 @@ function showHistogram(h) {
 
 function showSlow(list) {
   fill("slow", list.map((r) => tr([r.request_id, r.method, r.path, r.route,
-    [r.status, r.raised].filter((x) => x !== null && x !== undefined).join(" "),
+    r.raised ? "raised " + r.raised : r.status,
     ms(r.duration_ms), ms(r.ttfb_ms), r.user_id, r.session_id, time(r.at),
     r.released ? "released (" + r.reason + ")" : "no"], {requestId: r.request_id})));
 }

@@ -742,8 +742,8 @@ def _parse_id(p: _Problems, value: object) -> str:
         return os.urandom(6).hex()
     if not isinstance(value, str):
         p.wrong_type("id", value, expected)
-    elif not _ID.fullmatch(value):
-        p.wrong_value("id", value, expected)
+    elif not _ID.fullmatch(value) or not value.strip("."):  # "." and ".." are not path segments
+        p.wrong_value("id", value, expected + ", not only dots")
     else:
         return value
     return ""
