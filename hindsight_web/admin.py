@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -159,9 +160,10 @@ def hs_stats_table(segments: list[str]) -> dict[str, Action] | None:
     def answer(hs: Hindsight, request: AdminRequest) -> AdminResponse:
         try:
             result = hs.stats_answer(segments, request.query)
-        except ValueError as exc:
-            field = str(exc).split("'")[1] if "'" in str(exc) else "query"
-            raise AdminError(400, str(exc), [{"field": field, "error": str(exc)}]) from None
+        except ValueError as exc:  # "invalid 'limit' 'x': expected an integer"
+            named = re.match(r"invalid '(\w+)'.*?: (.*)", str(exc))
+            field, error = named.groups() if named else ("query", str(exc))
+            raise AdminError(400, str(exc), [{"field": field, "error": error}]) from None
         if result is None:
             raise AdminError(404, f"no admin call at /{'/'.join(segments)}")
         content_type, body = result

@@ -105,21 +105,63 @@ def _log(
     ):
         # One more level: this wrapper's frame stands between the caller and the original.
         return _orig_log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
-    detail = state.detail_level
-    live = detail is not None and level >= detail
-    if not live and _enabled(self, level) and _would_write(self, level):
+    if _enabled(self, level) and _would_write(self, level):
         return _orig_log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
+    detail = state.detail_level
     try:
         # Frame 1 called `_log`: `Logger.debug`, one of ours, a LoggerAdapter, the app.
         frame = _caller(sys._getframe(1), stacklevel)
-        entry = _make_entry(self, level, msg, args, exc_info, extra, stack_info, frame)
-        if live:
-            deliver(self, build_record(entry, state))
+        if detail is not None and level >= detail:
+            deliver(self, _live_record(self, level, msg, args, exc_info, extra, stack_info, frame))
         else:
-            keep(state, entry)
+            keep(state, _make_entry(self, level, msg, args, exc_info, extra, stack_info, frame))
     except Exception as exc:
         errors.report("capture", exc)
     return None
+
+
+def _live_record(
+    logger: logging.Logger,
+    level: int,
+    msg: object,
+    args: Any,
+    exc_info: Any,
+    extra: Mapping[str, object] | None,
+    stack_info: bool,
+    frame: Any,
+) -> logging.LogRecord:
+    """The record the stdlib would make for this call (args and exc_info kept as they are),
+    for a request in detail mode: it is written at once, so nothing is pinned."""
+    code = frame.f_code
+    return logger.makeRecord(
+        logger.name,
+        level,
+        code.co_filename,
+        frame.f_lineno,
+        msg,
+        args,
+        _exc_info(exc_info),
+        code.co_name,
+        extra,
+        _stack_text(frame) if stack_info else None,
+    )
+
+
+def _exc_info(exc_info: Any) -> Any:
+    """`exc_info` as `Logger._log` normalises it: a (type, value, traceback) tuple or None."""
+    if not exc_info:
+        return None
+    if isinstance(exc_info, BaseException):
+        return (type(exc_info), exc_info, exc_info.__traceback__)
+    if not isinstance(exc_info, tuple):
+        return sys.exc_info()
+    return exc_info
+
+
+def _stack_text(frame: Any) -> str:
+    """The `stack_info` text `Logger.findCaller` makes, from `frame` up."""
+    text = "Stack (most recent call last):\n" + "".join(traceback.format_stack(frame))
+    return text.rstrip("\n")
 
 
 def _level_method(level: int) -> Any:
@@ -298,17 +340,10 @@ def _make_entry(
 
     message = _message(msg, args)
     exc_text = None
-    if exc_info:
-        if isinstance(exc_info, BaseException):
-            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
-        elif not isinstance(exc_info, tuple):
-            exc_info = sys.exc_info()
-        if exc_info[0] is not None:
-            exc_text = _exception_formatter.formatException(exc_info)
-    stack_text = None
-    if stack_info:
-        stack_text = "Stack (most recent call last):\n" + "".join(traceback.format_stack(frame))
-        stack_text = stack_text.rstrip("\n")
+    exc_info = _exc_info(exc_info)
+    if exc_info is not None and exc_info[0] is not None:
+        exc_text = _exception_formatter.formatException(exc_info)
+    stack_text = _stack_text(frame) if stack_info else None
     frozen = None
     if extra:
         frozen = {k: (v if isinstance(v, _scalars) else str(v)) for k, v in extra.items()}

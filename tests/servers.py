@@ -79,7 +79,8 @@ class Server:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
-        env.pop("HINDSIGHT_ADMIN_TOKEN", None)
+        for name in ("HINDSIGHT_ADMIN_TOKEN", "HINDSIGHT_ADMIN_READ_TOKEN", "HINDSIGHT_URL"):
+            env.pop(name, None)
         out = open(self.stdout_path, "wb")  # noqa: SIM115
         err = open(self.stderr_path, "wb")  # noqa: SIM115
         self._files = [out, err]

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from hindsight_web import HindsightMiddleware, errors
+import hindsight_web
+from hindsight_web import Hindsight, HindsightMiddleware, errors
 
 from .apps import call_asgi, log, run_asgi
 from .conftest import ListHandler
@@ -578,3 +579,26 @@ def test_level_changes_between_requests_are_followed_at_once(out: ListHandler) -
     out.records.clear()
     run_asgi(make_app(status=500, lines=1))
     assert out.messages()[2:] == ["line 0"]
+
+
+def test_detail_mode_writes_records_with_their_own_args(out: ListHandler) -> None:
+    # A formatter that reads record.args (uvicorn's access log does) must work on them.
+    seen: list[tuple[object, object]] = []
+
+    class ArgsHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.msg, record.args))
+
+    logging.getLogger().addHandler(ArgsHandler())
+    hs = Hindsight()
+    hs.add_rule({"action": "detail", "match": {"user_id": "u1"}})
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        hindsight_web.set_user("u1")
+        log.debug("%s-%d", "a", 1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app, hindsight=hs))
+    assert ("%s-%d", ("a", 1)) in seen
+    assert "a-1" in out.messages()
