@@ -124,6 +124,11 @@ class Hindsight:
                 f"invalid 'store' {store!r}: expected 'memory://', 'sqlite:///path/to/file.db' "
                 "or 'redis://host:port/db'"
             )
+        if store != "memory://":
+            raise ValueError(
+                f"'store' {store!r} is not available in this version: rules and statistics are "
+                "kept per process ('memory://')"
+            )
         self.store = store
         self.max_records = _positive_int("max_records", max_records)
         self.max_bytes = _positive_int("max_bytes", max_bytes)

@@ -25,6 +25,7 @@ from .conftest import ListHandler
         ("admin_path", "no-slash", "invalid 'admin_path'"),
         ("admin_path", "/a/../b", "invalid 'admin_path'"),
         ("store", "mysql://x", "invalid 'store'"),
+        ("store", "sqlite:///tmp/x.db", "is not available in this version"),
         ("max_records", 0, "invalid 'max_records' 0: expected an integer > 0"),
         ("max_bytes", 1.5, "invalid 'max_bytes'"),
         ("request_id_header", "X Request", "invalid 'request_id_header'"),

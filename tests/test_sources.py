@@ -137,15 +137,28 @@ def rules_server() -> Iterator[RulesServer]:
     server = RulesServer()
     server.start()
     yield server
+    for hs in _polling:
+        hs.close()
+    _polling.clear()
     if server._server is not None:
         server.stop()
+
+
+_polling: list[Hindsight] = []
+
+
+def polling(url: str) -> Hindsight:
+    """A Hindsight polling `url` often; stopped when the test ends."""
+    hs = Hindsight(rules_url=url, rules_poll_s=0.05)
+    _polling.append(hs)
+    return hs
 
 
 def test_rules_url_is_fetched_at_start_then_polled_with_etag(
     rules_server: RulesServer, out: ListHandler
 ) -> None:
     rules_server.document = [RELEASE_CHECKOUT]
-    hs = Hindsight(rules_url=rules_server.url, rules_poll_s=0.05)
+    hs = polling(rules_server.url)
     assert rule_ids(hs) == ["checkout"]
     hs.finish(hs.begin("GET", "/"))  # the first request starts the polling thread
     wait_for(lambda: len(rules_server.requests) >= 3, "a few polls")
@@ -164,7 +177,7 @@ def test_rules_url_down_keeps_the_last_good_rules_and_says_so_once(
 ) -> None:
     out.setLevel(logging.WARNING)
     rules_server.document = [RELEASE_CHECKOUT]
-    hs = Hindsight(rules_url=rules_server.url, rules_poll_s=0.05)
+    hs = polling(rules_server.url)
     hs.finish(hs.begin("GET", "/"))
     polls = len(rules_server.requests)
     wait_for(lambda: len(rules_server.requests) > polls, "a poll")
@@ -186,7 +199,7 @@ def test_rules_url_serving_invalid_rules_keeps_the_last_good_ones(
 ) -> None:
     out.setLevel(logging.WARNING)
     rules_server.document = [RELEASE_CHECKOUT]
-    hs = Hindsight(rules_url=rules_server.url, rules_poll_s=0.05)
+    hs = polling(rules_server.url)
     hs.finish(hs.begin("GET", "/"))
     rules_server.document = [{"action": "release", "match": {"nope": 1}}]
     wait_for(lambda: any("cannot apply" in m for m in out.messages()), "the warning")
@@ -199,7 +212,7 @@ def test_rules_url_serving_invalid_rules_keeps_the_last_good_ones(
 
 def test_rules_url_leaves_rules_added_through_the_api_alone(rules_server: RulesServer) -> None:
     rules_server.document = [RELEASE_CHECKOUT]
-    hs = Hindsight(rules_url=rules_server.url, rules_poll_s=0.05)
+    hs = polling(rules_server.url)
     hs.add_rule({"id": "mine", "action": "drop", "match": {"path": "/x"}}, by="127.0.0.1")
     hs.finish(hs.begin("GET", "/"))
     rules_server.document = []
