@@ -150,11 +150,11 @@ def _table(segments: list[str]) -> dict[str, Action] | None:
     if n == 1 and head == "audit":
         return {"GET": _audit}
     if (n == 1 and head in ("stats", "metrics")) or (n == 2 and head == "stats"):
-        return hs_stats_table(segments)
+        return _stats_table(segments)
     return None
 
 
-def hs_stats_table(segments: list[str]) -> dict[str, Action] | None:
+def _stats_table(segments: list[str]) -> dict[str, Action] | None:
     """The statistics calls (answered by the Hindsight's stats, when it keeps them)."""
 
     def answer(hs: Hindsight, request: AdminRequest) -> AdminResponse:

@@ -17,15 +17,7 @@ the command. ``--json`` prints the admin API's answer as is (indented, keys
 sorted); the calls that answer nothing (``rules rm``, ``undetail``) print what
 they removed.
 
-Exit codes:
-    0  done
-    1  the admin refused the call: bad input (400, 422: the fields are named),
-       no such rule or user (404), an id already taken (409)
-    2  usage: bad arguments, no URL or token, rule input that cannot be read
-    3  the app cannot be reached: connection refused, timeout, unknown host
-    4  the admin refused the token (401)
-    5  the read-only token was used for a change (403)
-    6  the answer is not the admin API's (not JSON, wrong URL) or the admin failed (5xx)
+The exit codes are listed by ``hindsight-web --help`` (`EXIT_CODES` below).
 """
 
 from __future__ import annotations
