@@ -322,7 +322,7 @@ def _body(request: AdminRequest, optional: bool = False) -> Any:
         )
     try:
         return json.loads(request.body, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise AdminError(
             400, f"malformed JSON: {exc}", [{"field": "body", "error": "malformed JSON"}]
         ) from None

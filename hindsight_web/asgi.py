@@ -209,6 +209,9 @@ async def _serve_lifespan(receive: Receive, send: Send) -> None:
 
 def _with_header(message: Message, header: tuple[bytes, bytes]) -> Message:
     headers = message.get("headers", ())
+    if not isinstance(headers, (list, tuple)):  # any iterable is allowed: read it once
+        headers = list(headers)
+        message = {**message, "headers": headers}
     name = header[0]
     for key, _ in headers:
         if key.lower() == name:

@@ -48,20 +48,28 @@ class Budget:
         self._lock = new_lock()
         _budgets.add(self)
 
-    def take(self, wanted: int) -> int:
-        """Reserve up to `wanted` bytes; return how many were granted."""
-        with self._lock:
-            granted = min(wanted, self.total - self.used)
-            if granted <= 0:
-                return 0
-            self.used += granted
-            return granted
+    def reserve(self, state: RequestState) -> None:
+        """Grant `state` more bytes, up to what it needs and may have.
 
-    def give(self, amount: int) -> None:
-        """Return bytes reserved by `take`."""
-        if amount:
-            with self._lock:
-                self.used = max(0, self.used - amount)
+        Under the budget's lock, so that threads sharing one request (a thread
+        pool, a copied context) never lose a reservation.
+        """
+        with self._lock:
+            if state.nbytes <= state.reserved:
+                return
+            wanted = min(
+                max(CHUNK, state.nbytes - state.reserved), state.max_bytes - state.reserved
+            )
+            granted = min(wanted, self.total - self.used)
+            if granted > 0:
+                self.used += granted
+                state.reserved += granted
+
+    def release(self, state: RequestState) -> None:
+        """Take back everything `state` reserved."""
+        with self._lock:
+            self.used = max(0, self.used - state.reserved)
+            state.reserved = 0
 
 
 _budgets: weakref.WeakSet[Budget] = weakref.WeakSet()
@@ -93,9 +101,7 @@ def keep(state: RequestState, entry: Entry) -> None:
 def make_room(state: RequestState) -> None:
     """Reserve more of the shared budget if the request may have it, else drop the oldest."""
     if state.nbytes > state.reserved:
-        wanted = min(max(CHUNK, state.nbytes - state.reserved), state.max_bytes - state.reserved)
-        if wanted > 0:
-            state.reserved += state.budget.take(wanted)
+        state.budget.reserve(state)
     records = state.records
     dropped = 0
     while records and (len(records) > state.max_records or state.nbytes > state.reserved):
@@ -108,5 +114,5 @@ def release_memory(state: RequestState) -> None:
     """Empty the buffer and return its reserved bytes to the budget."""
     state.records.clear()
     state.nbytes = 0
-    reserved, state.reserved = state.reserved, 0
-    state.budget.give(reserved)
+    if state.reserved:
+        state.budget.release(state)

@@ -50,6 +50,7 @@ _orig_info = _Logger.info
 # from 3.11 on, findCaller counts our frame like any non-logging frame; before, it
 # started from the frame that called `_log` and stepped past it on its own.
 _LEVEL_METHOD_FRAMES = 1 if sys.version_info >= (3, 11) else 0
+_level_method_codes: set[Any] = set()
 
 _getframe = sys._getframe
 _time_ns = time.time_ns
@@ -57,6 +58,7 @@ _current_thread = threading.current_thread
 _exception_formatter = logging.Formatter()
 # Messages of written records kept per request for rules that match on `message`.
 _WATCHED = 1000
+_WATCHED_CHARS = 1000
 _scalars = (str, int, float, bool, type(None), bytes)
 # Frames of these files are logging's plumbing, not the caller of a log call.
 _internal_files: set[str] = {logging.addLevelName.__code__.co_filename}
@@ -110,7 +112,10 @@ def _log(
     detail = state.detail_level
     try:
         # Frame 1 called `_log`: `Logger.debug`, one of ours, a LoggerAdapter, the app.
-        frame = _caller(sys._getframe(1), stacklevel)
+        frame = sys._getframe(1)
+        if frame.f_code in _level_method_codes:
+            stacklevel -= _LEVEL_METHOD_FRAMES  # added for the stdlib's findCaller only
+        frame = _caller(frame, stacklevel)
         if detail is not None and level >= detail:
             deliver(self, _live_record(self, level, msg, args, exc_info, extra, stack_info, frame))
         else:
@@ -197,6 +202,9 @@ def _level_method(level: int) -> Any:
                     self._hindsight_internal  # type: ignore[attr-defined]
                     or self.manager.disable >= level
                     or level >= self.getEffectiveLevel()
+                    # A Logger subclass with its own `_log` must see the call.
+                    or type(self)._log is not _log
+                    or type(self).isEnabledFor is not _is_enabled_for
                 )
             if not written:
                 try:
@@ -250,6 +258,7 @@ def _level_method(level: int) -> Any:
                 level, msg, args, exc_info, extra, stack_info, stacklevel + _LEVEL_METHOD_FRAMES
             )
 
+    _level_method_codes.add(log_at_level.__code__)
     log_at_level.__name__ = logging.getLevelName(level).lower()
     log_at_level.__qualname__ = f"Logger.{log_at_level.__name__}"
     return log_at_level
@@ -275,7 +284,7 @@ def _make_record(
     tag(record, state)
     if state is not None and state.written is not None and len(state.written) < _WATCHED:
         try:
-            state.written.append(record.getMessage())
+            state.written.append(record.getMessage()[:_WATCHED_CHARS])
         except Exception:
             pass  # the handler will meet the same broken format and report it
     return record
@@ -302,8 +311,8 @@ def _would_write(logger: logging.Logger, level: int) -> bool:
     current: logging.Logger | None = logger
     while current is not None:
         for handler in current.handlers:
-            found = True
-            if level >= handler.level:
+            found = True  # a NullHandler too: it keeps lastResort away, as in callHandlers
+            if level >= handler.level and not isinstance(handler, logging.NullHandler):
                 return True
         current = current.parent if current.propagate else None
     if found:

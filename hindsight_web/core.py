@@ -272,6 +272,9 @@ class Hindsight:
         finally:
             if state.reserved or state.records:
                 release_memory(state)
+            # A context copied from the request (a task it started) may keep the state
+            # alive: let it pin nothing more.
+            state.headers = state.written = state.on_identity = None
         return reason
 
     def _decide(
@@ -431,10 +434,10 @@ class Hindsight:
 
     def _rules_changed(self, rules: list[Rule], delta: int) -> None:
         # Messages of written records are kept only while some rule matches on them.
-        for rule in rules:
-            if "message" in rule.to_json()["match"]:  # type: ignore[operator]
-                self._message_rules += delta
-        self._watch_messages = self._message_rules > 0
+        watching = sum("message" in rule.to_json()["match"] for rule in rules)  # type: ignore[operator]
+        with self._rules_lock:
+            self._message_rules += delta * watching
+            self._watch_messages = self._message_rules > 0
 
     def close(self) -> None:
         """Stop background work (the polling of `rules_url`); requests are still served."""

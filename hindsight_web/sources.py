@@ -185,6 +185,10 @@ def _after_fork_in_child() -> None:
     for poller in list(_pollers):
         poller._thread = None  # the thread did not survive the fork
         poller._lock = threading.Lock()
+        stopped = poller._stop.is_set()
+        poller._stop = threading.Event()
+        if stopped:
+            poller._stop.set()
 
 
 if hasattr(os, "register_at_fork"):

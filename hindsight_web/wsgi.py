@@ -95,15 +95,9 @@ class HindsightWSGIMiddleware:
         return _Response(iterable, state, context, self.hindsight)
 
     def _begin(self, environ: WSGIEnviron) -> RequestState:
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        if not path.isascii():
-            try:  # PEP 3333 hands the path over as latin-1 decoded bytes
-                path = path.encode("latin-1").decode("utf-8")
-            except UnicodeError:
-                pass
         return self.hindsight.begin(
             environ.get("REQUEST_METHOD", "GET"),
-            path,
+            _utf8(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")),
             environ.get("REMOTE_ADDR"),
             environ.get(self._environ_key),
             environ,
@@ -123,7 +117,7 @@ class AdminWSGIApp:
         self.hindsight = hindsight
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
-        segments = admin_segments(environ.get("PATH_INFO", ""), [], encoded=False) or []
+        segments = admin_segments(_utf8(environ.get("PATH_INFO", "")), [], encoded=False) or []
         return serve_admin(self.hindsight, segments, environ, start_response)
 
 
@@ -189,7 +183,17 @@ def _request_path(environ: WSGIEnviron) -> tuple[str, bool]:
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if isinstance(raw, str) and raw.startswith("/"):
         return raw.split("?", 1)[0], True
-    return environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""), False
+    return _utf8(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")), False
+
+
+def _utf8(path: str) -> str:
+    """A PEP 3333 path (latin-1 decoded bytes) as the UTF-8 text it was sent as."""
+    if path.isascii():
+        return path
+    try:
+        return path.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return path
 
 
 class _Response:

@@ -1090,3 +1090,24 @@ def test_chunked_body_within_the_limit_is_read(
     )
     assert response.status == 201, response
     assert response.json()["id"] == rule_id
+
+
+def test_absurdly_nested_json_is_a_400_not_a_500() -> None:
+    hs = Hindsight(admin_token="t")
+    app = HindsightWSGIMiddleware(lambda environ, start_response: [], hindsight=hs)
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
+        response = client.post(
+            "/_hindsight/rules", headers={"Authorization": "Bearer t"}, content=b"[" * 30000
+        )
+    assert response.status_code == 400
+    assert response.json()["details"] == [{"field": "body", "error": "malformed JSON"}]
+
+
+def test_a_non_ascii_user_id_survives_the_wsgi_path() -> None:
+    hs = Hindsight(admin_token="t")
+    with httpx.Client(
+        transport=httpx.WSGITransport(app=hs.admin_wsgi_app()), base_url="http://t"
+    ) as client:
+        response = client.post("/users/jos%C3%A9/detail", headers={"Authorization": "Bearer t"})
+    assert response.status_code == 201
+    assert response.json()["match"] == {"user_id": "josé"}

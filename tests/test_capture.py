@@ -602,3 +602,94 @@ def test_detail_mode_writes_records_with_their_own_args(out: ListHandler) -> Non
     run_asgi(HindsightMiddleware(app, hindsight=hs))
     assert ("%s-%d", ("a", 1)) in seen
     assert "a-1" in out.messages()
+
+
+def test_response_headers_given_as_an_iterator_are_all_sent(out: ListHandler) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = iter([(b"content-type", b"text/plain"), (b"set-cookie", b"a=1")])
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    result = run_asgi(HindsightMiddleware(app))
+    assert result["headers"]["content-type"] == "text/plain"
+    assert result["headers"]["set-cookie"] == "a=1"
+    assert "x-request-id" in result["headers"]
+
+
+def test_threads_sharing_a_request_give_back_every_reserved_byte(out: ListHandler) -> None:
+    import contextvars
+    import threading
+
+    hs = Hindsight(max_bytes=10_000_000)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        def work() -> None:
+            for i in range(2000):
+                log.debug("line %d %s", i, "x" * 100)
+
+        threads = [
+            threading.Thread(target=contextvars.copy_context().run, args=(work,)) for _ in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    for _ in range(8):
+        run_asgi(HindsightMiddleware(app, hindsight=hs))
+    assert hs.counters()["buffer_bytes"] == 0
+
+
+def test_caller_is_right_when_the_logger_level_lets_the_record_through(
+    out: ListHandler,
+) -> None:
+    # Root at DEBUG, its handler at INFO: DEBUG goes the generic way and is kept.
+    out.setLevel(logging.INFO)
+    logging.getLogger().setLevel(logging.DEBUG)
+
+    def helper() -> None:
+        log.debug("from helper", stacklevel=2)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log.debug("direct")
+        helper()
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app))
+    kept = {r.getMessage(): r.funcName for r in out.records if r.name == "app"}
+    assert kept == {"direct": "app", "from helper": "app"}
+
+
+def test_a_library_null_handler_does_not_stop_capture(out: ListHandler) -> None:
+    out.setLevel(logging.INFO)
+    logging.getLogger().setLevel(logging.DEBUG)
+    lib = logging.getLogger("somelib.pool")
+    lib.addHandler(logging.NullHandler())
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        lib.debug("connection reused")
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app))
+    assert "connection reused" in out.messages()
+
+
+def test_a_logger_subclass_with_its_own_log_is_honoured(out: ListHandler) -> None:
+    class Prefixed(logging.Logger):
+        def _log(self, level: int, msg: object, args: Any, *rest: Any, **kw: Any) -> None:
+            super()._log(level, f"[billing] {msg}", args, *rest, **kw)
+
+    billing = Prefixed("billing.sub")
+    billing.parent = logging.getLogger()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        billing.debug("charged %d", 3)
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app))
+    assert "[billing] charged 3" in out.messages()
