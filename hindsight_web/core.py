@@ -220,11 +220,16 @@ class Hindsight:
         state.keep_level = CLOSED_LEVEL
         records = list(state.records)
         release_memory(state)
+        written = 0
         for entry in records:
             try:
                 capture.deliver(entry[0], capture.build_record(entry, state))
+                written += 1
             except Exception as exc:
                 errors.report("release", exc)
+        with self._lock:
+            self._counts["records_captured"] += len(records)
+            self._counts["records_released"] += written
 
     def finish(self, state: RequestState, exception: BaseException | None = None) -> str | None:
         """Close the request: release its buffer or discard it. Returns the release reason.

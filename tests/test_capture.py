@@ -693,3 +693,20 @@ def test_a_logger_subclass_with_its_own_log_is_honoured(out: ListHandler) -> Non
 
     run_asgi(HindsightMiddleware(app))
     assert "[billing] charged 3" in out.messages()
+
+
+def test_records_written_when_detail_turns_on_are_counted(out: ListHandler) -> None:
+    hs = Hindsight()
+    hs.add_rule({"action": "detail", "match": {"user_id": "u1"}})
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log.debug("before 1")
+        log.debug("before 2")
+        hindsight_web.set_user("u1")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app, hindsight=hs))
+    assert [m for m in out.messages() if m.startswith("before")] == ["before 1", "before 2"]
+    counts = hs.counters()
+    assert (counts["records_captured"], counts["records_released"]) == (2, 2)
