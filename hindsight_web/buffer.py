@@ -17,7 +17,7 @@ from ._sync import new_lock
 from .context import RequestState
 
 # Entry fields, in order: logger, levelno, message, time_ns, pathname, lineno,
-# funcName, thread, exc_text, stack_text, extra.
+# funcName, thread, exc_text, stack_text, extra, (msg, args) when the args are plain.
 Entry = tuple[Any, ...]
 
 # Estimated bytes of one entry besides its texts: the tuple (11 slots), the

@@ -179,6 +179,9 @@ def _level_method(level: int) -> Any:
     str, a call from inside `logging`) takes the generic path.
     """
     written_key = ~level
+    # Arguments are kept (when plain) from INFO up, where formatters that read
+    # record.args live (uvicorn's access log); DEBUG keeps only the message, for speed.
+    keep_args = level >= logging.INFO
 
     def log_at_level(
         self: logging.Logger,
@@ -224,11 +227,14 @@ def _level_method(level: int) -> Any:
                             _make_entry(self, level, msg, args, exc_info, extra, stack_info, frame),
                         )
                         return
+                    original = None
                     if args:
                         try:
                             message = msg % args
                         except Exception:
                             message = _message(msg, args)
+                        if keep_args and _plain(args):
+                            original = (msg, args)
                     else:
                         message = msg
                     records = state.records
@@ -245,6 +251,7 @@ def _level_method(level: int) -> Any:
                             None,
                             None,
                             None,
+                            original,
                         )
                     )
                     state.nbytes += ENTRY_OVERHEAD + len(message)
@@ -368,7 +375,18 @@ def _make_entry(
         exc_text,
         stack_text,
         frozen,
+        (msg, args) if args and _plain(args) else None,
     )
+
+
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+
+
+def _plain(args: Any) -> bool:
+    """Whether `args` is a tuple of values that cannot change after the call."""
+    if type(args) is not tuple:
+        return False
+    return all(type(arg) in _PLAIN for arg in args)
 
 
 def _message(msg: object, args: Any) -> str:
@@ -405,16 +423,21 @@ def _unformattable(msg: object, args: Any, exc: Exception) -> str:
 
 def build_record(entry: Entry, state: RequestState | None) -> logging.LogRecord:
     """Turn a buffered entry into the LogRecord the app would have made at log time."""
-    logger, level, message, t_ns, pathname, lineno, func, thread, exc_text, stack, extra = entry
+    logger, level, message, t_ns, pathname, lineno, func, thread, exc_text, stack, extra = entry[
+        :11
+    ]
+    # With plain arguments the record gets them back (a formatter may read record.args);
+    # otherwise it gets the message formatted at log time.
+    msg, args = entry[11] or (message, ())
     record: logging.LogRecord
     try:
         record = logger.makeRecord(
-            logger.name, level, pathname, lineno, message, (), None, func, extra, stack
+            logger.name, level, pathname, lineno, msg, args, None, func, extra, stack
         )
     except KeyError:
         # `extra` tried to overwrite a record attribute; the stdlib would have raised at log time.
         record = logger.makeRecord(
-            logger.name, level, pathname, lineno, message, (), None, func, None, stack
+            logger.name, level, pathname, lineno, msg, args, None, func, None, stack
         )
     created = t_ns / 1e9
     record.created = created

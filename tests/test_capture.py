@@ -710,3 +710,28 @@ def test_records_written_when_detail_turns_on_are_counted(out: ListHandler) -> N
     assert [m for m in out.messages() if m.startswith("before")] == ["before 1", "before 2"]
     counts = hs.counters()
     assert (counts["records_captured"], counts["records_released"]) == (2, 2)
+
+
+def test_released_info_record_keeps_plain_args_for_formatters_that_read_them(
+    out: ListHandler,
+) -> None:
+    # Like uvicorn's access formatter: it unpacks record.args.
+    class ArgsFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            client, method, path = record.args  # type: ignore[misc]
+            return f"{client} {method} {path}"
+
+    access = logging.getLogger("app.access")
+    handler = ListHandler(level=logging.WARNING)
+    handler.setFormatter(ArgsFormatter())
+    access.addHandler(handler)
+    access.propagate = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        access.info("%s - %s %s", "127.0.0.1", "GET", "/x")
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app))
+    assert handler.lines == ["127.0.0.1 GET /x"]
+    assert handler.records[0].getMessage() == "127.0.0.1 - GET /x"
