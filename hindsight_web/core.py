@@ -414,28 +414,30 @@ class Hindsight:
         self.audit.record("added", rule.to_json(), by)
 
     def swap_rules(
-        self, old_ids: set[str], rules: list[Rule], by: str
-    ) -> tuple[set[str], list[str]]:
-        """Replace the rules `old_ids` (put in force by one source) by `rules`, at once.
+        self, old: dict[str, Rule], rules: list[Rule], by: str
+    ) -> tuple[dict[str, Rule], list[str]]:
+        """Replace the rules `old` (put in force by one source) by `rules`, at once.
 
-        Rules of other sources are left alone; a new rule whose id one of them
-        has is skipped. Returns the ids put in force and the ids skipped.
+        Rules of other sources are left alone, also one that took the id of a rule
+        in `old` since; a new rule whose id another source holds is skipped.
+        Returns the rules put in force and the ids skipped.
         """
         self.expire_rules()
         with self._rules_lock:
             current = {rule.id: rule for rule in self.rules.rules()}
-            others = [rule for rule_id, rule in current.items() if rule_id not in old_ids]
+            mine = {rule_id for rule_id, rule in old.items() if current.get(rule_id) is rule}
+            others = [rule for rule_id, rule in current.items() if rule_id not in mine]
             taken = {rule.id for rule in others}
             applied = [rule for rule in rules if rule.id not in taken]
             self.rules.replace(others + applied)
-        removed = [current[rule_id] for rule_id in sorted(old_ids) if rule_id in current]
+        removed = [current[rule_id] for rule_id in sorted(mine)]
         self._rules_changed(removed, -1)
         self._rules_changed(applied, +1)
         for rule in removed:
             self.audit.record("removed", rule.to_json(), by)
         for rule in applied:
             self.audit.record("added", rule.to_json(), by)
-        return {rule.id for rule in applied}, [rule.id for rule in rules if rule.id in taken]
+        return {rule.id: rule for rule in applied}, [rule.id for rule in rules if rule.id in taken]
 
     def _rules_changed(self, rules: list[Rule], delta: int) -> None:
         # Messages of written records are kept only while some rule matches on them.

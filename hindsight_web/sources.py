@@ -99,7 +99,7 @@ class RulesPoller:
         self.interval = hs.rules_poll_s or 30.0
         self._etag: str | None = None
         self._last_body: bytes | None = None
-        self._ids: set[str] = set()
+        self._rules: dict[str, Rule] = {}  # the rules this source put in force, by id
         self._failing: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -155,7 +155,7 @@ class RulesPoller:
             self._failed(exc)
 
     def _apply(self, hs: Hindsight, rules: list[Rule]) -> None:
-        self._ids, skipped = hs.swap_rules(self._ids, rules, by=f"rules_url {self.url}")
+        self._rules, skipped = hs.swap_rules(self._rules, rules, by=f"rules_url {self.url}")
         for rule_id in skipped:
             logger.warning(
                 "hindsight-web: rule %r from %s not applied: a rule with that id was added "

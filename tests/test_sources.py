@@ -222,3 +222,18 @@ def test_rules_url_leaves_rules_added_through_the_api_alone(rules_server: RulesS
 def test_rules_url_must_be_http() -> None:
     with pytest.raises(ValueError, match="invalid 'rules_url' 'file:///etc/passwd'"):
         Hindsight(rules_url="file:///etc/passwd")
+
+
+def test_a_rule_the_admin_put_in_place_of_a_polled_one_survives_the_next_poll(
+    rules_server: RulesServer,
+) -> None:
+    rules_server.document = [RELEASE_CHECKOUT]
+    hs = polling(rules_server.url)
+    hs.remove_rule("checkout", by="127.0.0.1")
+    hs.add_rule({"id": "checkout", "action": "drop", "match": {"path": "/x"}}, by="127.0.0.1")
+    rules_server.document = [DROP_HEALTH]
+    hs.finish(hs.begin("GET", "/"))
+    wait_for(lambda: rule_ids(hs) == ["checkout", "health"], "the new document")
+    kept = hs.rules.get("checkout")
+    assert kept is not None
+    assert kept.action == "drop"
