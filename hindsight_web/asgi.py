@@ -42,17 +42,12 @@ class HindsightMiddleware:
         self.app = app
         self.hindsight = hindsight if hindsight is not None else Hindsight(**options)
         self._header = self.hindsight.request_id_header.lower().encode("latin-1")
-        # A path without the admin path's last segment in it cannot be the admin's,
-        # however it is spelled; only the others are normalised and looked at.
-        hs = self.hindsight
-        on = hs.admin_token is not None and hs.admin_path is not None
-        self._admin_marker = (hs.admin_path or "").rsplit("/", 1)[-1] if on else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        marker = self._admin_marker
+        marker = self.hindsight.admin_marker
         if marker is not None and marker in scope.get("path", ""):
             segments = self.hindsight.admin_route(_raw_path(scope), encoded=True)
             if segments is not None:

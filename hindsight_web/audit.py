@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from datetime import datetime, timezone
 from typing import Any
 
 from ._sync import new_lock
+from .stats import iso
 
 __all__ = ["Audit"]
 
@@ -32,7 +32,7 @@ class Audit:
     def record(self, action: str, rule: dict[str, Any], by: str | None) -> None:
         """Note that `rule` (its JSON form) was `action` ("added", "removed", "expired") by `by`."""
         event = {
-            "at": _now_iso(),
+            "at": iso(time.time()),
             "action": action,
             "rule": rule,
             "by": by,
@@ -56,8 +56,3 @@ class Audit:
         """The newest `limit` events, newest first."""
         with self._lock:
             return [self._events[i] for i in range(min(limit, len(self._events)))]
-
-
-def _now_iso() -> str:
-    now = datetime.fromtimestamp(time.time(), tz=timezone.utc)
-    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -149,8 +149,12 @@ class Hindsight:
         self._message_rules = 0
         self._next_expiry_check = 0.0
         self._admin_segments = [part for part in (self.admin_path or "").split("/") if part]
+        # A path without the admin path's last segment in it cannot be the admin's,
+        # however it is spelled: the adapters normalise and look at the others only.
+        served = self.admin_token is not None and self._admin_segments
+        self.admin_marker = self._admin_segments[-1] if served else None
         if rules is not None:
-            for rule in sources.load_initial(rules, self.max_detail_ttl_s):
+            for rule in sources.load_initial(rules, self.parse_rule):
                 self._add(rule, by="startup")
         self._poller = sources.RulesPoller(self, rules_url) if rules_url is not None else None
         self._lock = new_lock()
@@ -381,14 +385,22 @@ class Hindsight:
             hs.add_rule({"id": "checkout-slow", "action": "release",
                          "match": {"path": "/checkout/*", "duration_ms": {"gt": 800}}})
         """
-        parsed = parse_rule(
+        parsed = self.parse_rule(rule)
+        self._add(parsed, by)
+        return parsed
+
+    def parse_rule(self, rule: Any) -> Rule:
+        """Validate a rule against this Hindsight's limits, without putting it in force.
+
+        Raises:
+            rules.RuleError: the rule is malformed.
+        """
+        return parse_rule(
             rule,
             now=time.time(),
             max_detail_ttl_s=self.max_detail_ttl_s,
             default_detail_ttl_s=min(DEFAULT_DETAIL_TTL_S, self.max_detail_ttl_s),
         )
-        self._add(parsed, by)
-        return parsed
 
     def remove_rule(self, rule_id: str, by: str | None = None) -> Rule | None:
         """Take a rule out of force; returns it, or None if there was none with that id."""

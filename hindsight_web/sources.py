@@ -6,12 +6,12 @@ import json
 import logging
 import os
 import threading
-import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .rules import Rule, RuleError, parse_rule
+from .rules import Rule, RuleError
 
 if TYPE_CHECKING:
     from .core import Hindsight
@@ -21,7 +21,7 @@ __all__ = ["RulesPoller", "load_initial"]
 logger = logging.getLogger("hindsight_web")
 
 
-def load_initial(rules: Any, max_detail_ttl_s: float) -> list[Rule]:
+def load_initial(rules: Any, parse: Callable[[object], Rule]) -> list[Rule]:
     """Parse the `rules` option: a list of rule objects, or the path of a JSON file.
 
     Raises:
@@ -39,10 +39,10 @@ def load_initial(rules: Any, max_detail_ttl_s: float) -> list[Rule]:
             rules = json.loads(text)
         except ValueError as exc:
             raise ValueError(f"invalid 'rules': {where} is not JSON: {exc}") from None
-    return parse_document(rules, where, max_detail_ttl_s)
+    return parse_document(rules, where, parse)
 
 
-def parse_document(document: Any, where: str, max_detail_ttl_s: float) -> list[Rule]:
+def parse_document(document: Any, where: str, parse: Callable[[object], Rule]) -> list[Rule]:
     """The rules of a decoded JSON document: a list of rules or ``{"rules": [...]}``."""
     if isinstance(document, dict) and set(document) == {"rules"}:
         document = document["rules"]
@@ -52,17 +52,9 @@ def parse_document(document: Any, where: str, max_detail_ttl_s: float) -> list[R
             f"not {type(document).__name__}"
         )
     parsed: list[Rule] = []
-    now = time.time()
     for index, item in enumerate(document):
         try:
-            parsed.append(
-                parse_rule(
-                    item,
-                    now=now,
-                    max_detail_ttl_s=max_detail_ttl_s,
-                    default_detail_ttl_s=min(1800.0, max_detail_ttl_s),
-                )
-            )
+            parsed.append(parse(item))
         except RuleError as exc:
             raise ValueError(f"invalid rule #{index} in {where}: {exc}") from None
     ids = [rule.id for rule in parsed]
@@ -146,7 +138,7 @@ class RulesPoller:
                     document = json.loads(body)
                 except ValueError as exc:
                     raise ValueError(f"it served malformed JSON: {exc}") from None
-                rules = parse_document(document, f"rules_url {self.url!r}", hs.max_detail_ttl_s)
+                rules = parse_document(document, f"rules_url {self.url!r}", hs.parse_rule)
                 self._apply(hs, rules)
                 self._last_body = body
             self._etag = response.headers.get("etag")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Iterable, Iterator
+from http import HTTPStatus
 from time import perf_counter
 from typing import Any
 from urllib.parse import parse_qsl
@@ -45,12 +46,9 @@ class HindsightWSGIMiddleware:
         self.app = app
         self.hindsight = hindsight if hindsight is not None else Hindsight(**options)
         self._environ_key = "HTTP_" + self.hindsight.request_id_header.upper().replace("-", "_")
-        hs = self.hindsight
-        on = hs.admin_token is not None and hs.admin_path is not None
-        self._admin_marker = (hs.admin_path or "").rsplit("/", 1)[-1] if on else None
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
-        marker = self._admin_marker
+        marker = self.hindsight.admin_marker
         if marker is not None and marker in environ.get("PATH_INFO", ""):
             path, encoded = _request_path(environ)
             segments = self.hindsight.admin_route(path, encoded=encoded)
@@ -158,24 +156,8 @@ def serve_admin(
         answer = handle(hs, request)
     status, response_headers, payload = answer
     response_headers = [*response_headers, ("content-length", str(len(payload)))]
-    start_response(f"{status} {_REASONS.get(status, 'Status')}", response_headers)
+    start_response(f"{status} {HTTPStatus(status).phrase}", response_headers)
     return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else payload]
-
-
-_REASONS = {
-    200: "OK",
-    201: "Created",
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Content Too Large",
-    422: "Unprocessable Content",
-    500: "Internal Server Error",
-}
 
 
 def _request_path(environ: WSGIEnviron) -> tuple[str, bool]:
