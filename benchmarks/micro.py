@@ -143,6 +143,54 @@ def memory_wsgi(app: Any, mh: logging.handlers.MemoryHandler) -> Any:
     return wrapped
 
 
+class Minimal:
+    """The issue's reference "minimal capture middleware": a ContextVar, a `send` (or
+    `start_response`) wrapper that reads the status, and a timer. No buffer, no request
+    id, no statistics: the floor under any middleware that watches each request."""
+
+    requests = 0
+    var: ContextVar[list[Any] | None] = ContextVar("minimal", default=None)
+
+
+def minimal_asgi(app: Any) -> Any:
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        seen = [scope["path"], perf_counter(), None, None]
+        token = Minimal.var.set(seen)
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                seen[2] = message["status"]
+            elif not message.get("more_body", False):
+                seen[3] = perf_counter()
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            Minimal.var.reset(token)
+            Minimal.requests += seen[2] is not None and seen[3] is not None
+
+    return wrapped
+
+
+def minimal_wsgi(app: Any) -> Any:
+    def wrapped(environ: Any, start_response: Any) -> Any:
+        seen = [environ["PATH_INFO"], perf_counter(), None]
+        token = Minimal.var.set(seen)
+
+        def observing(status: str, headers: Any, exc_info: Any = None) -> Any:
+            seen[2] = int(status[:3])
+            return start_response(status, headers, exc_info)
+
+        try:
+            return app(environ, observing)
+        finally:
+            Minimal.var.reset(token)
+            Minimal.requests += seen[2] is not None
+
+    return wrapped
+
+
 # -- apps --------------------------------------------------------------------------
 
 
@@ -343,6 +391,13 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
 
         released = variant == "hindsight-10-released"
         hs = hindsight_web.Hindsight(slow_ms=0 if released else 1000)
+        finished = [0]
+        if variant == "hindsight-nostats":  # analysis only: what the statistics cost
+
+            def count_only(state: Any) -> None:
+                finished[0] += 1
+
+            hs.stats.record = count_only
         if rule_count:
             add_user_rules(hs, rule_count)
             out.count = 0  # the audit lines of the rules added
@@ -357,8 +412,9 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
             if rule_count and hs.rules.get("visitor").hits != total:
                 return f"the visitor rule was hit {hs.rules.get('visitor').hits} times"
             c = hs.counters()
-            if c["requests"] != total:
-                return f"hindsight saw {c['requests']} requests, expected {total}"
+            seen = finished[0] if variant == "hindsight-nostats" else c["requests"]
+            if seen != total:
+                return f"hindsight saw {seen} requests, expected {total}"
             if c["records_captured"] != lines * total:
                 return f"captured {c['records_captured']}, expected {lines * total}"
             want_released = lines * total if released else 0
@@ -412,6 +468,15 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
         from asgi_correlation_id import CorrelationIdMiddleware
 
         app.add_middleware(CorrelationIdMiddleware)
+    elif variant == "minimal":
+        app = _wrap(framework, app, minimal_asgi, minimal_wsgi)
+
+        def minimal_check(total: int) -> str | None:
+            if Minimal.requests != total:
+                return f"the minimal middleware saw {Minimal.requests} requests, expected {total}"
+            return None
+
+        checks.append(minimal_check)
     elif variant == "hindsight-imported":
         import hindsight_web.capture
 
@@ -618,7 +683,9 @@ LABELS = {
     "bare": "bare",
     "bare-10-off": "bare, 10 DEBUG lines (disabled)",
     "hindsight-imported": "hindsight imported, no middleware (logging wrappers only)",
+    "minimal": "reference: minimal capture middleware (ContextVar, send wrapper, timer)",
     "hindsight": "hindsight, no lines",
+    "hindsight-nostats": "hindsight, no lines, statistics off (analysis only)",
     "hindsight-10-discarded": "hindsight, 10 lines discarded",
     "hindsight-10-released": "hindsight, 10 lines released (devnull)",
     "handler-capture": "logging.Handler capture, 10 lines",
@@ -689,7 +756,7 @@ def main() -> int:
     requests_table(
         "Fixed cost: raw ASGI app, HindsightMiddleware, no records",
         "asgi",
-        ["bare", "hindsight"],
+        ["bare", "minimal", "hindsight", "hindsight-nostats"],
         req_n * 4,
         {"hindsight": Budget("diff<=", 5.0)},
     )
@@ -702,7 +769,9 @@ def main() -> int:
         "bare",
         "bare-10-off",
         "hindsight-imported",
+        "minimal",
         "hindsight",
+        "hindsight-nostats",
         "hindsight-10-discarded",
         "hindsight-10-released",
         "handler-capture",
@@ -720,7 +789,7 @@ def main() -> int:
     requests_table(  # no budget line: for comparison with the issue's reference figures
         "Starlette endpoint",
         "starlette",
-        ["bare", "hindsight-imported", "hindsight", "hindsight-10-discarded"],
+        ["bare", "hindsight-imported", "minimal", "hindsight", "hindsight-10-discarded"],
         req_n,
         {},
     )
@@ -736,7 +805,9 @@ def main() -> int:
         "bare",
         "bare-10-off",
         "hindsight-imported",
+        "minimal",
         "hindsight",
+        "hindsight-nostats",
         "hindsight-10-discarded",
         "hindsight-10-released",
         "handler-capture",

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, quote
 from . import errors
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .admin import AdminRequest, admin_segments, handle, too_large
-from .context import RequestState, _current
+from .context import _current
 from .core import Hindsight
 
 __all__ = ["AdminASGIApp", "HindsightMiddleware"]
@@ -54,7 +54,21 @@ class HindsightMiddleware:
                 await serve_admin(self.hindsight, segments, scope, receive, send)
                 return
         try:
-            state = self._begin(scope)
+            headers = scope.get("headers", ())
+            incoming = None
+            wanted = self._header
+            for name, value in headers:
+                if name == wanted:
+                    incoming = value.decode("latin-1")
+                    break
+            client = scope.get("client")
+            state = self.hindsight.begin(
+                scope.get("method", "GET"),
+                scope.get("path", ""),
+                client[0] if client else None,
+                incoming,
+                headers,
+            )
         except Exception as exc:  # fail open: serve the request without hindsight
             errors.report("begin", exc)
             await self.app(scope, receive, send)
@@ -83,23 +97,6 @@ class HindsightMiddleware:
                 state.route = getattr(route, "path", None)
             self.hindsight.finish(state, exception)
             _current.reset(token)
-
-    def _begin(self, scope: Scope) -> RequestState:
-        incoming = None
-        wanted = self._header
-        headers = scope.get("headers", ())
-        for name, value in headers:
-            if name == wanted:
-                incoming = value.decode("latin-1")
-                break
-        client = scope.get("client")
-        return self.hindsight.begin(
-            scope.get("method", "GET"),
-            scope.get("path", ""),
-            client[0] if client else None,
-            incoming,
-            headers,
-        )
 
 
 class AdminASGIApp:

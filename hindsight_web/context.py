@@ -73,6 +73,14 @@ class RequestState:
         "written",
     )
 
+    # The outcome, set by `Hindsight.finish` before anything reads it.
+    duration_ms: float
+    errored: bool
+    slow: bool
+    released: bool
+    reason: str | None
+    raised: str | None
+
     def __init__(
         self,
         request_id: str,
@@ -117,13 +125,6 @@ class RequestState:
         # Messages of the records written during the request, kept only while a
         # rule matches on `message`.
         self.written: list[str] | None = None
-        # The outcome, set by `Hindsight.finish` and read by the statistics.
-        self.duration_ms = 0.0
-        self.errored = False
-        self.slow = False
-        self.released = False
-        self.reason: str | None = None
-        self.raised: str | None = None
 
     @property
     def ttfb_ms(self) -> float | None:

@@ -253,19 +253,21 @@ class Hindsight:
             state.duration_ms = duration_ms
             slow_ms = self.slow_ms
             state.slow = slow_ms is not None and duration_ms >= slow_ms
+            status = state.status
             if exception is not None:
                 state.errored = True
                 state.raised = type(exception).__name__
-            elif state.status is not None and state.status >= 500:
-                state.errored = True
+            else:
+                state.errored = status is not None and status >= 500
+                state.raised = None
             if self.rules.empty:
                 reason = self._reason(state, exception, duration_ms)
             else:
                 reason = self._decide(state, exception, duration_ms)
+            state.reason = reason
+            state.released = reason is not None
             released = 0
             if reason is not None:
-                state.reason = reason
-                state.released = True
                 released = self._release(state, reason, duration_ms, exception)
             if reason is not None or state.records or state.dropped:
                 with self._lock:
@@ -540,17 +542,17 @@ def new_request_id() -> str:
 
     A random prefix per process and a counter: no system call per request.
     """
-    return f"{_id_prefix}{next(_id_counter):016x}"
+    return _id_prefix + hex(next(_id_counter))[2:]
 
 
 def _new_id_prefix() -> None:
     global _id_prefix, _id_counter
     _id_prefix = os.urandom(8).hex()
-    _id_counter = itertools.count()
+    _id_counter = itertools.count(1 << 60)  # 16 hex digits from the start
 
 
 _id_prefix = ""
-_id_counter = itertools.count()
+_id_counter = itertools.count(1 << 60)
 _new_id_prefix()
 if hasattr(os, "register_at_fork"):  # a forked worker must not repeat its parent's ids
     os.register_at_fork(after_in_child=_new_id_prefix)

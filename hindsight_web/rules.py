@@ -1305,6 +1305,8 @@ class RuleSet:
         self._rng = rng
         self._lock = new_lock()  # re-made in a forked child (gunicorn --preload)
         self._snap = _EMPTY
+        self.empty = True
+        """True when no rule is held at all: the per-request lookups can be skipped."""
         self._pending: list[Rule] = []  # expired rules pushed out by add(), for expire()
 
     # -- changes ---------------------------------------------------------------------
@@ -1329,7 +1331,7 @@ class RuleSet:
                 detail = (detail or _NO_RULES).plus(rule)
             else:
                 end = (end or _NO_RULES).plus(rule)
-            self._snap = _Snapshot(by_id, detail, end, min(snap.next_expiry, rule._until))
+            self._publish(_Snapshot(by_id, detail, end, min(snap.next_expiry, rule._until)))
 
     def remove(self, rule_id: str) -> Rule | None:
         """Remove and return the live rule with this id; None when absent or expired.
@@ -1340,7 +1342,7 @@ class RuleSet:
             held = self._snap.by_id.get(rule_id)
             if held is None or not held.live(self._clock()):
                 return None
-            self._snap = self._without(self._snap, held)
+            self._publish(self._without(self._snap, held))
             return held
 
     def replace(self, rules: list[Rule]) -> None:
@@ -1356,7 +1358,7 @@ class RuleSet:
             by_id[rule.id] = rule
         snap = _Snapshot.of(by_id)
         with self._lock:
-            self._snap = snap
+            self._publish(snap)
             self._pending = []
 
     def expire(self) -> list[Rule]:
@@ -1371,10 +1373,15 @@ class RuleSet:
             snap = self._snap
             gone = [r for r in snap.by_id.values() if not r.live(now)]
             if gone:
-                self._snap = _Snapshot.of({k: r for k, r in snap.by_id.items() if r.live(now)})
+                self._publish(_Snapshot.of({k: r for k, r in snap.by_id.items() if r.live(now)}))
             gone = self._pending + gone
             self._pending = []
         return gone
+
+    def _publish(self, snap: _Snapshot) -> None:
+        """Make `snap` the rules in force (lookups read it without a lock)."""
+        self._snap = snap
+        self.empty = not snap.by_id
 
     @staticmethod
     def _without(snap: _Snapshot, rule: Rule) -> _Snapshot:
@@ -1412,11 +1419,6 @@ class RuleSet:
         if now < snap.next_expiry:
             return len(snap.by_id)
         return sum(1 for r in snap.by_id.values() if r.live(now))
-
-    @property
-    def empty(self) -> bool:
-        """True when no rule is held at all: the per-request lookups can be skipped."""
-        return not self._snap.by_id
 
     # -- the per-request lookups -----------------------------------------------------
 
