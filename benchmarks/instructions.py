@@ -1,0 +1,111 @@
+"""Instructions per request, counted by valgrind: the noise-free view of the fixed cost.
+
+On a shared 2-core VM, timings of the same variant move by 10-50 % from one run
+to the next; the number of machine instructions the interpreter executes for a
+request does not. Each variant of `micro.py`'s request benchmark runs under
+``valgrind --tool=cachegrind`` twice, with two request counts; the difference of
+the two totals, divided by the difference of the request counts, is the cost of
+one request with start-up and warm-up cancelled out.
+
+Instructions are not time (a cache miss costs more than an add), but a budget such
+as "<= 1.05x bare" can be read on them without noise, and a change to the hot path
+can be judged on one run.
+
+Usage: python benchmarks/instructions.py [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from common import HERE, BenchFailure, machine_line
+
+VARIANTS = ["bare", "minimal", "hindsight", "hindsight-nostats"]
+FRAMEWORKS = ["asgi", "starlette", "fastapi", "flask"]
+LABELS = {
+    "bare": "bare",
+    "minimal": "minimal capture middleware (reference)",
+    "hindsight": "hindsight, no lines",
+    "hindsight-nostats": "hindsight, statistics off (analysis only)",
+}
+_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def requests_made(n: int) -> int:
+    """How many requests `micro.py --worker request ... n` makes (warm-up + 3 timings)."""
+    return max(50, n // 10) + 3 * n
+
+
+def count(framework: str, variant: str, n: int) -> int:
+    """Instructions executed by one worker run of `n` requests."""
+    cmd = [
+        "valgrind",
+        "--tool=cachegrind",
+        "--cache-sim=no",
+        "--cachegrind-out-file=/dev/null",
+        sys.executable,
+        os.path.join(HERE, "micro.py"),
+        "--worker",
+        "request",
+        framework,
+        variant,
+        str(n),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=False)
+    found = _REFS.search(done.stderr)
+    if done.returncode != 0 or found is None or '"ok": true' not in done.stdout:
+        raise BenchFailure(f"{framework} {variant}: {done.stdout[-500:]} {done.stderr[-500:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def per_request(framework: str, variant: str, small: int, large: int) -> float:
+    low = count(framework, variant, small)
+    high = count(framework, variant, large)
+    return (high - low) / (requests_made(large) - requests_made(small))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="one framework, few requests")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    frameworks = ["asgi"] if args.smoke else FRAMEWORKS
+    small, large = (100, 200) if args.smoke else (200, 1000)
+    print(machine_line())
+    print(
+        f"instructions: valgrind cachegrind, requests {requests_made(small)} and "
+        f"{requests_made(large)} per variant, difference per request"
+    )
+    print()
+    jobs = [(f, v) for f in frameworks for v in VARIANTS]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = pool.map(lambda job: per_request(job[0], job[1], small, large), jobs)
+        counts = dict(zip(jobs, results, strict=True))
+    for framework in frameworks:
+        bare = counts[(framework, "bare")]
+        print(f"### {framework}")
+        print()
+        print("| variant | instructions/request | ratio vs bare | added |")
+        print("|---|---:|---:|---:|")
+        for variant in VARIANTS:
+            n = counts[(framework, variant)]
+            print(f"| {LABELS[variant]} | {n:,.0f} | {n / bare:.3f}x | {n - bare:+,.0f} |")
+        print()
+        print(
+            f"A budget of 1.05x bare leaves {0.05 * bare:,.0f} instructions per request; "
+            f"hindsight adds {counts[(framework, 'hindsight')] - bare:,.0f}."
+        )
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
