@@ -1,0 +1,44 @@
+"""The in-process benchmarks in smoke mode (tiny n), so that they do not rot.
+
+Every variant runs in its own interpreter and checks that it did what it claims
+(records captured, lines written, requests seen); a failed check fails the run.
+The numbers of a smoke run mean nothing and are not asserted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TABLES = (
+    "Fixed cost: raw ASGI app, HindsightMiddleware, no records",
+    "FastAPI endpoint",
+    "Starlette endpoint",
+    "Rule lookup: FastAPI endpoint that calls set_user(), user-scoped rules",
+    "Flask endpoint (HindsightWSGIMiddleware)",
+    "Per record: one logger.debug() call (1000 per request)",
+    "Release: 100 DEBUG records written through the same handler (formatter, devnull)",
+    "Memory per buffered record (tracemalloc)",
+)
+
+
+@pytest.mark.timeout(900)
+def test_micro_benchmarks_run_and_every_variant_proves_its_work() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/micro.py", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=850,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    for title in TABLES:
+        assert f"### {title}" in done.stdout, title
+    assert "reference: minimal capture middleware" in done.stdout
+    assert done.stdout.count("PASS") + done.stdout.count("MISS") >= 16
