@@ -47,11 +47,13 @@ class HindsightMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        marker = self.hindsight.admin_marker
-        if marker is not None and marker in scope.get("path", ""):
-            segments = self.hindsight.admin_route(_raw_path(scope), encoded=True)
+        hindsight = self.hindsight
+        path = scope.get("path", "")
+        marker = hindsight.admin_marker
+        if marker is not None and marker in path:
+            segments = hindsight.admin_route(_raw_path(scope), encoded=True)
             if segments is not None:
-                await serve_admin(self.hindsight, segments, scope, receive, send)
+                await serve_admin(hindsight, segments, scope, receive, send)
                 return
         try:
             headers = scope.get("headers", ())
@@ -62,12 +64,8 @@ class HindsightMiddleware:
                     incoming = value.decode("latin-1")
                     break
             client = scope.get("client")
-            state = self.hindsight.begin(
-                scope.get("method", "GET"),
-                scope.get("path", ""),
-                client[0] if client else None,
-                incoming,
-                headers,
+            state = hindsight.begin(
+                scope.get("method", "GET"), path, client[0] if client else None, incoming, headers
             )
         except Exception as exc:  # fail open: serve the request without hindsight
             errors.report("begin", exc)
@@ -95,7 +93,7 @@ class HindsightMiddleware:
             route = scope.get("route")  # Starlette and FastAPI put the matched route here
             if route is not None:
                 state.route = getattr(route, "path", None)
-            self.hindsight.finish(state, exception)
+            hindsight.finish(state, exception)
             _current.reset(token)
 
 

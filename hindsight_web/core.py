@@ -260,10 +260,16 @@ class Hindsight:
             else:
                 state.errored = status is not None and status >= 500
                 state.raised = None
-            if self.rules.empty:
-                reason = self._reason(state, exception, duration_ms)
-            else:
-                reason = self._decide(state, exception, duration_ms)
+            # The built-in triggers, then the rules (which may override them).
+            on_status = self.release_on_status
+            if exception is not None and self.release_on_exception:
+                reason = "exception"
+            elif on_status is not None and status is not None and status >= on_status:
+                reason = "status"
+            elif state.slow:
+                reason = "slow"
+            if not self.rules.empty:
+                reason = self._decide(state, reason, duration_ms)
             state.reason = reason
             state.released = reason is not None
             released = 0
@@ -285,38 +291,23 @@ class Hindsight:
                 release_memory(state)
             # A context copied from the request (a task it started) may keep the state
             # alive: let it pin nothing more.
-            state.headers = state.written = state.on_identity = None
+            state.headers = None
+            if state.on_identity is not None:
+                state.written = state.on_identity = None
         return reason
 
-    def _decide(
-        self, state: RequestState, exception: BaseException | None, duration_ms: float
-    ) -> str | None:
-        """The end-time rules first (a `drop` silences even a failure), then the triggers."""
+    def _decide(self, state: RequestState, trigger: str | None, duration_ms: float) -> str | None:
+        """The end-time rules first (a `drop` silences even a failure), then the built-in
+        `trigger`, then a detail rule that was on for the request."""
         if perf_counter() >= self._next_expiry_check:
             self._next_expiry_check = perf_counter() + 1.0
             self.expire_rules()
         rule = self.rules.decide(state, duration_ms)
         if rule is not None:
             return f"rule:{rule.id}" if rule.action == "release" else None
-        reason = self._reason(state, exception, duration_ms)
-        if reason is None and state.detail_rule is not None:
-            reason = f"rule:{state.detail_rule}"
-        return reason
-
-    def _reason(
-        self, state: RequestState, exception: BaseException | None, duration_ms: float
-    ) -> str | None:
-        if exception is not None and self.release_on_exception:
-            return "exception"
-        if (
-            self.release_on_status is not None
-            and state.status is not None
-            and state.status >= self.release_on_status
-        ):
-            return "status"
-        if self.slow_ms is not None and duration_ms >= self.slow_ms:
-            return "slow"
-        return None
+        if trigger is None and state.detail_rule is not None:
+            return f"rule:{state.detail_rule}"
+        return trigger
 
     def _release(
         self,
