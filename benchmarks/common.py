@@ -129,3 +129,12 @@ def table(
             f"{s.lo:.{digits}f}-{s.hi:.{digits}f} | {ratio} | {budget_text} | {result} |"
         )
     return "\n".join(rows) + "\n", verdicts
+
+
+def print_verdicts(title: str, verdicts: list[tuple[str, str, bool]]) -> None:
+    """Print the budget lines of a run, each as PASS or MISS."""
+    print(f"### {title}")
+    print()
+    for line, detail, ok in verdicts:
+        print(f"- {'PASS' if ok else 'MISS'}: {line}: {detail}")
+    print()

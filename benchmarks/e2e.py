@@ -24,7 +24,7 @@ import time
 import urllib.request
 from typing import Any
 
-from common import HERE, BenchFailure, Budget, Series, machine_line, table
+from common import HERE, BenchFailure, Budget, Series, machine_line, print_verdicts, table
 
 VENV_BIN = os.path.dirname(sys.executable)
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -224,11 +224,7 @@ def main() -> int:
         text, v = run_stack(stack, rounds, duration, args.connections)
         verdicts += v
         print(text, flush=True)
-    print("### Budget lines (e2e)")
-    print()
-    for line, detail, ok in verdicts:
-        print(f"- {'PASS' if ok else 'MISS'}: {line}: {detail}")
-    print()
+    print_verdicts("Budget lines (e2e)", verdicts)
     return 0
 
 
