@@ -33,7 +33,7 @@ class HindsightMiddleware:
         app.add_middleware(HindsightMiddleware, slow_ms=500)
     """
 
-    def __init__(self, app: ASGIApp, hindsight: Hindsight | None = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, /, hindsight: Hindsight | None = None, **options: Any) -> None:
         if hindsight is not None and options:
             raise TypeError(
                 "HindsightMiddleware takes either 'hindsight' or options, not both: "

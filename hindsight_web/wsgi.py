@@ -37,7 +37,7 @@ class HindsightWSGIMiddleware:
         flask_app.wsgi_app = HindsightWSGIMiddleware(flask_app.wsgi_app, slow_ms=500)
     """
 
-    def __init__(self, app: WSGIApp, hindsight: Hindsight | None = None, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, /, hindsight: Hindsight | None = None, **options: Any) -> None:
         if hindsight is not None and options:
             raise TypeError(
                 "HindsightWSGIMiddleware takes either 'hindsight' or options, not both: "
