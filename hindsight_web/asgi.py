@@ -10,7 +10,7 @@ from . import errors
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .admin import AdminRequest, admin_segments, handle, too_large
 from .context import _current
-from .core import Hindsight
+from .core import Hindsight, middleware_arguments
 
 __all__ = ["AdminASGIApp", "HindsightMiddleware"]
 
@@ -33,14 +33,11 @@ class HindsightMiddleware:
         app.add_middleware(HindsightMiddleware, slow_ms=500)
     """
 
-    def __init__(self, app: ASGIApp, /, hindsight: Hindsight | None = None, **options: Any) -> None:
-        if hindsight is not None and options:
-            raise TypeError(
-                "HindsightMiddleware takes either 'hindsight' or options, not both: "
-                f"got hindsight and {sorted(options)}"
-            )
-        self.app = app
-        self.hindsight = hindsight if hindsight is not None else Hindsight(**options)
+    def __init__(
+        self, app: ASGIApp | None = None, /, hindsight: Hindsight | None = None, **options: Any
+    ) -> None:
+        name = type(self).__name__
+        self.app, self.hindsight = middleware_arguments(name, app, hindsight, options)
         self._header = self.hindsight.request_id_header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -10,7 +10,7 @@ import re
 import sys
 import time
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 
 from . import admin, capture, dashboard, errors, metrics, sources
 from ._sync import new_lock
@@ -262,14 +262,14 @@ class Hindsight:
                 state.raised = None
             # The built-in triggers, then the rules (which may override them).
             on_status = self.release_on_status
+            trigger = None
             if exception is not None and self.release_on_exception:
-                reason = "exception"
+                trigger = "exception"
             elif on_status is not None and status is not None and status >= on_status:
-                reason = "status"
+                trigger = "status"
             elif state.slow:
-                reason = "slow"
-            if not self.rules.empty:
-                reason = self._decide(state, reason, duration_ms)
+                trigger = "slow"
+            reason = trigger if self.rules.empty else self._decide(state, trigger, duration_ms)
             state.reason = reason
             state.released = reason is not None
             released = 0
@@ -526,6 +526,34 @@ class Hindsight:
         counts["internal_errors"] = errors.count()
         counts["buffer_bytes"] = self.budget.used
         return counts
+
+
+_App = TypeVar("_App")
+
+
+def middleware_arguments(
+    middleware: str, app: _App | None, hindsight: Hindsight | None, options: dict[str, Any]
+) -> tuple[_App, Hindsight]:
+    """The app a middleware wraps and its `Hindsight`, from the middleware's arguments.
+
+    The app comes positionally, or as ``app=`` (Starlette before 0.41.3 builds its
+    middleware stack with keyword arguments); `options` are those of `Hindsight`.
+
+    Raises:
+        TypeError: no app, the app twice, or both `hindsight` and options.
+    """
+    if "app" in options:
+        if app is not None:
+            raise TypeError(f"{middleware} got the app twice: positionally and as app=")
+        app = options.pop("app")
+    if app is None:
+        raise TypeError(f"{middleware} needs the app to wrap: {middleware}(app, ...)")
+    if hindsight is not None and options:
+        raise TypeError(
+            f"{middleware} takes either 'hindsight' or options, not both: "
+            f"got hindsight and {sorted(options)}"
+        )
+    return app, hindsight if hindsight is not None else Hindsight(**options)
 
 
 def new_request_id() -> str:

@@ -14,7 +14,7 @@ from ._types import OptExcInfo, StartResponse, WSGIApp, WSGIEnviron
 from .admin import AdminRequest, admin_segments, handle, too_large
 from .buffer import release_memory
 from .context import RequestState, _current
-from .core import Hindsight
+from .core import Hindsight, middleware_arguments
 
 __all__ = ["AdminWSGIApp", "HindsightWSGIMiddleware"]
 
@@ -37,14 +37,11 @@ class HindsightWSGIMiddleware:
         flask_app.wsgi_app = HindsightWSGIMiddleware(flask_app.wsgi_app, slow_ms=500)
     """
 
-    def __init__(self, app: WSGIApp, /, hindsight: Hindsight | None = None, **options: Any) -> None:
-        if hindsight is not None and options:
-            raise TypeError(
-                "HindsightWSGIMiddleware takes either 'hindsight' or options, not both: "
-                f"got hindsight and {sorted(options)}"
-            )
-        self.app = app
-        self.hindsight = hindsight if hindsight is not None else Hindsight(**options)
+    def __init__(
+        self, app: WSGIApp | None = None, /, hindsight: Hindsight | None = None, **options: Any
+    ) -> None:
+        name = type(self).__name__
+        self.app, self.hindsight = middleware_arguments(name, app, hindsight, options)
         self._environ_key = "HTTP_" + self.hindsight.request_id_header.upper().replace("-", "_")
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:

@@ -468,6 +468,30 @@ def test_options_and_hindsight_together_are_refused() -> None:
         HindsightMiddleware(lambda *a: None, hindsight=Hindsight(), slow_ms=5)  # type: ignore[arg-type,return-value]
 
 
+def test_app_given_as_a_keyword_is_wrapped(out: ListHandler) -> None:
+    # Starlette before 0.41.3 builds its middleware stack as cls(app=app, **options).
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log.debug("kept")
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b"no"})
+
+    result = run_asgi(HindsightMiddleware(app=app, slow_ms=None))
+    assert result["status"] == 500
+    assert len(result["headers"]["x-request-id"]) == 32
+    assert "(reason: status)" in out.messages()[0]
+    assert out.messages()[1:] == ["kept"]
+
+
+def test_missing_or_doubled_app_is_refused() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"HindsightMiddleware needs the app to wrap"):
+        HindsightMiddleware(slow_ms=5)
+    with pytest.raises(TypeError, match="got the app twice"):
+        HindsightMiddleware(app, app=app)
+
+
 def test_stacklevel_names_the_same_caller_written_or_released(out: ListHandler) -> None:
     def helper(level: int) -> None:
         log.log(level, "from helper", stacklevel=2)

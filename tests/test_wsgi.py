@@ -52,6 +52,17 @@ def test_fast_request_writes_nothing_extra_and_close_runs_once(out: ListHandler)
     assert body.closed == 1
 
 
+def test_app_given_as_a_keyword_is_wrapped(out: ListHandler) -> None:
+    body = Body()
+    result = call_wsgi(
+        HindsightWSGIMiddleware(app=body_app(body, "500 Internal Server Error"), slow_ms=None)
+    )
+    assert "(reason: status)" in out.messages()[0]
+    assert out.messages()[1:] == ["app called", "chunk 0", "chunk 1", "chunk 2"]
+    assert len(result["headers"]["X-Request-ID"]) == 32
+    assert body.closed == 1
+
+
 def test_500_releases_records_of_the_app_call_and_each_chunk(out: ListHandler) -> None:
     body = Body()
     result = call_wsgi(HindsightWSGIMiddleware(body_app(body, "500 Internal Server Error")))
