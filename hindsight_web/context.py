@@ -73,7 +73,7 @@ class RequestState:
         "written",
     )
 
-    # The outcome, set by `Hindsight.finish` before anything reads it.
+    # The outcome, set by `Hindsight.finish` for the statistics (which read it after).
     duration_ms: float
     errored: bool
     slow: bool

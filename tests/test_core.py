@@ -96,6 +96,31 @@ def test_broken_begin_fails_open(out: ListHandler, monkeypatch: pytest.MonkeyPat
     assert hindsight_web.errors.count() == 3
 
 
+def test_broken_rule_decision_releases_nothing_and_fails_open(
+    out: ListHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        logging.getLogger("app").debug("kept")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"served"})
+
+    mw = HindsightMiddleware(app, slow_ms=0)
+    mw.hindsight.add_rule({"id": "bob", "action": "release", "match": {"user_id": "bob"}})
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("rules broken")
+
+    monkeypatch.setattr(mw.hindsight.rules, "decide", broken)
+    assert run_asgi(mw)["body"] == b"served"
+    state = mw.hindsight.begin("GET", "/direct")
+    assert mw.hindsight.finish(state) is None  # nothing was released, so no reason
+    assert [r.getMessage() for r in out.records if r.name == "app"] == []
+    assert mw.hindsight.counters()["records_released"] == 0
+    reports = [r for r in out.records if r.name == "hindsight_web" and "internal" in r.msg]
+    assert len(reports) == 1
+    assert "internal error in finish" in reports[0].getMessage()
+
+
 def test_counters_after_traffic(out: ListHandler) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         logging.getLogger("app").debug("one")
