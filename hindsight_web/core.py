@@ -9,13 +9,14 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable
 from time import perf_counter
 from typing import Any, TypeVar
 
 from . import admin, capture, dashboard, errors, metrics, sources
 from ._sync import new_lock
 from .audit import Audit
-from .buffer import Budget, release_memory
+from .buffer import Budget, Entry, release_memory
 from .context import CLOSED_LEVEL, RequestState
 from .rules import Rule, RuleSet, parse_rule
 from .stats import Stats, hash_session
@@ -224,13 +225,7 @@ class Hindsight:
         state.keep_level = CLOSED_LEVEL
         records = list(state.records)
         release_memory(state)
-        written = 0
-        for entry in records:
-            try:
-                capture.deliver(entry[0], capture.build_record(entry, state))
-                written += 1
-            except Exception as exc:
-                errors.report("release", exc)
+        written = _write(records, state)
         with self._lock:
             self._counts["records_captured"] += len(records)
             self._counts["records_released"] += written
@@ -353,14 +348,7 @@ class Hindsight:
         capture.tag(summary, state)
         if logger.manager.disable < logging.INFO:  # logging.disable() silences it too
             capture.deliver(logger, summary)
-        written = 0
-        for entry in records:
-            try:
-                capture.deliver(entry[0], capture.build_record(entry, state))
-                written += 1
-            except Exception as exc:
-                errors.report("release", exc)
-        return written
+        return _write(records, state)
 
     # -- rules -------------------------------------------------------------------
 
@@ -526,6 +514,18 @@ class Hindsight:
         counts["internal_errors"] = errors.count()
         counts["buffer_bytes"] = self.budget.used
         return counts
+
+
+def _write(records: Iterable[Entry], state: RequestState) -> int:
+    """Write kept `records` of `state` through their loggers' handlers; how many were written."""
+    written = 0
+    for entry in records:
+        try:
+            capture.deliver(entry[0], capture.build_record(entry, state))
+            written += 1
+        except Exception as exc:
+            errors.report("release", exc)
+    return written
 
 
 _App = TypeVar("_App")
