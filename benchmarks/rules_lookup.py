@@ -11,11 +11,12 @@ Usage: python benchmarks/rules_lookup.py [--rounds N] [--calls N]
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+
+from common import machine_line
 
 from hindsight_web.rules import RuleSet, parse_rule
 
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=100_000)
     args = parser.parse_args()
-    print(f"machine: python {platform.python_version()}, {platform.platform()}")
+    print(machine_line())
     print(f"median of {args.rounds} rounds of {args.calls} calls; us per call (min-max)\n")
     other, named = Request("somebody-else"), Request("user0")
     sets = {

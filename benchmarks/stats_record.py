@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import random
 import statistics
-import sys
 import time
 import tracemalloc
 from collections.abc import Callable
 from time import perf_counter
+
+from common import machine_line
 
 from hindsight_web.histogram import Histogram
 from hindsight_web.stats import RequestRecord, Stats
@@ -111,22 +111,18 @@ def measure(rounds: int, n: int) -> dict[str, list[float]]:
 
 def session_bytes(n: int = 10_000) -> float:
     """Bytes per session in the table, averaged over `n` sessions."""
-    stats = Stats(max_sessions=n)
     records = [make(i, route="/a", path="/a", session=f"{i:016x}", ms=12.0) for i in range(n)]
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for r in records:
-        stats.record(r)
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    return (after - before) / n
+    return bytes_per_record(Stats(max_sessions=n), records)
 
 
 def route_bytes(n: int = 400) -> float:
     """Bytes per route for one slot (a route seen in k slots costs about k + 1 times this)."""
-    stats = Stats(max_routes=n)
     records = [make(i, route=f"/r{i}", path=f"/r{i}", session=None, ms=12.0) for i in range(n)]
+    return bytes_per_record(Stats(max_routes=n), records)
+
+
+def bytes_per_record(stats: Stats, records: list[RequestRecord]) -> float:
+    """Bytes `stats` allocates per record while recording `records` (tracemalloc)."""
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -134,7 +130,7 @@ def route_bytes(n: int = 400) -> float:
         stats.record(r)
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    return (after - before) / n
+    return (after - before) / len(records)
 
 
 def main() -> None:
@@ -142,7 +138,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--n", type=int, default=20_000)
     args = parser.parse_args()
-    print(f"Python {platform.python_version()} on {platform.machine()} {sys.platform}")
+    print(machine_line())
     print(f"{'case':34} {'median us/call':>15} {'min-max':>14}")
     for name, times in measure(args.rounds, args.n).items():
         spread = f"{min(times):.2f}-{max(times):.2f}"
