@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from time import perf_counter
 from typing import Any, TypeVar
 
-from . import admin, capture, dashboard, errors, metrics, sources
+from . import admin, capture, dashboard, errors, metrics, options, sources
 from ._sync import new_lock
 from .audit import Audit
 from .buffer import Budget, Entry, release_memory
@@ -106,20 +106,20 @@ class Hindsight:
         max_sessions: int = 10_000,
         session_cookie: str | None = None,
     ) -> None:
-        self.slow_ms = _optional_number("slow_ms", slow_ms)
-        self.release_on_status = _optional_status(release_on_status)
-        self.release_on_exception = _boolean("release_on_exception", release_on_exception)
-        self.capture_level = _level("capture_level", capture_level)
-        self.admin_path = _admin_path(admin_path)
-        self.admin_token = _token("admin_token", admin_token, "HINDSIGHT_ADMIN_TOKEN")
-        self.admin_read_token = _token(
+        self.slow_ms = options.optional_number("slow_ms", slow_ms)
+        self.release_on_status = options.optional_status(release_on_status)
+        self.release_on_exception = options.boolean("release_on_exception", release_on_exception)
+        self.capture_level = options.level("capture_level", capture_level)
+        self.admin_path = options.admin_path(admin_path)
+        self.admin_token = options.token("admin_token", admin_token, "HINDSIGHT_ADMIN_TOKEN")
+        self.admin_read_token = options.token(
             "admin_read_token", admin_read_token, "HINDSIGHT_ADMIN_READ_TOKEN"
         )
         if self.admin_read_token is not None and self.admin_token is None:
             raise ValueError("invalid 'admin_read_token': it needs an 'admin_token' too")
-        self.admin_max_body = _positive_int("admin_max_body", admin_max_body)
-        self.max_detail_ttl_s = _seconds("max_detail_ttl_s", max_detail_ttl_s)
-        self.rules_poll_s = _seconds("rules_poll_s", rules_poll_s)
+        self.admin_max_body = options.positive_int("admin_max_body", admin_max_body)
+        self.max_detail_ttl_s = options.seconds("max_detail_ttl_s", max_detail_ttl_s)
+        self.rules_poll_s = options.seconds("rules_poll_s", rules_poll_s)
         if not isinstance(store, str) or not store.startswith(_STORE_SCHEMES):
             raise ValueError(
                 f"invalid 'store' {store!r}: expected 'memory://', 'sqlite:///path/to/file.db' "
@@ -131,17 +131,10 @@ class Hindsight:
                 "kept per process ('memory://')"
             )
         self.store = store
-        self.max_records = _positive_int("max_records", max_records)
-        self.max_bytes = _positive_int("max_bytes", max_bytes)
-        self.max_total_bytes = _positive_int("max_total_bytes", max_total_bytes)
-        if not isinstance(request_id_header, str) or not re.fullmatch(
-            r"[A-Za-z0-9-]+", request_id_header
-        ):
-            raise ValueError(
-                f"invalid 'request_id_header' {request_id_header!r}: expected a header name "
-                "(letters, digits and '-')"
-            )
-        self.request_id_header = request_id_header
+        self.max_records = options.positive_int("max_records", max_records)
+        self.max_bytes = options.positive_int("max_bytes", max_bytes)
+        self.max_total_bytes = options.positive_int("max_total_bytes", max_total_bytes)
+        self.request_id_header = options.header_name("request_id_header", request_id_header)
         self.budget = Budget(self.max_total_bytes)
         self.rules = RuleSet()
         self._rules_lock = new_lock()
@@ -161,14 +154,7 @@ class Hindsight:
         self._lock = new_lock()
         self._counts = dict.fromkeys(("records_captured", "records_released", "records_dropped"), 0)
         self.stats = Stats(max_routes=max_routes, max_sessions=max_sessions)
-        if session_cookie is not None and (
-            not isinstance(session_cookie, str)
-            or not re.fullmatch(r"[!#-'*+.0-9A-Z^-z|~-]+", session_cookie)
-        ):
-            raise ValueError(
-                f"invalid 'session_cookie' {session_cookie!r}: expected a cookie name or None"
-            )
-        self.session_cookie = session_cookie
+        self.session_cookie = options.cookie_name("session_cookie", session_cookie)
         capture.install()
 
     # -- the life of a request -------------------------------------------------
@@ -606,73 +592,3 @@ def _query_int(query: dict[str, str], name: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"invalid {name!r} {text!r}: expected an integer") from None
-
-
-def _token(name: str, value: object, env: str) -> str | None:
-    if value is None:
-        value = os.environ.get(env) or None
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise ValueError(f"invalid {name!r}: expected a non-empty string or None")
-    return value
-
-
-def _optional_number(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"invalid {name!r} {value!r}: expected a number >= 0 or None")
-    return float(value)
-
-
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"invalid {name!r} {value!r}: expected a number of seconds > 0")
-    return float(value)
-
-
-def _optional_status(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 999:
-        raise ValueError(
-            f"invalid 'release_on_status' {value!r}: expected an HTTP status (100-999) or None"
-        )
-    return value
-
-
-def _boolean(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"invalid {name!r} {value!r}: expected True or False")
-    return value
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"invalid {name!r} {value!r}: expected an integer > 0")
-    return value
-
-
-def _level(name: str, value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    levels: dict[str, int] = logging._nameToLevel
-    if isinstance(value, str) and value.upper() in levels:
-        return levels[value.upper()]
-    names = ", ".join(sorted(levels, key=levels.__getitem__))
-    raise ValueError(f"invalid {name!r} {value!r}: expected a level name ({names}) or a number")
-
-
-def _admin_path(value: object) -> str | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, str)
-        or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", value)
-        or "/../" in value + "/"
-    ):
-        raise ValueError(
-            f"invalid 'admin_path' {value!r}: expected a path such as '/_hindsight' "
-            "(segments of letters, digits, '.', '_', '~', '-'), or None to serve the admin "
-            "only through admin_asgi_app() / admin_wsgi_app()"
-        )
-    return value
