@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from hindsight_web import errors
+
+from .redis_server import REDIS_SERVER, RedisServer
 
 FORMAT = "%(levelname)s %(name)s rid=%(request_id)s uid=%(user_id)s %(message)s"
 
@@ -76,3 +79,13 @@ def out() -> ListHandler:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     return handler
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session (stopped at its end); each test uses its own prefix."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        pytest.fail(f"{REDIS_SERVER} is missing: run scripts/install-redis")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

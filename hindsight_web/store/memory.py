@@ -1,0 +1,128 @@
+"""``memory://``: the store of one process (nothing is shared; nothing can fail)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+from .._sync import new_lock
+from . import AUDIT_KEPT, Change, Plan, RulesRead, RulesView, StatsRow, Store, StoredRule
+
+__all__ = ["MemoryStore"]
+
+
+class _View(RulesView):
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self.revision = store._revision
+
+    def get(self, rule_id: str) -> StoredRule | None:
+        rule = self._store._rules.get(rule_id)
+        return None if rule is None else self._store._with_hits(rule)
+
+    def count(self) -> int:
+        return len(self._store._rules)
+
+    def of_origin(self, origin: str) -> list[StoredRule]:
+        rules = self._store._rules.values()
+        return [self._store._with_hits(rule) for rule in rules if rule.origin == origin]
+
+    def fingerprint(self, origin: str) -> str | None:
+        return self._store._fingerprints.get(origin)
+
+
+class MemoryStore(Store):
+    """A store held in this process's memory: the default, for one process.
+
+    `read_rules` always answers every rule: a process reads only its own
+    changes back, which it applied already.
+    """
+
+    def __init__(self) -> None:
+        self.url = "memory://"
+        self.shared = False
+        self._lock = new_lock()
+        self._revision = 0
+        self._rules: dict[str, StoredRule] = {}
+        self._hits: dict[str, int] = {}
+        self._fingerprints: dict[str, str] = {}
+        self._audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_KEPT)
+        self._epoch = 0
+        self._stats: dict[str, StatsRow] = {}
+
+    def change(self, plan: Plan) -> tuple[Change, int]:
+        with self._lock:
+            change = plan(_View(self))
+            if not change:
+                return change, self._revision
+            self._revision += 1
+            for rule_id in change.delete:
+                self._rules.pop(rule_id, None)
+                self._hits.pop(rule_id, None)
+            for rule in change.put:
+                self._rules[rule.id] = rule
+                self._hits[rule.id] = rule.hits
+            self._fingerprints.update(change.fingerprints)
+            self._audit.extend(change.events)
+            return change, self._revision
+
+    def read_rules(self, since: int | None) -> RulesRead:
+        with self._lock:
+            rules = [self._with_hits(rule) for rule in self._rules.values()]
+            return RulesRead(self._revision, True, rules, [])
+
+    def _with_hits(self, rule: StoredRule) -> StoredRule:
+        """`rule` with its current hits (`add_hits` counts them apart)."""
+        return replace(rule, hits=self._hits.get(rule.id, 0))
+
+    def state(self) -> tuple[int, int]:
+        return self._revision, self._epoch
+
+    def add_hits(self, hits: dict[str, int]) -> None:
+        with self._lock:
+            for rule_id, n in hits.items():
+                if rule_id in self._hits:
+                    self._hits[rule_id] += n
+
+    def hits(self, ids: list[str] | None = None) -> dict[str, int]:
+        with self._lock:
+            held = self._hits
+            return dict(held) if ids is None else {i: held[i] for i in ids if i in held}
+
+    def audit(self, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            events = self._audit
+            return [events[-1 - i] for i in range(min(limit, len(events)))]
+
+    def publish_stats(self, row: StatsRow, epoch: int) -> int:
+        with self._lock:
+            if epoch == self._epoch:
+                self._stats[row.process] = row
+            return self._epoch
+
+    def read_stats(self) -> tuple[int, list[StatsRow]]:
+        with self._lock:
+            return self._epoch, list(self._stats.values())
+
+    def reset_stats(self) -> int:
+        with self._lock:
+            self._epoch += 1
+            self._stats.clear()
+            return self._epoch
+
+    def retire_stats(self, gone: dict[str, float], into: StatsRow, epoch: int) -> bool:
+        with self._lock:
+            rows = self._stats
+            if epoch != self._epoch or any(
+                process not in rows or rows[process].updated != updated
+                for process, updated in gone.items()
+            ):
+                return False
+            for process in gone:
+                del rows[process]
+            rows[into.process] = into
+            return True
+
+    def close(self) -> None:
+        pass

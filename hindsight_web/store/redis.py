@@ -1,0 +1,523 @@
+"""``redis://host:port/db``: a store shared by every process of every host.
+
+Every key starts with ``{prefix}:`` (``?prefix=name`` in the URL, default
+``hindsight``), so that apps can share one Redis:
+
+==================  ==============================================================
+``schema``          the layout version, `SCHEMA_VERSION`
+``revision``        the rules' revision: INCR by each change
+``floor``           changes at or below this revision are forgotten
+``rules``           hash: id -> JSON ``{"body": ..., "origin": ...}``
+``hits``            hash: id -> hits
+``changes``         sorted set: id -> revision of its last change (put or delete)
+``audit``           list of JSON events, newest first
+``fingerprints``    hash: origin -> fingerprint
+``epoch``           the statistics epoch
+``stats``           hash: process -> JSON ``[host, updated]``, newline, body
+==================  ==============================================================
+
+A change is an optimistic transaction (WATCH the revision, plan, MULTI/EXEC),
+planned again when another process changed the rules meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as e:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "the 'redis://' store needs redis-py: pip install 'hindsight-web[redis]'"
+    ) from e
+
+from .._sync import new_lock
+from . import (
+    AUDIT_KEPT,
+    CHANGES_KEPT,
+    SCHEMA_VERSION,
+    Change,
+    Plan,
+    RulesRead,
+    RulesView,
+    SchemaError,
+    StatsRow,
+    Store,
+    StoredRule,
+    StoreError,
+    check_prefix,
+    display_url,
+    first_revision,
+)
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
+    from redis.typing import EncodableT
+
+__all__ = ["RedisStore"]
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "hindsight"
+_ATTEMPTS = 50
+"""Optimistic transactions tried before giving up (each failed one means another succeeded)."""
+
+_FORMS = (
+    "expected 'redis://[[user]:password@]host:port/db' or 'rediss://...' (TLS), "
+    "with an optional '?prefix=name'"
+)
+
+# Adds hits only to rules that exist, atomically: a rule deleted meanwhile
+# never gets a hits entry back.
+_ADD_HITS = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
+"""
+
+
+class _Keys:
+    """The keys of one store, under its prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.schema = f"{prefix}:schema"
+        self.revision = f"{prefix}:revision"
+        self.floor = f"{prefix}:floor"
+        self.rules = f"{prefix}:rules"
+        self.hits = f"{prefix}:hits"
+        self.changes = f"{prefix}:changes"
+        self.audit = f"{prefix}:audit"
+        self.fingerprints = f"{prefix}:fingerprints"
+        self.epoch = f"{prefix}:epoch"
+        self.stats = f"{prefix}:stats"
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """``(the URL for redis-py, the key prefix)``: our ``prefix`` removed from the query."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    if len(prefixes) > 1:
+        raise ValueError(f"invalid 'store' {display_url(url)!r}: 'prefix' given twice")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ValueError(f"invalid 'store' {display_url(url)!r}: the db must be a number")
+    rest = urlencode([(name, value) for name, value in query if name != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), check_prefix(
+        prefixes[0] if prefixes else DEFAULT_PREFIX
+    )
+
+
+def _int(value: Any) -> int:
+    return 0 if value is None else int(value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _rule(rule_id: bytes | str, raw: bytes | str, hits: Any) -> StoredRule:
+    stored = json.loads(raw)
+    return StoredRule(_text(rule_id), stored["body"], stored["origin"], _int(hits))
+
+
+def _stats_value(row: StatsRow) -> bytes:
+    return json.dumps([row.host, row.updated]).encode() + b"\n" + row.body
+
+
+def _stats_row(process: bytes | str, value: bytes | str) -> StatsRow:
+    raw = value.encode() if isinstance(value, str) else value
+    head, _, body = raw.partition(b"\n")
+    host, updated = json.loads(head)
+    return StatsRow(_text(process), host, updated, body)
+
+
+class _View(RulesView):
+    """Reads of a plan, on the pipeline that WATCHes the revision (immediate mode)."""
+
+    def __init__(self, store: RedisStore, pipe: Pipeline) -> None:
+        self._store = store
+        self._pipe = pipe
+        self._keys = store._keys
+        self.revision, self.floor = map(_int, pipe.mget(self._keys.revision, self._keys.floor))
+
+    def get(self, rule_id: str) -> StoredRule | None:
+        with self._store._guard():
+            raw = self._pipe.hget(self._keys.rules, rule_id)
+            return None if raw is None else _rule(rule_id, raw, self._hits([rule_id])[0])
+
+    def count(self) -> int:
+        with self._store._guard():
+            return self._pipe.hlen(self._keys.rules)
+
+    def of_origin(self, origin: str) -> list[StoredRule]:
+        with self._store._guard():
+            found = {
+                _text(rule_id): stored
+                for rule_id, raw in self._pipe.hgetall(self._keys.rules).items()
+                if (stored := json.loads(raw))["origin"] == origin
+            }
+            hits = self._hits(list(found))
+        return [
+            StoredRule(rule_id, stored["body"], origin, _int(n))
+            for (rule_id, stored), n in zip(found.items(), hits, strict=True)
+        ]
+
+    def fingerprint(self, origin: str) -> str | None:
+        with self._store._guard():
+            found = self._pipe.hget(self._keys.fingerprints, origin)
+        return None if found is None else _text(found)
+
+    def _hits(self, ids: list[str]) -> list[Any]:
+        return self._pipe.hmget(self._keys.hits, ids) if ids else []
+
+
+class RedisStore(Store):
+    """A store in a Redis server, shared by the processes of every host.
+
+    Args:
+        url: ``redis://[[user]:password@]host:port/db`` or ``rediss://...``
+            (TLS), parsed by redis-py, with an optional ``?prefix=name`` (1 to
+            64 letters, digits, ``_ . : -``; default ``hindsight``) that every
+            key starts with.
+        timeout_s: how long connecting and each reply may take, in seconds;
+            one call fails after about that long when the server is
+            unreachable (redis-py does not retry).
+
+    The constructor checks the stored schema version when the server answers
+    within `timeout_s`; when it does not, the store is made anyway (the app
+    starts while Redis is down) and the first call that reaches it checks.
+
+    Raises:
+        ImportError: redis-py is not installed.
+        ValueError: a malformed URL or prefix.
+        SchemaError: the keys hold another layout version than `SCHEMA_VERSION`.
+
+    Example::
+
+        store = RedisStore("redis://:secret@redis.internal:6379/0?prefix=shop", timeout_s=1.0)
+    """
+
+    def __init__(self, url: str, *, timeout_s: float) -> None:
+        self.url = display_url(url)
+        self.shared = True
+        self._redis_url, prefix = _split_url(url)
+        self._keys = _Keys(prefix)
+        self._timeout_s = timeout_s
+        self._lock = new_lock()
+        self._client: redis.Redis | None = None
+        self._pid = 0
+        self._checked = False
+        try:
+            client = self._new_client()
+        except ValueError as e:
+            raise ValueError(f"invalid 'store' {self.url!r}: {e}; {_FORMS}") from e
+        try:
+            self._check_schema(client)
+        except TypeError as e:  # an unknown query parameter, found when connecting
+            raise ValueError(f"invalid 'store' {self.url!r}: {e}; {_FORMS}") from e
+        except (redis.RedisError, OSError):
+            pass  # unreachable: checked by the first call that reaches it
+        finally:
+            # A master process that forks its workers (gunicorn --preload) holds none.
+            client.close()
+
+    def _new_client(self) -> redis.Redis:
+        # One attempt per command, said explicitly: redis-py 8's default depends on
+        # the constructor (Redis() retries 10 times with backoff up to 1 s, from_url
+        # not at all). So a call to a server that is down fails within about
+        # timeout_s, and no command is ever sent twice (an INCR or HINCRBY whose
+        # reply was lost). A connection the server closed meanwhile costs no failed
+        # call: the pool replaces it before handing it out.
+        return redis.Redis.from_url(
+            self._redis_url,
+            socket_connect_timeout=self._timeout_s,
+            socket_timeout=self._timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    def _check_schema(self, client: redis.Redis) -> None:
+        pipe = client.pipeline()
+        first = first_revision()
+        pipe.set(self._keys.revision, first, nx=True)  # only where the store is new
+        pipe.set(self._keys.floor, first, nx=True)
+        pipe.set(self._keys.schema, SCHEMA_VERSION, nx=True)
+        pipe.get(self._keys.schema)
+        found = _text(pipe.execute()[-1])
+        if found != str(SCHEMA_VERSION):
+            raise SchemaError(
+                f"store {self.url}: the key {self._keys.schema!r} holds schema version "
+                f"{found}; this version of hindsight-web uses schema version {SCHEMA_VERSION}"
+            )
+        self._checked = True
+
+    def _redis(self) -> redis.Redis:
+        """This process's client, made when first needed (the schema checked then)."""
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                # An inherited client is dropped, not closed: redis-py's pool
+                # notices the fork and leaves the parent's sockets alone.
+                self._client = self._new_client()
+                self._pid = os.getpid()
+            client = self._client
+        if not self._checked:
+            self._check_schema(client)
+        return client
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Raise every error of redis-py or the network as StoreError."""
+        try:
+            yield
+        except (redis.RedisError, OSError) as e:
+            raise StoreError(f"store {self.url}: {type(e).__name__}: {e}") from e
+
+    def _transact(self, watch: tuple[str, ...], attempt: Callable[[Pipeline], T]) -> T:
+        """Run `attempt` on a pipeline watching `watch` until its EXEC is not refused."""
+        with self._guard():
+            client = self._redis()
+            for n in range(_ATTEMPTS):
+                pipe = client.pipeline()
+                try:
+                    _watch(pipe, *watch)
+                    return attempt(pipe)
+                except redis.WatchError:
+                    pass
+                finally:
+                    _reset(pipe)
+                _back_off(n)
+        raise self._contended()
+
+    def _contended(self) -> StoreError:
+        return StoreError(f"store {self.url}: {_ATTEMPTS} conflicting transactions in a row")
+
+    def change(self, plan: Plan) -> tuple[Change, int]:
+        """Run `plan` with the revision WATCHed and write its `Change` in one MULTI/EXEC.
+
+        The plan runs again when another process changed the rules meanwhile.
+
+        Raises:
+            StoreError: the server is unreachable, too slow, refused, or
+                `_ATTEMPTS` transactions in a row conflicted (nothing is written).
+            Exception: whatever the plan raised, unchanged (nothing is written).
+        """
+        for n in range(_ATTEMPTS):
+            with self._guard():
+                pipe = self._redis().pipeline()
+            try:
+                with self._guard():
+                    _watch(pipe, self._keys.revision)
+                    view = _View(self, pipe)
+                change = plan(view)
+                if not change:
+                    return change, view.revision
+                # No revision: a new store, or one that lost its data (a restart without
+                # persistence): its numbers start afresh, at random, never where they were.
+                revision = view.revision + 1 if view.revision else first_revision()
+                with self._guard():
+                    if self._write(pipe, change, revision, view.floor):
+                        return change, revision
+            finally:
+                _reset(pipe)
+            _back_off(n)
+        raise self._contended()
+
+    def _write(self, pipe: Pipeline, change: Change, revision: int, floor: int) -> bool:
+        """Queue `change` as `revision` and EXEC; False when the revision moved meanwhile.
+
+        `floor` is the store's floor before the change: it never goes down.
+        """
+        keys = self._keys
+        pipe.multi()
+        pipe.set(keys.revision, revision)  # WATCHed: nobody wrote another meanwhile
+        if change.delete:
+            pipe.hdel(keys.rules, *change.delete)
+            pipe.hdel(keys.hits, *change.delete)
+        if change.put:
+            rules = [(r.id, json.dumps({"body": r.body, "origin": r.origin})) for r in change.put]
+            pipe.hset(keys.rules, mapping=_mapping(rules))
+            pipe.hset(keys.hits, mapping=_mapping((r.id, r.hits) for r in change.put))
+        ids = [*change.delete, *(r.id for r in change.put)]
+        if ids:
+            pipe.zadd(keys.changes, dict.fromkeys(ids, revision))
+        if not floor:  # the first revision of a store: nothing before it is known
+            pipe.set(keys.floor, revision)
+        elif revision - CHANGES_KEPT > floor:
+            pipe.zremrangebyscore(keys.changes, "-inf", revision - CHANGES_KEPT)
+            pipe.set(keys.floor, revision - CHANGES_KEPT)
+        if change.events:
+            pipe.lpush(keys.audit, *(json.dumps(event) for event in change.events))
+            pipe.ltrim(keys.audit, 0, AUDIT_KEPT - 1)
+        if change.fingerprints:
+            pipe.hset(keys.fingerprints, mapping=_mapping(change.fingerprints.items()))
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            return False
+        return True
+
+    def read_rules(self, since: int | None) -> RulesRead:
+        """Every rule, or only those changed after revision `since` and the ids deleted
+        since (when `since` is at most `CHANGES_KEPT` revisions behind)."""
+        keys = self._keys
+        with self._guard():
+            client = self._redis()
+            if since is not None:
+                pipe = client.pipeline()
+                pipe.mget(keys.revision, keys.floor)
+                pipe.zrangebyscore(keys.changes, f"({since}", "+inf")
+                (revision, floor), ids = pipe.execute()
+                if _int(floor) <= since <= _int(revision):
+                    return self._changed(client, _int(revision), [_text(i) for i in ids])
+            pipe = client.pipeline()
+            pipe.get(keys.revision)
+            pipe.hgetall(keys.rules)
+            pipe.hgetall(keys.hits)
+            revision, rules, hits = pipe.execute()
+        found = [_rule(rule_id, raw, hits.get(rule_id)) for rule_id, raw in rules.items()]
+        return RulesRead(_int(revision), True, found, [])
+
+    def _changed(self, client: redis.Redis, revision: int, ids: list[str]) -> RulesRead:
+        # Read after the revision: the rules may be newer than `revision` says,
+        # which costs the reader one more read of them next time, never a change.
+        if not ids:
+            return RulesRead(revision, False, [], [])
+        pipe = client.pipeline()
+        pipe.hmget(self._keys.rules, ids)
+        pipe.hmget(self._keys.hits, ids)
+        rules, hits = pipe.execute()
+        rows = list(zip(ids, rules, hits, strict=True))
+        found = [_rule(i, raw, n) for i, raw, n in rows if raw is not None]
+        deleted = [i for i, raw, _ in rows if raw is None]
+        return RulesRead(revision, False, found, deleted)
+
+    def state(self) -> tuple[int, int]:
+        """``(revision, stats epoch)`` in one MGET."""
+        with self._guard():
+            revision, epoch = self._redis().mget(self._keys.revision, self._keys.epoch)
+        return _int(revision), _int(epoch)
+
+    def add_hits(self, hits: dict[str, int]) -> None:
+        """Add to the hits of the rules still held, in one atomic script."""
+        if not hits:
+            return
+        args = [x for rule_id, n in hits.items() for x in (rule_id, n)]
+        with self._guard():
+            client = self._redis()
+            client.register_script(_ADD_HITS)(keys=[self._keys.rules, self._keys.hits], args=args)
+
+    def hits(self, ids: list[str] | None = None) -> dict[str, int]:
+        """The hits of these rules (every rule when None)."""
+        with self._guard():
+            client = self._redis()
+            if ids is None:
+                every = client.hgetall(self._keys.hits)
+                return {_text(rule_id): _int(n) for rule_id, n in every.items()}
+            found = client.hmget(self._keys.hits, ids) if ids else []
+        pairs = zip(ids, found, strict=True)
+        return {rule_id: _int(n) for rule_id, n in pairs if n is not None}
+
+    def audit(self, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` audit events, newest first."""
+        if limit <= 0:
+            return []
+        with self._guard():
+            events = self._redis().lrange(self._keys.audit, 0, limit - 1)
+        return [json.loads(event) for event in events]
+
+    def publish_stats(self, row: StatsRow, epoch: int) -> int:
+        """Write `row` if `epoch` is current (WATCHed: a reset meanwhile wins); return
+        the current epoch."""
+
+        def attempt(pipe: Pipeline) -> int:
+            current = _int(pipe.get(self._keys.epoch))
+            if current == epoch:
+                pipe.multi()
+                pipe.hset(self._keys.stats, row.process, _stats_value(row))
+                pipe.execute()
+            return current
+
+        return self._transact((self._keys.epoch,), attempt)
+
+    def read_stats(self) -> tuple[int, list[StatsRow]]:
+        """``(epoch, rows)`` read in one MULTI/EXEC."""
+        with self._guard():
+            pipe = self._redis().pipeline()
+            pipe.get(self._keys.epoch)
+            pipe.hgetall(self._keys.stats)
+            epoch, rows = pipe.execute()
+        return _int(epoch), [_stats_row(process, value) for process, value in rows.items()]
+
+    def reset_stats(self) -> int:
+        """Delete every row and start a new epoch, returned (one MULTI/EXEC)."""
+        with self._guard():
+            pipe = self._redis().pipeline()
+            pipe.incr(self._keys.epoch)
+            pipe.delete(self._keys.stats)
+            epoch, _ = pipe.execute()
+        return int(epoch)
+
+    def retire_stats(self, gone: dict[str, float], into: StatsRow, epoch: int) -> bool:
+        """Replace the rows of `gone` by `into` if none changed and `epoch` is current
+        (the stats and the epoch WATCHed)."""
+        processes = list(gone)
+
+        def attempt(pipe: Pipeline) -> bool:
+            current = _int(pipe.get(self._keys.epoch))
+            values = pipe.hmget(self._keys.stats, processes) if processes else []
+            if current != epoch or any(
+                value is None or _stats_row(process, value).updated != gone[process]
+                for process, value in zip(processes, values, strict=True)
+            ):
+                return False
+            pipe.multi()
+            if processes:
+                pipe.hdel(self._keys.stats, *processes)
+            pipe.hset(self._keys.stats, into.process, _stats_value(into))
+            pipe.execute()
+            return True
+
+        return self._transact((self._keys.stats, self._keys.epoch), attempt)
+
+    def close(self) -> None:
+        """Close this process's connections; the next call opens new ones."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and self._pid == os.getpid():
+            client.close()
+
+
+def _mapping(items: Iterable[tuple[str, str | int]]) -> dict[EncodableT, EncodableT]:
+    return dict(items)
+
+
+def _watch(pipe: Pipeline, *keys: str) -> None:
+    pipe.watch(*keys)  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+
+def _reset(pipe: Pipeline) -> None:
+    """Give the pipeline's connection back, even when UNWATCH fails (the connection,
+    then closed, forgets the WATCH): an error here must not hide the plan's own."""
+    try:
+        pipe.reset()
+    except (redis.RedisError, OSError):
+        if pipe.connection is not None:
+            pipe.connection.disconnect()  # type: ignore[no-untyped-call]
+        pipe.watching = False
+        pipe.reset()
+
+
+def _back_off(attempt: int) -> None:
+    # Jitter, so that processes that conflicted do not meet again at once.
+    time.sleep(random.uniform(0, 0.001 * min(attempt, 10)))
