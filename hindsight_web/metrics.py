@@ -1,7 +1,13 @@
 """Prometheus text exposition (format 0.0.4) of the statistics and the core's counters.
 
 Written here in a few lines rather than with ``prometheus_client``: the admin API's
-``GET /metrics`` needs no dependency, and the numbers already live in `Stats`.
+``GET /metrics`` needs no dependency, and the numbers already live in the exports.
+
+It renders a `StatsView`: the exports of the processes of one host merged (one
+Prometheus target per host or pod). Every counter is a sum of since-start counts
+that only grow in each process, and `retire` keeps the sums of the processes that
+ended, so the merged counters only grow as long as each process's last export (or
+the retired export that replaced it) stays in the view.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Iterator, Mapping
 
 from .histogram import BOUNDS_MS
 from .stats import Stats
+from .stats_view import StatsView
 
 __all__ = ["CONTENT_TYPE", "render"]
 
@@ -46,37 +53,60 @@ _COUNTERS = {
         "gauge",
         "Bytes held now by the buffers of the requests in progress.",
     ),
+    "store_up": (
+        "hindsight_store_up",
+        "gauge",
+        "1 when the store answered the last time every process merged used it, else 0.",
+    ),
 }
 _COVERED = frozenset(("requests", "releases"))
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _LE = [repr(bound / 1000) for bound in BOUNDS_MS] + ["+Inf"]
 
 
-def render(stats: Stats, counters: Mapping[str, int | float]) -> str:
-    """The Prometheus text exposition of `stats` (since start) and the core's `counters`.
+def render(source: StatsView | Stats, counters: Mapping[str, int | float] | None = None) -> str:
+    """The Prometheus text exposition of `source` (since start) and the core's counters.
+
+    Args:
+        source: a `StatsView` (the exports of one host's processes merged; their
+            counters are summed, see `StatsView.counters`), or one process's `Stats`.
+        counters: with a `Stats`, the core's counters of that process; with a
+            `StatsView`, None (the exports carry them).
 
     Families: ``hindsight_requests_total``, ``hindsight_errors_total`` and
     ``hindsight_request_duration_seconds`` (a histogram) by ``method`` and ``route``;
     ``hindsight_slow_total``; ``hindsight_releases_total`` by ``reason``;
-    ``hindsight_routes`` and ``hindsight_sessions`` (gauges) and
-    ``hindsight_sessions_evicted_total``; then one metric per key of `counters`
-    (``records_captured`` -> ``hindsight_records_captured_total``, ``buffer_bytes``
-    -> the gauge ``hindsight_buffer_bytes``, ...; ``requests`` and ``releases`` are
-    left out since the labelled families carry them; another key ``k`` becomes the
-    untyped ``hindsight_k``).
+    ``hindsight_routes`` (the largest route table), ``hindsight_sessions`` and
+    ``hindsight_processes`` (gauges) and ``hindsight_sessions_evicted_total``; then
+    one metric per counter (``records_captured`` ->
+    ``hindsight_records_captured_total``, ``buffer_bytes`` -> the gauge
+    ``hindsight_buffer_bytes``, ``store_up`` -> the gauge ``hindsight_store_up``,
+    ...; ``requests`` and ``releases`` are left out since the labelled families
+    carry them; another key ``k`` becomes the untyped ``hindsight_k``).
+
+    Raises:
+        TypeError: `source` is neither, a counter is not a number, or counters come
+            with a `StatsView`.
+        ValueError: a counter's name is not made of letters, digits and ``_``.
 
     Example::
 
-        body = render(stats, hs.counters()).encode()
+        body = render(StatsView(exports_of_this_host)).encode()
         headers = [("content-type", CONTENT_TYPE)]
     """
-    if not isinstance(stats, Stats):
-        raise TypeError(f"invalid stats {stats!r}: expected a Stats")
-    return "".join(line + "\n" for line in _lines(stats, counters))
+    if isinstance(source, Stats):
+        view = source.view(counters, sessions=False)
+    elif isinstance(source, StatsView):
+        if counters is not None:
+            raise TypeError("invalid counters with a StatsView: its exports carry their counters")
+        view = source
+    else:
+        raise TypeError(f"invalid stats {source!r}: expected a Stats or a StatsView")
+    return "".join(line + "\n" for line in _lines(view))
 
 
-def _lines(stats: Stats, counters: Mapping[str, int | float]) -> Iterator[str]:
-    snap = stats.snapshot("all")
+def _lines(view: StatsView) -> Iterator[str]:
+    snap = view.snapshot("all")
     routes = sorted(snap.routes.items())
     labels = {key: f'method="{_label(key[0])}",route="{_label(key[1])}"' for key, _ in routes}
 
@@ -108,15 +138,17 @@ def _lines(stats: Stats, counters: Mapping[str, int | float]) -> Iterator[str]:
 
     yield from _head("hindsight_routes", "gauge", "Distinct routes kept (the rest: (other)).")
     yield f"hindsight_routes {snap.routes_tracked}"
-    yield from _head("hindsight_sessions", "gauge", "Sessions in the session table.")
+    yield from _head("hindsight_sessions", "gauge", "Sessions in the session tables.")
     yield f"hindsight_sessions {snap.sessions_tracked}"
     yield from _head(
         "hindsight_sessions_evicted_total",
         "counter",
-        "Sessions evicted from the session table, least recently seen first.",
+        "Sessions evicted from the session tables, least recently seen first.",
     )
     yield f"hindsight_sessions_evicted_total {snap.sessions_evicted}"
-    yield from _counter_lines(counters)
+    yield from _head("hindsight_processes", "gauge", "Processes whose statistics are merged here.")
+    yield f"hindsight_processes {snap.processes}"
+    yield from _counter_lines(view.counters())
 
 
 def _counter_lines(counters: Mapping[str, int | float]) -> Iterator[str]:

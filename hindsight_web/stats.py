@@ -1,11 +1,17 @@
-"""Request statistics: latency per route, the slowest requests and the slowest sessions.
+"""Request statistics of one process: latency per route, the slowest requests and sessions.
 
 One `Stats` per process records every finished request (`Stats.record`, on the hot
-path: a dict lookup, a histogram increment and a few counters under one short lock)
-and answers the admin API's ``/stats`` calls from what it kept. Everything it keeps
-is bounded: routes (`max_routes`, then one ``(other)`` route per method), sessions
-(`max_sessions`, least recently seen evicted), slow requests (`slow_kept` per
-minute of the window and since start).
+path: a dict lookup, a histogram increment and a few counters under one short lock),
+exports what it kept for other processes to merge (`Stats.export`, see
+`hindsight_web.stats_view`) and answers the admin API's ``/stats`` calls for itself
+alone through the same view. Everything it keeps is bounded: routes, sessions (see
+`Stats`), slow requests (`slow_kept` per slot of the window and since start).
+
+No key that a client chooses can take or keep a row that the app's own traffic
+needs: route templates come before folded paths, requests that matched no route
+share one ``(unmatched)`` row per method, made-up methods are counted under
+``(other)``, and sessions known only by a cookie hash never evict the sessions the
+app identified.
 
 The recent window is a ring of 15 slots of ``window_s / 15`` seconds (one minute by
 default). A request is counted in the current slot only; a slot that leaves the
@@ -23,19 +29,33 @@ import re
 import time
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator, Mapping
 from heapq import heappush, heapreplace
-from itertools import count
+from itertools import chain, count
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
 from ._sync import new_lock
-from .histogram import BOUNDS_MS, Histogram, bucket_of_rank, bucket_range
+from .histogram import PAIR_BUCKETS, RouteStats
+from .stats_view import (
+    OTHER,
+    SESSIONS_EXPORTED,
+    Export,
+    Part,
+    SessionCounts,
+    Snapshot,
+    StatsView,
+    add_counts,
+    iso,
+    merge_routes,
+)
 
 __all__ = [
+    "METHODS",
     "OTHER",
     "SESSION_RELATIVE_ERROR",
+    "UNMATCHED",
+    "Finished",
     "RequestRecord",
     "RouteStats",
     "Snapshot",
@@ -45,15 +65,19 @@ __all__ = [
     "route_of",
 ]
 
-OTHER = "(other)"
-"""The route (and method) that requests beyond `max_routes` are counted under."""
+UNMATCHED = "(unmatched)"
+"""The route of a request that matched no route of the app: give it as
+`RequestRecord.route` when the framework said so. Such requests share one row per
+method, whatever their path."""
+
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"))
+"""The standard methods; any other is counted under the method ``(other)``."""
 
 SESSION_RELATIVE_ERROR = 1 / 16
 """The bound on the relative error of a session's ``p95_ms`` (6.25 %)."""
 
 _SLOTS = 15
-_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"))
-_MAX_METHOD = 16
+_MAX_METHOD_KEPT = 16  # characters of the method kept with a slow request
 _MAX_ROUTE = 300  # a longer route template is counted under (other)
 _MAX_FOLDED = 200  # route_of() folds at most this many characters of a path
 _MAX_PATH_KEPT = 1000  # characters of the path kept with a slow request
@@ -61,10 +85,6 @@ _MAX_REASONS = 100
 _FOLD_CACHE = 4096
 _LIMIT_MAX = 1000
 _WINDOWS = ("all", "recent")
-
-# A session's latency: pairs of the histogram's fine buckets (8 sub-buckets per octave),
-# 16-bit counters, halved when one would overflow: 217 * 2 bytes.
-_SESSION_BUCKETS = 217
 
 
 class RequestRecord(NamedTuple):
@@ -74,20 +94,24 @@ class RequestRecord(NamedTuple):
         request_id: the request id.
         method: the HTTP method.
         path: the path requested (without the query string).
-        route: the framework's route template (``/items/{item_id}``), or None to
-            group by the path with id-like segments folded (`route_of`).
+        route: the framework's route template (``/items/{item_id}``); `UNMATCHED`
+            when the framework said that no route matched; or None when the
+            framework is unknown: the request is grouped by its path with id-like
+            segments folded (`route_of`), or as unmatched when its status is 404.
         status: the response status, or None when no response started.
         duration_ms: until the last body byte, in milliseconds.
         at: when the request started, epoch seconds.
         ttfb_ms: time to the first response byte, in milliseconds, or None.
         user_id: the user, when the app said (`set_user`).
-        session_id: the session, when the app said.
+        session_id: the session, when the app said, or a hash of the session cookie.
         errored: the status was >= 500 or the app raised.
         slow: the request was at least `slow_ms` long.
         released: its buffered records were released.
         reason: why they were released (``"status"``, ``"exception"``, ``"slow"``,
             ``"rule:<id>"``), or None.
         raised: the name of the exception type the app raised, or None.
+        session_from_cookie: True when `session_id` is only a hash of a cookie the
+            client sent (so the client chose it), False when the app gave it.
     """
 
     request_id: str
@@ -105,11 +129,17 @@ class RequestRecord(NamedTuple):
     released: bool = False
     reason: str | None = None
     raised: str | None = None
+    session_from_cookie: bool = False
 
 
 class Finished(Protocol):
     """What `Stats.record` reads of a finished request: a `RequestRecord`, or the
-    middleware's own request state (no copy on the hot path)."""
+    middleware's own request state (no copy on the hot path). See `RequestRecord`
+    for the meaning of each attribute.
+
+    ``session_from_cookie`` is read too when the object has it (False when not), so
+    that a request state made before the attribute existed still type-checks.
+    """
 
     @property
     def request_id(self) -> str: ...
@@ -141,57 +171,6 @@ class Finished(Protocol):
     def raised(self) -> str | None: ...
 
 
-class RouteStats(Histogram):
-    """The latency histogram of one route, with its error, slow and release counts."""
-
-    __slots__ = ("errors", "releases", "slow")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.errors = 0
-        self.slow = 0
-        self.releases = 0
-
-    def copy(self) -> RouteStats:
-        """An independent copy."""
-        new = RouteStats.__new__(RouteStats)
-        self._copy_into(new)
-        new.errors = self.errors
-        new.slow = self.slow
-        new.releases = self.releases
-        return new
-
-    def merge(self, other: Histogram) -> None:
-        """Add the counts of `other` to these."""
-        super().merge(other)
-        if isinstance(other, RouteStats):
-            self.errors += other.errors
-            self.slow += other.slow
-            self.releases += other.releases
-
-
-class Snapshot(NamedTuple):
-    """The statistics of one window, merged: what `Stats.snapshot` returns.
-
-    Attributes:
-        window: ``"all"`` (since the `Stats` was made) or ``"recent"``.
-        since: the start of the window, epoch seconds.
-        routes: per ``(method, route)``, its merged `RouteStats`.
-        releases_by_reason: releases per reason.
-        routes_tracked: distinct routes kept since start (at most `max_routes`).
-        sessions_tracked: sessions in the session table now.
-        sessions_evicted: sessions evicted from the table since start.
-    """
-
-    window: str
-    since: float
-    routes: dict[tuple[str, str], RouteStats]
-    releases_by_reason: dict[str, int]
-    routes_tracked: int
-    sessions_tracked: int
-    sessions_evicted: int
-
-
 _Kept = tuple[float, int, RequestRecord]  # (duration_ms, sequence, record), a min-heap entry
 
 
@@ -218,10 +197,12 @@ class _Slot:
         new.reasons = self.reasons
         return new
 
-    def frozen(self) -> _Slot:
-        """A copy of the current slot that later records do not change."""
+    def frozen(self, routes: bool = True) -> _Slot:
+        """A copy of the current slot that later records do not change (without its
+        routes when `routes` is False)."""
         new = _Slot(self.number)
-        new.routes = {key: entry.copy() for key, entry in self.routes.items()}
+        if routes:
+            new.routes = {key: entry.copy() for key, entry in self.routes.items()}
         new.slowest = self.slowest[:]
         new.floor = self.floor
         new.reasons = self.reasons.copy()
@@ -252,46 +233,77 @@ class _Session:
         self.sum_ms = 0.0
         self.max_ms = 0.0
         self.last_seen = 0.0
-        self.counts = array("H", bytes(2 * _SESSION_BUCKETS))
+        # 16-bit counters per pair of fine histogram buckets, halved when one would
+        # overflow: 217 * 2 bytes.
+        self.counts = array("H", bytes(2 * PAIR_BUCKETS))
 
     def halve(self) -> None:
         """Halve every counter (a non-zero one stays non-zero): the shape stays."""
         self.counts = array("H", [(n + 1) >> 1 for n in self.counts])
 
-    def row(self) -> dict[str, Any]:
-        return {
-            "session": self.session_id,
-            "user_id": self.user_id,
-            "requests": self.requests,
-            "slow": self.slow,
-            "errors": self.errors,
-            "mean_ms": _ms(self.sum_ms / self.requests),
-            "p95_ms": _ms(_session_quantile(self.counts, self.max_ms, 0.95)),
-            "max_ms": _ms(self.max_ms),
-            "last_seen": iso(self.last_seen),
-        }
+    def state(self) -> _SessionState:
+        """Its counts as they are now (take it under the lock; cheap: the counters are
+        copied as bytes)."""
+        return (
+            self.session_id,
+            self.user_id,
+            self.requests,
+            self.slow,
+            self.errors,
+            self.sum_ms,
+            self.max_ms,
+            self.last_seen,
+            array("H", self.counts),
+        )
+
+
+_SessionState = tuple[str | None, str | None, int, int, int, float, float, float, "array[int]"]
+_SessionKey = str | tuple[str | None]
+_RANK = attrgetter("max_ms", "requests", "last_seen")  # slowest sessions first
 
 
 class Stats:
     """Per-route latency, slowest requests and sessions of one process; thread-safe.
 
     Args:
-        max_routes: distinct ``(method, route)`` pairs kept; requests beyond are
-            counted under the route ``(other)`` of their method (``(other)`` too
-            for a method that is not a standard one).
-        max_sessions: sessions kept, the least recently seen evicted first; 0
-            keeps none.
+        max_routes: rows of the route table, one per ``(method, route)``; see below.
+        max_sessions: sessions kept; 0 keeps none. See below.
         slow_kept: slowest requests kept per slot of the window and since start.
         window_s: the length of the recent window in seconds (15 slots).
         clock: the time in epoch seconds (for tests).
 
+    Routes. A row is keyed by the method (a method that is not one of `METHODS`
+    counts as ``(other)``) and the route. A route template of the framework (the
+    app defines a finite set) always gets a row: when the table is full, it takes
+    the row of the least recently seen folded path (to within one slot of the
+    window). A folded path (`route_of`: the framework is unknown, so the client
+    chose the path) takes only a free row, else it is counted under ``(METHOD,
+    (other))``. Requests that matched no route (`UNMATCHED`, or a 404 when the
+    framework is unknown) are counted under ``(METHOD, (unmatched))``. A folded
+    path whose row was taken keeps what it counted under its own key (the totals
+    and every counter stay exact and only grow); its later requests go to
+    ``(other)``. So the table holds at most ``max_routes`` keys; since start there
+    are at most ``2 * max_routes + 18`` rows (the 18: ``(other)`` and
+    ``(unmatched)`` per method), since a row is taken at most once.
+
+    Sessions. A session is keyed by its session id, else its user id. A session
+    known only by a hash of the client's cookie (``session_from_cookie`` and no
+    user) holds at most ``max_sessions // 2`` rows and evicts only such sessions,
+    least recently seen first; it finds no row when the app's sessions fill the
+    table. A session the app identified (`set_user`) takes the row of the least
+    recently seen cookie-only session when the table is full, else of the least
+    recently seen identified one; a cookie-only session whose user becomes known
+    becomes an identified one. Evictions are counted.
+
     Memory: a route costs about 3.9 KB (a `Histogram` and its counts) per slot of
     the window it was requested in, plus the same since start: 8 KB for a route
-    requested once, 62 KB for one requested every minute; the worst case is
-    ``16 * (max_routes + 9)`` histograms (31 MB with 500 routes all requested every
-    minute). A session costs about 770 bytes (a 434-byte array of 16-bit counters,
-    its object and its table entry) plus its id strings: 10,000 sessions take
-    about 8 MB.
+    requested once, 62 KB for one requested every minute. The worst case is
+    ``16 * (max_routes + 18) + 2 * max_routes`` histograms (36 MB with 500 routes
+    all requested every minute), plus the slots that left the window and are being
+    merged (usually one). A session costs about 770 bytes (a 434-byte array of
+    16-bit counters, its object and its table entry) plus its id strings: 10,000
+    sessions take about 8 MB. The cache of folded paths holds at most 4096 paths of
+    at most 200 characters.
 
     Example::
 
@@ -300,6 +312,7 @@ class Stats:
                                    route="/items/{item_id}", status=200,
                                    duration_ms=12.5, at=time.time()))
         stats.overview()["routes"][0]["p95_ms"]
+        body = stats_view.encode(stats.export(hs.counters()))  # to merge elsewhere
     """
 
     def __init__(
@@ -328,9 +341,16 @@ class Stats:
         self._lock = new_lock()
         self._seq = count()
         self._folded: dict[str, str] = {}
-        self._registry: dict[tuple[str, str], tuple[str, str]] = {}
+        # The route table: every key with a row; of them, the folded paths (client
+        # chosen), least recently seen first.
+        self._registry: set[tuple[str, str]] = set()
+        self._chosen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._reasons: set[str] = set()
-        self._sessions: OrderedDict[str | tuple[str | None], _Session] = OrderedDict()
+        # Sessions the app identified, and those known only by a cookie hash; each
+        # least recently seen first.
+        self._sessions: OrderedDict[_SessionKey, _Session] = OrderedDict()
+        self._cookies: OrderedDict[_SessionKey, _Session] = OrderedDict()
+        self._max_cookies = self.max_sessions // 2
         self._evicted = 0
         self._requests = 0
         self._releases = 0
@@ -353,16 +373,20 @@ class Stats:
         """
         route = r.route
         if route is None:
-            route = self._folded.get(r.path) or self._fold(r.path)
+            # Unknown framework: a 404 matched nothing; else the path, folded (cached).
+            path = r.path
+            route = UNMATCHED if r.status == 404 else self._folded.get(path) or self._fold(path)
         key = (r.method, route)
         ms = r.duration_ms
         now = self._clock()
-        # One function on purpose: a call more costs a tenth of the budget here.
+        # One function on purpose: a call more costs a tenth of the budget here. A
+        # key the table does not hold as it is (a new key, a made-up method, a full
+        # table) misses `slot.routes` and goes through `_entry`.
         with self._lock:
             if now >= self._slot_end:
                 self._rotate(now)
             slot = self._slot
-            entry = slot.routes.get(key) or self._entry(slot, key)
+            entry = slot.routes.get(key) or self._entry(slot, key, r.route is not None)
             index = entry.record(ms)
             self._requests += 1
             errored = r.errored
@@ -386,13 +410,20 @@ class Stats:
             uid = r.user_id
             if (sid is None and uid is None) or not self.max_sessions:
                 return
-            skey: str | tuple[str | None] = sid if sid is not None else (uid,)
+            skey: _SessionKey = sid if sid is not None else (uid,)
             sessions = self._sessions
             session = sessions.get(skey)
-            if session is None:
-                session = self._new_session(skey, sid, uid)
-            else:
+            if session is not None:
                 sessions.move_to_end(skey)
+            else:
+                cookies = self._cookies
+                session = cookies.get(skey)
+                if session is not None and uid is None:
+                    cookies.move_to_end(skey)
+                else:
+                    session = self._other_session(r, skey, sid, uid)
+                    if session is None:
+                        return
             session.requests += 1
             if slow:
                 session.slow += 1
@@ -421,12 +452,31 @@ class Stats:
         if len(slowest) == self.slow_kept:
             slot.floor = slowest[0][0]
 
-    def _new_session(
-        self, key: str | tuple[str | None], sid: str | None, uid: str | None
-    ) -> _Session:
+    def _other_session(
+        self, r: Finished, key: _SessionKey, sid: str | None, uid: str | None
+    ) -> _Session | None:
+        """The session of `key` when it is neither an identified one nor a cookie-only
+        one seen without its user: a cookie-only one whose user is now known (it
+        becomes identified), or a new one; None when a cookie-only one finds no row."""
+        cookies = self._cookies
         sessions = self._sessions
-        if len(sessions) >= self.max_sessions:
-            sessions.popitem(last=False)
+        session = cookies.pop(key, None)
+        if session is not None:
+            sessions[key] = session
+            return session
+        # getattr: see `Finished`; read only here, off the path of known sessions.
+        if uid is None and getattr(r, "session_from_cookie", False):
+            if len(cookies) >= self._max_cookies or len(cookies) + len(sessions) >= (
+                self.max_sessions
+            ):
+                if not cookies:
+                    return None
+                cookies.popitem(last=False)
+                self._evicted += 1
+            session = cookies[key] = _Session(sid, None)
+            return session
+        if len(sessions) + len(cookies) >= self.max_sessions:
+            (cookies or sessions).popitem(last=False)
             self._evicted += 1
         session = sessions[key] = _Session(sid, uid)
         return session
@@ -440,23 +490,45 @@ class Stats:
             self._folded[path] = route
         return route
 
-    def _entry(self, slot: _Slot, key: tuple[str, str]) -> RouteStats:
+    def _entry(self, slot: _Slot, key: tuple[str, str], template: bool) -> RouteStats:
         """The entry of `key` in `slot`, made on its first request there."""
-        canonical = self._registry.get(key)
-        if canonical is None:
-            method, route = key
-            if (
-                len(self._registry) < self.max_routes
-                and len(method) <= _MAX_METHOD
-                and len(route) <= _MAX_ROUTE
-            ):
-                canonical = self._registry[key] = key
-            else:
-                canonical = (method if method in _METHODS else OTHER, OTHER)
-        entry = slot.routes.get(canonical)
+        row = self._row(key, template)
+        entry = slot.routes.get(row)
         if entry is None:
-            entry = slot.routes[canonical] = RouteStats()
+            entry = slot.routes[row] = RouteStats()
         return entry
+
+    def _row(self, key: tuple[str, str], template: bool) -> tuple[str, str]:
+        """The row `key` is counted under (see `Stats`); `template`: its route is the
+        framework's (or `UNMATCHED`), not a folded path."""
+        method, route = key
+        if method not in METHODS:
+            method = OTHER
+        if route == UNMATCHED:
+            return method, UNMATCHED
+        row = (method, route) if len(route) <= _MAX_ROUTE else (method, OTHER)
+        registry = self._registry
+        chosen = self._chosen
+        if row in registry:
+            if row in chosen:
+                if template:  # a template of that name: never to be taken
+                    del chosen[row]
+                else:  # seen again: the last to be taken
+                    chosen.move_to_end(row)
+            return row
+        if row[1] == OTHER:
+            return row
+        if len(registry) < self.max_routes:
+            registry.add(row)
+            if not template:
+                chosen[row] = None
+            return row
+        if template and chosen:
+            taken, _ = chosen.popitem(last=False)
+            registry.discard(taken)
+            registry.add(row)
+            return row
+        return method, OTHER
 
     def _count_reason(self, slot: _Slot, reason: str | None) -> None:
         reason = reason or "unknown"
@@ -484,7 +556,7 @@ class Stats:
         slowest = heapq.nlargest(self.slow_kept, retired.slowest + old.slowest)
         heapq.heapify(slowest)
         retired.slowest = slowest
-        retired.reasons = _added(retired.reasons, old.reasons)
+        retired.reasons = add_counts(retired.reasons, old.reasons)
         old.slowest, old.reasons = [], {}
         self._leaving.append(old)
         while len(self._leaving) > _SLOTS:  # too few requests to keep up: catch up now
@@ -508,21 +580,120 @@ class Stats:
         if not old.routes:
             self._leaving.popleft()
 
-    # -- reading ------------------------------------------------------------------------
+    # -- exporting and reading ----------------------------------------------------------
 
-    def _slots_of(self, window: str) -> tuple[list[_Slot], tuple[int, int, int]]:
-        """The slots that make up `window`, safe to read outside the lock, and the numbers
-        of routes tracked, sessions tracked and sessions evicted."""
+    def export(self, counters: Mapping[str, int | float] | None = None) -> dict[str, Any]:
+        """A JSON-ready snapshot of this process that other processes' exports merge with.
+
+        It holds when it was made (``at``), since when it counts (``started``), per
+        route the latency histogram and the error, slow and release counts since
+        start (``all``) and of the recent window (``recent``), releases by reason and
+        the `slow_kept` slowest requests of both, the `SESSIONS_EXPORTED` slowest
+        sessions seen in the recent window and as many of the whole table (their
+        union), the sizes of the tables, `counters` (the core's counters), and
+        ``processes: 1``. See `hindsight_web.stats_view` for merging and encoding.
+
+        Raises:
+            TypeError: a counter is not a number, or its name not a string.
+
+        Example::
+
+            body = stats_view.encode(stats.export(hs.counters()))
+        """
+        return self._export(_counters(counters)).to_json()
+
+    def view(
+        self, counters: Mapping[str, int | float] | None = None, *, sessions: bool = True
+    ) -> StatsView:
+        """A `StatsView` of this process alone, as of now: what `export` holds, unencoded
+        (without sessions when `sessions` is False, which is cheaper)."""
+        wanted = (SESSIONS_EXPORTED, SESSIONS_EXPORTED) if sessions else (0, 0)
+        exported = self._export(_counters(counters), sessions=wanted)
+        return StatsView([exported], now=exported.at)
+
+    def _export(
+        self,
+        counters: dict[str, int | float],
+        *,
+        since_start: bool = True,
+        routes: bool = True,
+        sessions: tuple[int, int] = (SESSIONS_EXPORTED, SESSIONS_EXPORTED),
+    ) -> Export:
+        """What `export` holds. Less for the answers of this process alone: no ``all``
+        part unless `since_start`, no routes unless `routes`, and the `sessions` slowest
+        sessions of the recent window and of the whole table."""
         now = self._clock()
         with self._lock:
             if now >= self._slot_end:
                 self._rotate(now)
-            slots = [slot.view() for slot in self._slots]
-            slots[-1] = self._slot.frozen()
-            if window == "all":
-                slots += [slot.view() for slot in (self._retired, *self._leaving)]
-            sizes = (len(self._registry), len(self._sessions), self._evicted)
-        return slots, sizes
+            # The current slot first, a copy (see `_part`).
+            window = [self._slot.frozen(routes), *(slot.view() for slot in self._slots)]
+            window.pop()
+            older = [slot.view() for slot in (self._retired, *self._leaving)]
+            tracked = len(self._sessions) + len(self._cookies)
+            routes_tracked, evicted = len(self._registry), self._evicted
+        chosen = self._slowest_sessions(now - self.window_s, *sessions)
+        since = max(self._started, (window[0].number - _SLOTS + 1) * self._slot_s)
+        if not routes:
+            for slot in (*window, *older):
+                slot.routes = {}
+        recent = self._part(since, window)
+        if since_start:
+            everything = self._part(self._started, older, recent)
+        else:
+            everything = Part(self._started, {}, {}, [])
+        return Export(
+            at=now,
+            started=self._started,
+            window_s=self.window_s,
+            slow_kept=self.slow_kept,
+            processes=1,
+            since_start=everything,
+            recent=recent,
+            sessions=chosen,
+            routes_tracked=routes_tracked,
+            sessions_tracked=tracked,
+            sessions_evicted=evicted,
+            counters=counters,
+        )
+
+    def _part(self, since: float, slots: list[_Slot], base: Part | None = None) -> Part:
+        """The slots (outside the lock: see `_Slot.view`) merged, and `base` if given.
+
+        Without `base`, the first slot is the current one, frozen: its entries are ours.
+        """
+        tables = [slot.routes for slot in slots]
+        reasons: dict[str, int] = {}
+        if base is not None:
+            tables.insert(0, base.routes)
+            reasons = base.releases_by_reason
+        for slot in slots:
+            reasons = add_counts(reasons, slot.reasons)
+        kept = chain.from_iterable(slot.slowest for slot in slots)
+        slowest = [_kept_json(r) for _, _, r in heapq.nlargest(self.slow_kept, kept)]
+        if base is not None:
+            slowest = heapq.nlargest(self.slow_kept, base.slowest + slowest, key=_duration)
+        return Part(since, merge_routes(tables, first_owned=base is None), reasons, slowest)
+
+    def _slowest_sessions(self, horizon: float, recent: int, overall: int) -> list[SessionCounts]:
+        """Copies of the `recent` slowest sessions seen after `horizon` and of the
+        `overall` slowest (their union).
+
+        The lock is held twice, briefly: to list the sessions, then to copy the chosen
+        ones; they are ranked in between, as they are then.
+        """
+        if not (recent or overall):
+            return []
+        with self._lock:
+            tables = [list(self._sessions.values()), list(self._cookies.values())]
+        seen = chain.from_iterable(_seen_since(table, horizon) for table in tables)
+        chosen = heapq.nlargest(recent, seen, key=_RANK) if recent else []
+        if overall:
+            chosen += heapq.nlargest(overall, chain.from_iterable(tables), key=_RANK)
+        unique = {id(session): session for session in chosen}
+        with self._lock:
+            states = [session.state() for session in unique.values()]
+        return [SessionCounts(*state[:8], state[8].tolist()) for state in states]
 
     def totals(self) -> dict[str, int]:
         """Requests and releases counted since start (cheap: no merging)."""
@@ -531,54 +702,12 @@ class Stats:
 
     def snapshot(self, window: str = "all") -> Snapshot:
         """The statistics of `window` (``"all"`` or ``"recent"``), merged per route."""
-        window = _window(window)
-        slots, sizes = self._slots_of(window)
-        routes: dict[tuple[str, str], RouteStats] = {}
-        reasons: dict[str, int] = {}
-        for slot in slots:
-            for key, entry in slot.routes.items():
-                merged = routes.get(key)
-                if merged is None:
-                    routes[key] = entry.copy()
-                else:
-                    merged.merge(entry)
-            reasons = _added(reasons, slot.reasons)
-        # An entry made for a request whose duration was then refused holds nothing.
-        routes = {key: entry for key, entry in routes.items() if entry.max or entry.count}
-        if window == "all":
-            since = self._started
-        else:
-            since = max(self._started, (slots[-1].number - _SLOTS + 1) * self._slot_s)
-        return Snapshot(window, since, routes, reasons, *sizes)
+        return self._view_of(window).snapshot(window)
 
     def overview(self, window: str = "all") -> dict[str, Any]:
-        """Totals and per-route latency of `window`, as ``GET /stats`` answers.
-
-        Routes come slowest first (by ``p95_ms``, then by count). ``routes_overflow``
-        is the number of requests counted under an ``(other)`` route; ``histogram``
-        counts the requests per latency bucket: ``counts[i]`` are those above
-        ``bounds_ms[i - 1]`` and at most ``bounds_ms[i]``, the last one those above
-        the last bound.
-        """
-        snap = self.snapshot(window)
-        rows = [_route_row(key, entry) for key, entry in snap.routes.items()]
-        rows.sort(key=lambda row: (-row["p95_ms"], -row["count"], row["route"], row["method"]))
-        coarse = [0] * (len(BOUNDS_MS) + 1)
-        for entry in snap.routes.values():
-            coarse = [a + b for a, b in zip(coarse, entry.bucket_counts(), strict=True)]
-        return {
-            "window": snap.window,
-            "since": iso(snap.since),
-            "requests": sum(row["count"] for row in rows),
-            "errors": sum(row["errors"] for row in rows),
-            "slow": sum(row["slow"] for row in rows),
-            "releases": sum(row["releases"] for row in rows),
-            "releases_by_reason": dict(sorted(snap.releases_by_reason.items())),
-            "routes": rows,
-            "routes_overflow": sum(row["count"] for row in rows if row["route"] == OTHER),
-            "routes_tracked": snap.routes_tracked,
-            "histogram": {"bounds_ms": [float(b) for b in BOUNDS_MS], "counts": coarse},
-        }
+        """Totals and per-route latency of `window`, as ``GET /stats`` answers for this
+        process alone (``"processes": 1``); see `StatsView.overview`."""
+        return self._view_of(window).overview(window)
 
     def slowest(self, limit: int = 20, window: str = "recent") -> dict[str, Any]:
         """The `limit` slowest requests of `window`, slowest first (``GET /stats/slow``).
@@ -586,46 +715,29 @@ class Stats:
         At most `slow_kept` of them: the slowest since start (``"all"``) or of the
         recent window (``"recent"``, the last `window_s` seconds to within one slot).
         """
-        limit = min(_limit(limit), self.slow_kept)
+        limit = _limit(limit)
         window = _window(window)
-        # Each slot keeps its own slow_kept slowest: the union holds the window's top
-        # slow_kept exactly, but not always the ones after them.
-        kept = (entry for slot in self._slots_of(window)[0] for entry in slot.slowest)
-        return {
-            "window": window,
-            "requests": [_request_row(entry[2]) for entry in heapq.nlargest(limit, kept)],
-        }
+        exported = self._export({}, since_start=window == "all", routes=False, sessions=(0, 0))
+        return StatsView([exported], now=exported.at).slowest(limit, window)
 
     def sessions(self, limit: int = 20, window: str = "recent") -> dict[str, Any]:
         """The `limit` slowest sessions, by ``max_ms``, slowest first (``GET /stats/sessions``).
 
-        There is one session table since start (the `max_sessions` most recently
-        seen); ``"recent"`` lists the sessions seen in the last `window_s` seconds,
-        ``"all"`` every session in the table. The counts of a session are since it
-        entered the table. ``p95_ms`` is within 6.25 % (`SESSION_RELATIVE_ERROR`).
+        ``"recent"`` lists the sessions seen in the last `window_s` seconds, ``"all"``
+        every session in the tables. The counts of a session are since it entered a
+        table. ``p95_ms`` is within 6.25 % (`SESSION_RELATIVE_ERROR`).
         """
         limit = _limit(limit)
         window = _window(window)
-        now = self._clock()
-        horizon = now - self.window_s if window == "recent" else -math.inf
-        with self._lock:
-            chosen = heapq.nlargest(
-                limit, self._seen_since(horizon), key=attrgetter("max_ms", "requests")
-            )
-            rows = [_copy_session(session) for session in chosen]
-            tracked, evicted = len(self._sessions), self._evicted
-        return {
-            "window": window,
-            "sessions": [session.row() for session in rows],
-            "tracked": tracked,
-            "evicted": evicted,
-        }
+        wanted = (limit, 0) if window == "recent" else (0, limit)
+        exported = self._export({}, since_start=False, routes=False, sessions=wanted)
+        return StatsView([exported], now=exported.at).sessions(limit, window)
 
-    def _seen_since(self, horizon: float) -> Iterator[_Session]:
-        for session in reversed(self._sessions.values()):
-            if session.last_seen <= horizon:
-                return
-            yield session
+    def _view_of(self, window: str) -> StatsView:
+        """A view of this process that holds what `window` needs (no sessions)."""
+        window = _window(window)
+        exported = self._export({}, since_start=window == "all", sessions=(0, 0))
+        return StatsView([exported], now=exported.at)
 
 
 def route_of(path: str) -> str:
@@ -676,23 +788,18 @@ def hash_session(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def iso(seconds: float) -> str:
-    """Epoch `seconds` as ISO 8601 UTC with milliseconds: ``2026-11-23T14:00:00.000Z``."""
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 # -- helpers ----------------------------------------------------------------------------
 
 
 def _kept(r: Finished, route: str, now: float) -> RequestRecord:
     """`r` as kept among the slowest: a `RequestRecord` with its grouping route and a
-    bounded path; `at` (its start) is `now` less its duration unless `r` tells it."""
+    bounded method and path; `at` (its start) is `now` less its duration unless `r`
+    tells it."""
     path = r.path if len(r.path) <= _MAX_PATH_KEPT else r.path[:_MAX_PATH_KEPT] + "..."
     at = r.at if isinstance(r, RequestRecord) else now - r.duration_ms / 1000.0
     return RequestRecord(
         request_id=r.request_id,
-        method=r.method,
+        method=r.method[:_MAX_METHOD_KEPT],
         path=path,
         route=r.route if r.route is not None else route,
         status=r.status,
@@ -709,74 +816,57 @@ def _kept(r: Finished, route: str, now: float) -> RequestRecord:
     )
 
 
-def _added(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-    total = a.copy()
-    for name, n in b.items():
-        total[name] = total.get(name, 0) + n
-    return total
+def _seen_since(table: list[_Session], horizon: float) -> Iterator[_Session]:
+    """The sessions of `table` (least recently seen first) seen after `horizon`."""
+    for session in reversed(table):
+        if session.last_seen <= horizon:
+            return
+        yield session
 
 
-def _copy_session(session: _Session) -> _Session:
-    new = _Session.__new__(_Session)
-    for name in _Session.__slots__:
-        setattr(new, name, getattr(session, name))
-    new.counts = array("H", session.counts)
-    return new
-
-
-def _session_quantile(counts: array[int], maximum: float, q: float) -> float:
-    """Nearest-rank quantile of a session's counters (pairs of fine buckets)."""
-    total = sum(counts)
-    if total == 0:
-        return 0.0
-    index = bucket_of_rank(counts, max(1, math.ceil(q * total)))
-    if index == 0:
-        low, high = bucket_range(0)
-    elif index == _SESSION_BUCKETS - 1:
-        return maximum
-    else:
-        low, high = bucket_range(2 * index - 1)[0], bucket_range(2 * index)[1]
-    return min((low + high) / 2, maximum)
-
-
-def _route_row(key: tuple[str, str], entry: RouteStats) -> dict[str, Any]:
-    count = entry.count
-    return {
-        "method": key[0],
-        "route": key[1],
-        "count": count,
-        "errors": entry.errors,
-        "slow": entry.slow,
-        "releases": entry.releases,
-        "p50_ms": _ms(entry.quantile(0.5)),
-        "p95_ms": _ms(entry.quantile(0.95)),
-        "p99_ms": _ms(entry.quantile(0.99)),
-        "max_ms": _ms(entry.max),
-        "mean_ms": _ms(entry.sum / count if count else 0.0),
-    }
-
-
-def _request_row(r: RequestRecord) -> dict[str, Any]:
+def _kept_json(r: RequestRecord) -> dict[str, Any]:
+    """A kept request as an export holds it (see `Part.slowest`)."""
     return {
         "request_id": r.request_id,
         "method": r.method,
         "path": r.path,
         "route": r.route,
         "status": r.status,
-        "duration_ms": _ms(r.duration_ms),
-        "ttfb_ms": None if r.ttfb_ms is None else _ms(r.ttfb_ms),
+        "duration_ms": r.duration_ms,
+        "at": r.at,
+        "ttfb_ms": r.ttfb_ms,
         "user_id": r.user_id,
         "session_id": r.session_id,
-        "at": iso(r.at),
+        "errored": r.errored,
+        "slow": r.slow,
         "released": r.released,
         "reason": r.reason,
-        "errored": r.errored,
         "raised": r.raised,
     }
 
 
-def _ms(value: float) -> float:
-    return round(float(value), 3)
+def _duration(r: Mapping[str, Any]) -> float:
+    duration: float = r["duration_ms"]
+    return duration
+
+
+def _counters(counters: Mapping[str, int | float] | None) -> dict[str, int | float]:
+    if counters is None:
+        return {}
+    if not isinstance(counters, Mapping):
+        raise TypeError(f"invalid counters {counters!r}: expected a mapping of names to numbers")
+    result: dict[str, int | float] = {}
+    for name, value in counters.items():
+        if not isinstance(name, str):
+            raise TypeError(f"invalid counter name {name!r}: expected a string")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise TypeError(f"invalid counter {name!r} {value!r}: expected a finite number")
+        result[name] = value
+    return result
 
 
 def _int(name: str, value: object, low: int, high: int | None = None) -> int:

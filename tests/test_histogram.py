@@ -10,9 +10,14 @@ import pytest
 
 from hindsight_web.histogram import (
     BOUNDS_MS,
+    PAIR_BUCKETS,
     RELATIVE_ERROR,
     Histogram,
+    RouteStats,
     bucket_range,
+    nonzero_pairs,
+    pair_quantile,
+    read_pairs,
 )
 
 QUANTILES = (0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
@@ -23,6 +28,10 @@ def true_quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q * len(ordered)))
     return ordered[rank - 1]
+
+
+def bucket_of(ms: float) -> int:
+    return Histogram().record(ms)
 
 
 def filled(values: list[float]) -> Histogram:
@@ -164,9 +173,11 @@ def test_to_dict_from_dict_round_trip_through_json() -> None:
     assert back.count == h.count
     assert back.buckets() == h.buckets()
     assert [back.quantile(q) for q in QUANTILES] == [h.quantile(q) for q in QUANTILES]
-    # compact: only the non-zero buckets
-    assert len(data["counts"]) <= len(set(values))
-    assert len(filled([37.25] * 1000).to_dict()["counts"]) == 1
+    # compact: only the non-zero buckets, as one flat list [index, count, ...]
+    assert len(data["counts"]) <= 2 * len(set(values))
+    assert all(type(x) is int for x in data["counts"])
+    assert filled([37.25] * 1000).to_dict()["counts"] == [bucket_of(37.25), 1000]
+    assert filled([5.0, 5.0]).to_dict()["below"] == [bucket_of(5.0), 2]
     assert len(json.dumps(Histogram().to_dict())) < 120
 
 
@@ -174,11 +185,16 @@ def test_to_dict_from_dict_round_trip_through_json() -> None:
     ("change", "message"),
     [
         ({"layout": "log-linear/32/-7/20"}, "invalid histogram layout"),
-        ({"counts": [[433, 1]]}, "invalid histogram 'counts' entry"),
-        ({"counts": [[1, -1]]}, "invalid histogram 'counts' entry"),
-        ({"counts": "nope"}, "expected \\[\\[index, count\\], ...\\]"),
-        ({"below": [[1, 1]]}, "invalid histogram 'below' entry"),
-        ({"below": [[149, 99]]}, "more than the"),
+        ({"counts": [433, 1]}, "invalid histogram 'counts' entry \\[433, 1\\]"),
+        ({"counts": [1, -1]}, "invalid histogram 'counts' entry \\[1, -1\\]"),
+        ({"counts": [-1, 1]}, "invalid histogram 'counts' entry"),
+        ({"counts": [1, True]}, "invalid histogram 'counts' entry"),
+        ({"counts": [1.0, 1]}, "invalid histogram 'counts' entry"),
+        ({"counts": [[1, 1]]}, "expected \\[index, count, ...\\]"),
+        ({"counts": [1, 1, 2]}, "expected \\[index, count, ...\\]"),
+        ({"counts": "nope"}, "expected \\[index, count, ...\\]"),
+        ({"below": [1, 1]}, "invalid histogram 'below' entry"),
+        ({"below": [149, 99]}, "at most the"),
         ({"sum": -1}, "invalid histogram 'sum'"),
         ({"max": math.nan}, "invalid histogram 'max'"),
     ],
@@ -193,3 +209,55 @@ def test_from_dict_refuses_broken_input(change: dict[str, object], message: str)
 def test_from_dict_refuses_what_is_not_a_mapping() -> None:
     with pytest.raises(ValueError, match="invalid histogram layout"):
         Histogram.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+def test_route_stats_round_trip_with_their_counts() -> None:
+    r = RouteStats()
+    for ms in (1.0, 20.0, 3000.0):
+        r.record(ms)
+    r.errors, r.slow, r.releases = 1, 1, 2
+    back = RouteStats.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert isinstance(back, RouteStats)
+    assert (back.errors, back.slow, back.releases) == (1, 1, 2)
+    assert back.to_dict() == r.to_dict()
+    merged = back.copy()
+    merged.merge(r)
+    assert (merged.count, merged.errors, merged.releases) == (6, 2, 4)
+    assert (back.count, back.errors) == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("errors", 4), ("slow", -1), ("releases", "1"), ("errors", None)]
+)
+def test_route_stats_refuse_counts_beyond_their_requests(name: str, value: object) -> None:
+    r = RouteStats()
+    for ms in (1.0, 2.0, 3.0):
+        r.record(ms)
+    data = r.to_dict()
+    data[name] = value
+    with pytest.raises(ValueError, match=f"invalid route '{name}'.*from 0 to the route's 3"):
+        RouteStats.from_dict(data)
+
+
+def test_pair_quantile_is_within_one_sixteenth() -> None:
+    rng = random.Random(3)
+    values = [rng.lognormvariate(3, 1.5) for _ in range(5000)]
+    counts = [0] * PAIR_BUCKETS
+    for v in values:
+        counts[(Histogram().record(v) + 1) >> 1] += 1
+    for q in QUANTILES[1:-1]:
+        true = true_quantile(values, q)
+        assert abs(pair_quantile(counts, max(values), q) - true) <= true / 16
+    assert pair_quantile([0] * PAIR_BUCKETS, 0.0, 0.5) == 0.0
+
+
+def test_nonzero_pairs_and_read_pairs() -> None:
+    counts = [0, 3, 0, 0, 7]
+    flat = nonzero_pairs(counts)
+    assert flat == [1, 3, 4, 7]
+    assert read_pairs(flat, 5, "x") == ([1, 4], [3, 7])
+    assert read_pairs([], 5, "x") == ([], [])
+    with pytest.raises(
+        ValueError, match=r"invalid x entry \[5, 1\]: expected an index from 0 to 4"
+    ):
+        read_pairs([1, 3, 5, 1], 5, "x")

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hindsight_web.histogram import BOUNDS_MS
 from hindsight_web.metrics import CONTENT_TYPE, render
-from hindsight_web.stats import RequestRecord, Stats
+from hindsight_web.stats import OTHER, RequestRecord, Stats
+from hindsight_web.stats_view import StatsView, retire
 
 WEIRD = '/say/"hi"\\there\nnow'
 COUNTERS = {
@@ -217,9 +218,109 @@ def test_an_unknown_counter_is_rendered_untyped_and_a_bad_one_refused() -> None:
         render(Stats(), {"bad name": 1})
     with pytest.raises(TypeError, match="invalid counter 'buffer_bytes' '1'"):
         render(Stats(), {"buffer_bytes": "1"})  # type: ignore[dict-item]
-    with pytest.raises(TypeError, match="expected a Stats"):
+    with pytest.raises(TypeError, match="expected a Stats or a StatsView"):
         render({}, {})  # type: ignore[arg-type]
 
 
 def test_content_type() -> None:
     assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+
+
+# -- merged exports ------------------------------------------------------------------------
+
+
+def exported(records: list[RequestRecord], **counters: int) -> dict[str, Any]:
+    stats = Stats()
+    for r in records:
+        stats.record(r)
+    return stats.export(counters)
+
+
+def test_merged_exports_render_as_one_stats_fed_every_request() -> None:
+    records = traffic()
+    parts = [records[:700], records[700:1500], records[1500:]]
+    exports = [
+        exported(part, records_captured=10 * (n + 1), buffer_bytes=100, store_up=1)
+        for n, part in enumerate(parts)
+    ]
+    single = Stats()
+    for r in records:
+        single.record(r)
+    merged = parsed(render(StatsView(exports)))
+    alone = parsed(render(single, {"records_captured": 60, "buffer_bytes": 300, "store_up": 1}))
+    for name in ("hindsight_requests", "hindsight_errors", "hindsight_slow", "hindsight_releases"):
+        assert samples(merged[name]) == samples(alone[name]), name
+    duration = "hindsight_request_duration_seconds"
+    assert {k: v for k, v in samples(merged[duration]).items() if "_sum" not in str(k)} == {
+        k: v for k, v in samples(alone[duration]).items() if "_sum" not in str(k)
+    }
+    for key, value in samples(merged[duration], duration + "_sum").items():
+        assert value == pytest.approx(samples(alone[duration], duration + "_sum")[key])
+    assert samples(merged["hindsight_processes"]) == {(): 3}
+    assert samples(alone["hindsight_processes"]) == {(): 1}
+    assert merged["hindsight_store_up"].type == "gauge"
+    assert samples(merged["hindsight_store_up"]) == {(): 1}
+    assert samples(merged["hindsight_records_captured"]) == {(): 60}
+    assert samples(merged["hindsight_buffer_bytes"]) == {(): 300}
+
+
+def test_store_up_is_0_when_one_process_cannot_reach_the_store() -> None:
+    exports = [exported([], store_up=1), exported([], store_up=0)]
+    assert samples(parsed(render(StatsView(exports)))["hindsight_store_up"]) == {(): 0}
+    assert "hindsight_store_up" not in parsed(render(StatsView([exported([])])))
+
+
+def counter_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a counter or a histogram (which only grow), by name and labels."""
+    values = {}
+    for family in text_string_to_metric_families(text):
+        if family.type in ("counter", "histogram"):
+            for s in family.samples:
+                values[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return values
+
+
+def test_merged_counters_only_grow() -> None:
+    rng = random.Random(4)
+    known = traffic()[:200]
+
+    def more(stats: Stats, n: int, folded: bool = False) -> None:
+        for _ in range(n):
+            if folded:
+                path = f"/p{rng.randrange(40)}/x"
+                stats.record(req(rng.uniform(1, 50), path=path, route=None))
+            else:
+                r = rng.choice(known)
+                stats.record(r._replace(duration_ms=rng.uniform(1, 3000)))
+
+    a, b, c = Stats(max_routes=30), Stats(max_routes=30), Stats(max_routes=30)
+    more(a, 300)
+    more(b, 300, folded=True)  # its table fills with folded paths
+    views = [[a.export({"records_captured": 5}), b.export({"records_captured": 7})]]
+    more(a, 300)
+    more(b, 100)  # templates take rows of folded paths
+    b_rows = {(r["method"], r["route"]) for r in b.overview()["routes"]}
+    assert ("GET", "/items/{item_id}") in b_rows
+    assert len(b_rows) > b.overview()["routes_tracked"] == 30
+    more(c, 50)
+    views.append(
+        [e({"records_captured": n}) for e, n in ((a.export, 9), (b.export, 8), (c.export, 1))]
+    )
+    retired = retire([views[-1][0]])  # a ended
+    more(b, 100, folded=True)
+    views.append([retired, b.export({"records_captured": 9}), c.export({"records_captured": 1})])
+    views.append([retire([retired, views[-1][1]]), c.export({"records_captured": 2})])
+    before: dict[Any, float] = {}
+    for exports in views:
+        now = counter_values(render(StatsView(exports)))
+        for key, value in before.items():
+            assert key in now, key
+            assert now[key] >= value, key
+        before = now
+    assert before[("hindsight_records_captured_total", ())] == 20
+    assert before[("hindsight_requests_total", (("method", "GET"), ("route", OTHER)))] > 0
+
+
+def test_a_view_carries_its_own_counters() -> None:
+    with pytest.raises(TypeError, match="its exports carry their counters"):
+        render(StatsView([]), {"records_captured": 1})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
 import random
 import threading
+import tracemalloc
 from collections import defaultdict
 from collections.abc import Callable
 from itertools import pairwise
@@ -16,7 +18,9 @@ import pytest
 
 from hindsight_web.histogram import BOUNDS_MS, RELATIVE_ERROR
 from hindsight_web.stats import (
+    OTHER,
     SESSION_RELATIVE_ERROR,
+    UNMATCHED,
     RequestRecord,
     Stats,
     hash_session,
@@ -644,3 +648,220 @@ def test_readers_and_writers_at_once() -> None:
             thread.join()
     assert failures == []
     assert stats.overview()["requests"] == 20_000
+
+
+# -- keys a client chooses cannot take the rows of the app's routes --------------------
+
+
+def probe(i: int, **fields: Any) -> RequestRecord:
+    """A scanner's request to an app whose framework is unknown (no route template)."""
+    values: dict[str, Any] = {"path": f"/probe-{i}/admin.php", "route": None, "status": 404}
+    values.update(fields)
+    return req(1.0, **values)
+
+
+def rows(stats: Stats, window: str = "all") -> dict[tuple[str, str], int]:
+    return {(r["method"], r["route"]): r["count"] for r in stats.overview(window)["routes"]}
+
+
+def test_404_probes_of_an_unknown_framework_share_one_unmatched_row() -> None:
+    stats = Stats()  # 500 routes
+    for i in range(520):
+        stats.record(probe(i))
+    stats.record(probe(520, method="POST"))
+    stats.record(req(3.0, route="/items/{item_id}"))
+    assert rows(stats) == {
+        ("GET", UNMATCHED): 520,
+        ("POST", UNMATCHED): 1,
+        ("GET", "/items/{item_id}"): 1,
+    }
+    o = stats.overview()
+    assert (o["routes_tracked"], o["routes_overflow"], o["requests"]) == (1, 0, 522)
+    slow = {r["path"]: r["route"] for r in stats.slowest(limit=1000, window="all")["requests"]}
+    assert slow["/probe-3/admin.php"] == UNMATCHED
+
+
+def test_the_framework_saying_no_route_matched_gives_the_unmatched_row() -> None:
+    stats = Stats(max_routes=1)
+    stats.record(req(1.0, route="/a"))
+    for i in range(100):
+        stats.record(req(1.0, path=f"/nope/{i}", route=UNMATCHED, status=405 if i % 2 else 404))
+    stats.record(req(1.0, method="BREW", path="/pot", route=UNMATCHED))
+    assert rows(stats) == {("GET", "/a"): 1, ("GET", UNMATCHED): 100, (OTHER, UNMATCHED): 1}
+    assert stats.overview()["routes_overflow"] == 0
+
+
+def test_a_template_route_takes_the_row_of_the_least_recently_seen_folded_path() -> None:
+    clock = Clock()
+    stats = Stats(clock=clock, max_routes=520)
+    # An app behind an unknown framework answers 200 to anything: 520 folded paths
+    # fill the table, one minute apart for the first ten, so that their order is known.
+    for i in range(520):
+        clock.now = T0 + 60 * min(i, 10)
+        stats.record(probe(i, status=200, path=f"/probe{i}/admin.php"))
+    stats.record(probe(0, status=200, path="/probe0/admin.php"))  # seen again: the last
+    assert len(rows(stats)) == 520
+    clock.now = T0 + 660
+    for route in ["/items/{item_id}", "/users/{user_id}", "/checkout"]:
+        stats.record(req(5.0, route=route))
+        stats.record(req(5.0, route=route, method="POST"))
+        assert rows(stats)[("GET", route)] == 1
+        assert rows(stats)[("POST", route)] == 1
+        assert stats.overview()["routes_tracked"] == 520
+    # The six least recently seen folded paths lost their rows (not /probe0, seen last):
+    # what they counted stays under their own key, their next requests go to (other).
+    stats.record(probe(1, status=200, path="/probe1/admin.php"))
+    stats.record(probe(0, status=200, path="/probe0/admin.php"))
+    counted = rows(stats)
+    assert counted[("GET", "/probe1/admin.php")] == 1
+    assert counted[("GET", "/probe0/admin.php")] == 3
+    assert counted[("GET", OTHER)] == 1
+    o = stats.overview()
+    assert o["requests"] == 521 + 6 + 2
+    assert o["routes_overflow"] == 1
+    assert sum(counted.values()) == o["requests"]
+
+
+def test_folded_paths_take_only_free_rows_and_templates_keep_theirs() -> None:
+    stats = Stats(max_routes=10)
+    templates = [f"/t{i}" for i in range(5)]
+    for route in templates:
+        stats.record(req(1.0, route=route))
+    for i in range(1000):
+        stats.record(probe(i, status=200, path=f"/p{i}/x"))
+    for route in templates:
+        stats.record(req(1.0, route=route))
+    counted = rows(stats)
+    assert all(counted[("GET", route)] == 2 for route in templates)
+    assert counted[("GET", OTHER)] == 995  # five folded paths took the five free rows
+    assert stats.overview()["routes_tracked"] == 10
+    # More templates than rows: a template finds no folded path to take, it is counted
+    # under (other); the templates that have rows keep them.
+    for i in range(20):
+        stats.record(req(1.0, route=f"/more{i}"))
+    counted = rows(stats)
+    assert all(counted[("GET", route)] == 2 for route in templates)
+    assert sum(1 for key in counted if key[1].startswith("/more")) == 5
+    assert stats.overview()["requests"] == 5 + 1000 + 5 + 20
+
+
+def test_made_up_methods_are_counted_under_other() -> None:
+    stats = Stats()
+    for i in range(1000):
+        stats.record(req(1.0, method=f"X{i}", path="/items/1", route="/items/{item_id}"))
+        stats.record(probe(i, method=f"Y{i}", status=200, path="/items/1"))
+    stats.record(req(2.0, method="M" * 5000, route="/items/{item_id}"))
+    assert rows(stats) == {(OTHER, "/items/{item_id}"): 1001, (OTHER, "/items/{id}"): 1000}
+    slow = stats.slowest(limit=1)["requests"][0]
+    assert slow["method"] == "M" * 16  # the real method, cut
+
+
+def test_a_route_template_that_is_too_long_goes_to_other() -> None:
+    stats = Stats()
+    stats.record(req(1.0, route="/" + "x" * 400))
+    assert rows(stats) == {("GET", OTHER): 1}
+
+
+def test_memory_stays_bounded_under_a_flood_of_random_routes() -> None:
+    rng = random.Random(5)
+    stats = Stats(max_routes=100)
+
+    def flood(n: int) -> None:
+        for _ in range(n):
+            path = f"/{rng.getrandbits(64):x}z/{rng.choice(['a', 'b'])}{rng.getrandbits(32)}"
+            status = rng.choice([200, 404, 302])
+            method = rng.choice(["GET", "POST", f"Q{rng.getrandbits(16)}"])
+            stats.record(
+                req(
+                    rng.uniform(1, 50),
+                    path=path,
+                    route=None,
+                    status=status,
+                    method=method,
+                    session_id=f"{rng.getrandbits(64):x}",
+                    session_from_cookie=True,
+                )
+            )
+            if rng.random() < 0.01:
+                stats.record(req(1.0, route=f"/real/{rng.randrange(50)}"))
+
+    tracemalloc.start()
+    try:
+        flood(30_000)  # every table is full, and what it holds is traced: now measure
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        flood(100_000)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # What moves: the cache of folded paths (cleared at 4096 paths, under 1 MB).
+    assert grown < 1_000_000, f"grew by {grown} bytes"
+    o = stats.overview()
+    assert o["routes_tracked"] == 100
+    assert len(o["routes"]) <= 2 * 100 + 18
+    assert o["requests"] == 130_000 + sum(c for k, c in rows(stats).items() if "/real/" in k[1])
+    sessions = stats.sessions(limit=1000, window="all")
+    assert sessions["tracked"] <= stats.max_sessions // 2
+
+
+# -- sessions a client chooses cannot evict the app's ----------------------------------
+
+
+def test_a_flood_of_cookie_only_sessions_keeps_every_app_identified_session() -> None:
+    stats = Stats(max_sessions=1000)
+    users = [f"user-{i}" for i in range(400)]
+    for user in users:
+        stats.record(req(5.0, user_id=user, session_id=f"app-{user}"))
+    for i in range(100_000):
+        stats.record(req(1.0, session_id=f"{i:016x}", session_from_cookie=True))
+        if i % 1000 == 0:
+            stats.record(req(5.0, user_id=users[i % 400], session_id=f"app-{users[i % 400]}"))
+    answer = stats.sessions(limit=1000, window="all")
+    kept = {r["session"] for r in answer["sessions"]}
+    assert {f"app-{user}" for user in users} <= kept
+    assert answer["tracked"] == 900  # 400 identified, the cookie-only ones at most 500
+    assert len(kept) == 900
+    assert answer["evicted"] == 100_000 - 500
+    assert stats.snapshot().sessions_tracked == 900
+
+
+def test_an_identified_session_evicts_cookie_only_ones_first() -> None:
+    stats = Stats(max_sessions=4)
+    for i in range(2):
+        stats.record(req(1.0, session_id=f"c{i}", session_from_cookie=True))
+    for i in range(4):
+        stats.record(req(1.0, user_id=f"u{i}"))
+    kept = {(r["session"], r["user_id"]) for r in stats.sessions(window="all")["sessions"]}
+    assert kept == {(None, f"u{i}") for i in range(4)}
+    stats.record(req(1.0, user_id="u4"))  # no cookie-only left: the oldest identified goes
+    kept = {(r["session"], r["user_id"]) for r in stats.sessions(window="all")["sessions"]}
+    assert kept == {(None, f"u{i}") for i in range(1, 5)}
+    # A cookie-only session finds no row while the app's sessions fill the table.
+    stats.record(req(1.0, session_id="c9", session_from_cookie=True))
+    answer = stats.sessions(window="all")
+    assert len(answer["sessions"]) == 4
+    assert answer["evicted"] == 3
+    assert stats.overview()["requests"] == 8
+
+
+def test_a_cookie_only_session_becomes_identified_when_its_user_is_known() -> None:
+    stats = Stats(max_sessions=4)  # two cookie-only rows
+    stats.record(req(1.0, session_id="c1", session_from_cookie=True))
+    stats.record(req(2.0, session_id="c1", session_from_cookie=True, user_id="alice"))
+    for i in range(10):
+        stats.record(req(1.0, session_id=f"flood{i}", session_from_cookie=True))
+    stats.record(req(3.0, session_id="c1", session_from_cookie=True))  # alice, signed out
+    rows_ = {r["session"]: r for r in stats.sessions(window="all")["sessions"]}
+    assert (rows_["c1"]["user_id"], rows_["c1"]["requests"]) == ("alice", 3)
+    assert len(rows_) == 3  # c1 and the two most recent cookie-only ones
+    assert {"flood8", "flood9"} < set(rows_)
+
+
+def test_a_session_the_app_gave_is_identified_even_without_a_user() -> None:
+    stats = Stats(max_sessions=2)  # one cookie-only row
+    stats.record(req(1.0, session_id="app-session"))  # from set_user(None, session_id=...)
+    for i in range(5):
+        stats.record(req(1.0, session_id=f"c{i}", session_from_cookie=True))
+    kept = {r["session"] for r in stats.sessions(window="all")["sessions"]}
+    assert kept == {"app-session", "c4"}
