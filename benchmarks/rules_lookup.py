@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 
 from common import machine_line
@@ -41,8 +41,8 @@ class Request:
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
 
-    def messages(self) -> Iterable[str]:
-        return ("one", "two")
+    def mentions(self, needle: str) -> bool:
+        return any(needle in text for text in ("one", "two"))
 
 
 def user_rules(action: str, n: int) -> list[object]:
@@ -115,13 +115,14 @@ def main() -> None:
                 f"{name:<20} {who:<16} {d[0]:>8.3f} ({d[1]:.3f}-{d[2]:.3f}) "
                 f"{e[0]:>8.3f} ({e[1]:.3f}-{e[2]:.3f})"
             )
-    rs = build(user_rules("release", 10_000))
-    extra = [parse_rule(r, now=NOW) for r in user_rules("drop", 200)]
-    start = time.perf_counter_ns()
-    for rule in extra:
-        rs.add(rule)
-    add_us = (time.perf_counter_ns() - start) / len(extra) / 1000.0
-    print(f"\nadd() to a set of 10,000 rules: {add_us:.1f} us per rule (copy on write)")
+    for held in (0, 10_000):
+        rs = build(user_rules("release", held))
+        extra = [parse_rule(r, now=NOW) for r in user_rules("drop", 200)]
+        start = time.perf_counter_ns()
+        for rule in extra:
+            rs.add(rule)
+        add_us = (time.perf_counter_ns() - start) / len(extra) / 1000.0
+        print(f"add() to a set of {held:,} rules: {add_us:.1f} us per rule")
 
 
 if __name__ == "__main__":

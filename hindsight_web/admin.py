@@ -1,8 +1,12 @@
 """The admin API as plain functions: a request in, (status, headers, body) out.
 
-The ASGI and WSGI adapters only find out whether a path is the admin's, read
-the body (bounded) and hand over an `AdminRequest`; everything else, from the
-bearer token to the JSON error bodies, happens here, once for both.
+The ASGI and WSGI adapters only find out whether a path is the admin's (`Admin.route`),
+read the body (bounded) and hand over an `AdminRequest`; everything else, from the
+bearer token to the JSON error bodies, happens here, once for both. Calls may
+wait on the store (rules and statistics are read from it, so that every process
+answers the same): the ASGI adapter runs them in a thread, off the event loop.
+A store that cannot be used gives 503 for changes (nothing is changed) and
+answers marked ``"stale": true`` for reads.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from . import errors
+from . import dashboard, errors, metrics
 from ._version import __version__
 from .rules import RuleError
+from .stats import iso
+from .store import StoreError
 
 if TYPE_CHECKING:
     from .core import Hindsight
 
-__all__ = ["AdminRequest", "AdminResponse", "admin_segments", "handle"]
+__all__ = ["Admin", "AdminRequest", "AdminResponse", "admin_segments", "too_large"]
 
 AdminResponse = tuple[int, list[tuple[str, str]], bytes]
 
@@ -93,15 +99,60 @@ def admin_segments(path: str, admin: list[str], *, encoded: bool) -> list[str] |
     return parts[len(admin) :]
 
 
-def handle(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    """Answer one admin call. Never raises: a bug becomes a JSON 500 and is reported."""
-    try:
-        return _route(hs, request)
-    except AdminError as exc:
-        return _error(exc.status, str(exc), exc.details, exc.headers)
-    except Exception as exc:
-        errors.report("admin", exc)
-        return _error(500, "internal error in the admin API; see the application's log", [])
+class Admin:
+    """The admin API of one `Hindsight`, as the adapters serve it.
+
+    Args:
+        hs: the Hindsight whose rules and statistics it serves.
+        mounted: True when it answers at its own root (`AdminASGIApp`,
+            `AdminWSGIApp`), False when it answers under ``hs.admin_path``.
+
+    Attributes:
+        marker: a text every path of the admin has (the last segment of
+            `admin_path`), or None when the adapter serves no admin paths: the
+            adapters look closer only at a path that has it.
+        max_body: the largest request body accepted, in bytes.
+
+    Raises:
+        ValueError: `mounted` without an ``admin_token``.
+    """
+
+    def __init__(self, hs: Hindsight, *, mounted: bool = False) -> None:
+        if mounted and hs.admin_token is None:
+            raise ValueError("the admin app needs an 'admin_token' (or HINDSIGHT_ADMIN_TOKEN)")
+        self.hs = hs
+        self.max_body = hs.admin_max_body
+        self._segments = [part for part in (hs.admin_path or "").split("/") if part]
+        served = hs.admin_token is not None and self._segments and not mounted
+        self.marker = self._segments[-1] if served else None
+
+    def route(self, path: str, *, encoded: bool = False) -> list[str] | None:
+        """The admin call a request path names (segments below `admin_path`), or None.
+
+        None also when the admin sub-app is off (no `admin_token`).
+        """
+        if self.marker is None:
+            return None
+        return admin_segments(path, self._segments, encoded=encoded)
+
+    def handle(self, request: AdminRequest) -> AdminResponse:
+        """Answer one admin call. Never raises: a bug becomes a JSON 500 and is reported.
+
+        May block on the store: adapters call it off the event loop.
+        """
+        try:
+            return _route(self.hs, request)
+        except AdminError as exc:
+            return _error(exc.status, str(exc), exc.details, exc.headers)
+        except StoreError as exc:
+            return _error(
+                503,
+                f"the store cannot be used now ({exc}); try again once GET /health answers ok",
+                [{"field": "store", "error": "unavailable"}],
+            )
+        except Exception as exc:
+            errors.report("admin", exc)
+            return _error(500, "internal error in the admin API; see the application's log", [])
 
 
 def too_large(limit: int) -> AdminResponse:
@@ -119,7 +170,7 @@ Action = Callable[["Hindsight", AdminRequest], AdminResponse]
 def _route(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     segments = request.segments
     if not segments and request.method in ("GET", "HEAD"):
-        return 200, list(PAGE_HEADERS), hs.dashboard_page()
+        return 200, list(PAGE_HEADERS), dashboard.page(hs.admin_path or "")
     _authorize(hs, request)
     methods = _table(segments)
     if methods is None:
@@ -155,21 +206,15 @@ def _table(segments: list[str]) -> dict[str, Action] | None:
 
 
 def _stats_table(segments: list[str]) -> dict[str, Action] | None:
-    """The statistics calls (answered by the Hindsight's stats, when it keeps them)."""
-
-    def answer(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-        try:
-            result = hs.stats_answer(segments, request.query)
-        except ValueError as exc:  # "invalid 'limit' 'x': expected an integer"
-            named = re.match(r"invalid '(\w+)'.*?: (.*)", str(exc))
-            field, error = named.groups() if named else ("query", str(exc))
-            raise AdminError(400, str(exc), [{"field": field, "error": error}]) from None
-        if result is None:
-            raise AdminError(404, f"no admin call at /{'/'.join(segments)}")
-        content_type, body = result
-        return 200, [("content-type", content_type), ("cache-control", "no-store")], body
-
-    return {"GET": answer}
+    """The statistics calls, answered from every process's statistics merged."""
+    call = "/".join(segments)
+    if call == "metrics":
+        return {"GET": _metrics}
+    if call == "stats":
+        return {"GET": _stats, "DELETE": _reset_stats}
+    if call in ("stats/slow", "stats/sessions"):
+        return {"GET": _stats}
+    return None
 
 
 def _authorize(hs: Hindsight, request: AdminRequest) -> None:
@@ -201,18 +246,27 @@ def _bearer(value: str) -> bytes | None:
 
 
 def _health(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    return _json(200, {"status": "ok", "version": __version__, "store": hs.store})
+    answer: dict[str, object] = {"status": "ok", "version": __version__, "store": hs.store.url}
+    health = hs.health
+    try:
+        health.checked(hs.store.state)
+    except StoreError:
+        pass  # noted in `health`
+    if not health.up:  # this read, or the last write (a SQLite file locked for writes)
+        answer.update(status="degraded", error=health.error, since=iso(health.since))
+        return _json(503, answer)
+    return _json(200, answer)
 
 
 def _list_rules(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    hs.expire_rules()
-    return _json(200, {"rules": [rule.to_json() for rule in hs.rules.rules()]})
+    rules, stale = hs.book.listing()
+    return _json(200, _marked({"rules": rules}, stale))
 
 
 def _add_rule(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     body = _body(request)
     try:
-        rule = hs.add_rule(body, by=request.client)
+        rule = hs.book.add(hs.book.parse(body), by=request.client)
     except RuleError as exc:
         raise AdminError(exc.status, str(exc), exc.details) from None
     except KeyError:
@@ -226,14 +280,14 @@ def _add_rule(hs: Hindsight, request: AdminRequest) -> AdminResponse:
 
 
 def _get_rule(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    rule = hs.rules.get(request.segments[1])
+    rule, stale = hs.book.lookup(request.segments[1])
     if rule is None:
         raise AdminError(404, f"no rule with id {request.segments[1]!r}")
-    return _json(200, rule.to_json())
+    return _json(200, _marked(rule, stale))
 
 
 def _remove_rule(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    if hs.remove_rule(request.segments[1], by=request.client) is None:
+    if hs.book.remove(request.segments[1], by=request.client) is None:
         raise AdminError(404, f"no rule with id {request.segments[1]!r}")
     return 204, [("cache-control", "no-store")], b""
 
@@ -264,7 +318,7 @@ def _add_detail(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     user_id = request.segments[1]
     rule = {"action": "detail", "match": {"user_id": user_id}, **body}
     try:
-        made = hs.add_rule(rule, by=request.client)
+        made = hs.book.add(hs.book.parse(rule), by=request.client)
     except RuleError as exc:
         raise AdminError(exc.status, str(exc), exc.details) from None
     return _json(201, made.to_json())
@@ -272,24 +326,50 @@ def _add_detail(hs: Hindsight, request: AdminRequest) -> AdminResponse:
 
 def _remove_detail(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     user_id = request.segments[1]
-    removed = 0
-    for rule in hs.rules.rules():
-        mine = rule.action == "detail" and rule.to_json()["match"] in _user_match(user_id)
-        if mine and hs.remove_rule(rule.id, by=request.client) is not None:
-            removed += 1
-    if not removed:
+    if not hs.book.remove_detail(user_id, by=request.client):
         raise AdminError(404, f"no detail rule for user {user_id!r}")
     return 204, [("cache-control", "no-store")], b""
 
 
-def _user_match(user_id: str) -> list[dict[str, object]]:
-    return [{"user_id": user_id}, {"user_id": [user_id]}]
-
-
 def _audit(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    hs.expire_rules()
     limit = query_limit(request.query, default=100)
-    return _json(200, {"events": hs.audit.events(limit)})
+    events, stale = hs.book.audit(limit)
+    return _json(200, _marked({"events": events}, stale))
+
+
+def _stats(hs: Hindsight, request: AdminRequest) -> AdminResponse:
+    call = "/".join(request.segments)
+    query = request.query
+    view, stale = hs.shared.view()
+    try:
+        if call == "stats":
+            answer = view.overview(query.get("window") or "all")
+            answer["counters"] = view.counters()
+        elif call == "stats/slow":
+            answer = view.slowest(_query_int(query, "limit", 20), query.get("window") or "recent")
+        else:
+            answer = view.sessions(_query_int(query, "limit", 20), query.get("window") or "recent")
+    except ValueError as exc:  # "invalid 'limit' 'x': expected an integer"
+        named = re.match(r"invalid '(\w+)'.*?: (.*)", str(exc))
+        field, error = named.groups() if named else ("query", str(exc))
+        raise AdminError(400, str(exc), [{"field": field, "error": error}]) from None
+    return _json(200, _marked(answer, stale))
+
+
+def _reset_stats(hs: Hindsight, request: AdminRequest) -> AdminResponse:
+    hs.shared.reset()
+    return 204, [("cache-control", "no-store")], b""
+
+
+def _metrics(hs: Hindsight, request: AdminRequest) -> AdminResponse:
+    view, _ = hs.shared.view(host_only=True)
+    body = metrics.render(view).encode()
+    return 200, [("content-type", metrics.CONTENT_TYPE), ("cache-control", "no-store")], body
+
+
+def _marked(answer: dict[str, Any], stale: bool) -> dict[str, Any]:
+    """`answer`, marked ``"stale": true`` when the store could not be read for it."""
+    return {**answer, "stale": True} if stale else answer
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -326,6 +406,16 @@ def _body(request: AdminRequest, optional: bool = False) -> Any:
         raise AdminError(
             400, f"malformed JSON: {exc}", [{"field": "body", "error": "malformed JSON"}]
         ) from None
+
+
+def _query_int(query: Mapping[str, str], name: str, default: int) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"invalid {name!r} {text!r}: expected an integer") from None
 
 
 def _refuse_constant(name: str) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from . import errors
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .admin import AdminRequest, admin_segments, handle, too_large
+from .admin import Admin, AdminRequest, admin_segments, too_large
 from .context import _current
 from .core import Hindsight, middleware_arguments
+from .stats import UNMATCHED
 
 __all__ = ["AdminASGIApp", "HindsightMiddleware"]
 
@@ -38,6 +42,7 @@ class HindsightMiddleware:
     ) -> None:
         name = type(self).__name__
         self.app, self.hindsight = middleware_arguments(name, app, hindsight, options)
+        self.admin = Admin(self.hindsight)
         self._header = self.hindsight.request_id_header.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -46,11 +51,11 @@ class HindsightMiddleware:
             return
         hindsight = self.hindsight
         path = scope.get("path", "")
-        marker = hindsight.admin_marker
+        marker = self.admin.marker
         if marker is not None and marker in path:
-            segments = hindsight.admin_route(_raw_path(scope), encoded=True)
+            segments = self.admin.route(_raw_path(scope), encoded=True)
             if segments is not None:
-                await serve_admin(hindsight, segments, scope, receive, send)
+                await serve_admin(self.admin, segments, scope, receive, send)
                 return
         try:
             headers = scope.get("headers", ())
@@ -90,6 +95,8 @@ class HindsightMiddleware:
             route = scope.get("route")  # Starlette and FastAPI put the matched route here
             if route is not None:
                 state.route = getattr(route, "path", None)
+            elif "router" in scope:  # Starlette routed the request and no route matched
+                state.route = UNMATCHED
             hindsight.finish(state, exception)
             _current.reset(token)
 
@@ -97,14 +104,20 @@ class HindsightMiddleware:
 class AdminASGIApp:
     """The admin API of a :class:`Hindsight` as an ASGI app that answers at its own root.
 
-    Made by :meth:`Hindsight.admin_asgi_app`; mount it anywhere, or serve it on a
-    separate port. It answers HTTP only (lifespan is accepted and ignored).
+    Mount it anywhere, or serve it on a separate port. It answers HTTP only
+    (lifespan is accepted and ignored).
+
+    Raises:
+        ValueError: the Hindsight has no ``admin_token``.
+
+    Example::
+
+        app.mount("/ops/hindsight", AdminASGIApp(hs))  # Starlette / FastAPI
     """
 
     def __init__(self, hindsight: Hindsight) -> None:
-        if hindsight.admin_token is None:
-            raise ValueError("the admin app needs an 'admin_token' (or HINDSIGHT_ADMIN_TOKEN)")
         self.hindsight = hindsight
+        self.admin = Admin(hindsight, mounted=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -117,18 +130,22 @@ class AdminASGIApp:
         if root and path.startswith(root):
             path = path[len(root) :]
         segments = admin_segments(path, [], encoded=True) or []
-        await serve_admin(self.hindsight, segments, scope, receive, send)
+        await serve_admin(self.admin, segments, scope, receive, send)
 
 
 async def serve_admin(
-    hs: Hindsight, segments: list[str], scope: Scope, receive: Receive, send: Send
+    admin: Admin, segments: list[str], scope: Scope, receive: Receive, send: Send
 ) -> None:
-    """Read the request (body bounded by `hs.admin_max_body`) and send the admin's answer."""
+    """Read the request (body bounded by `admin.max_body`) and send the admin's answer.
+
+    The admin's answer may wait on the store: it is made in a thread, so the event
+    loop goes on serving the app's requests meanwhile.
+    """
     headers = {
         name.decode("latin-1").lower(): value.decode("latin-1")
         for name, value in scope.get("headers", ())
     }
-    limit = hs.admin_max_body
+    limit = admin.max_body
     answer = None
     body = b""
     if _declared_length(headers) > limit:
@@ -159,7 +176,9 @@ async def serve_admin(
             body=body,
             client=client[0] if client else None,
         )
-        answer = handle(hs, request)
+        answer = await asyncio.get_running_loop().run_in_executor(
+            _admin_threads(), admin.handle, request
+        )
     status, response_headers, payload = answer
     raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response_headers]
     raw_headers.append((b"content-length", str(len(payload)).encode()))
@@ -167,6 +186,27 @@ async def serve_admin(
     await send(
         {"type": "http.response.body", "body": payload if scope.get("method") != "HEAD" else b""}
     )
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _admin_threads() -> ThreadPoolExecutor:
+    """The threads that answer admin calls: their own, so that admin calls waiting on a
+    store that does not answer never hold up the app's work in the loop's default pool."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hindsight-admin")
+    return _executor
+
+
+def _forget_admin_threads() -> None:
+    global _executor
+    _executor = None  # its threads did not survive the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_admin_threads)
 
 
 def _declared_length(headers: dict[str, str]) -> int:

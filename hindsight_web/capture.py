@@ -56,9 +56,6 @@ _getframe = sys._getframe
 _time_ns = time.time_ns
 _current_thread = threading.current_thread
 _exception_formatter = logging.Formatter()
-# Messages of written records kept per request for rules that match on `message`.
-_WATCHED = 1000
-_WATCHED_CHARS = 1000
 _scalars = (str, int, float, bool, type(None), bytes)
 # Frames of these files are logging's plumbing, not the caller of a log call.
 _internal_files: set[str] = {logging.addLevelName.__code__.co_filename}
@@ -289,12 +286,22 @@ def _make_record(
     )
     state = _current.get()
     tag(record, state)
-    if state is not None and state.written is not None and len(state.written) < _WATCHED:
-        try:
-            state.written.append(record.getMessage()[:_WATCHED_CHARS])
-        except Exception:
-            pass  # the handler will meet the same broken format and report it
+    if state is not None and state.needles:
+        _note_needles(record, state)
     return record
+
+
+def _note_needles(record: logging.LogRecord, state: RequestState) -> None:
+    """Note which watched substrings a written record's message has (rules on `message`)."""
+    try:
+        message = record.getMessage()
+    except Exception:
+        return  # the handler will meet the same broken format and report it
+    seen = state.seen
+    if seen is not None:
+        for needle in state.needles:
+            if needle in message:
+                seen.add(needle)
 
 
 def tag(record: logging.LogRecord, state: RequestState | None) -> None:

@@ -380,6 +380,10 @@ def _stats_text(answer: dict[str, Any], limit: int | None) -> str:
     totals = "  ".join(f"{key} {answer[key]}" for key in ("requests", "errors", "slow", "releases"))
     if answer.get("since"):
         totals += f"  (since {answer['since']})"
+    if "processes" in answer:
+        totals += f"\n{answer['processes']} process{'es' if answer['processes'] != 1 else ''}"
+        if answer.get("stale"):
+            totals += " (stale: the store cannot be read, other processes as last seen)"
     routes = answer["routes"]
     if not routes:
         return f"{totals}\n\nno requests recorded"

@@ -55,6 +55,7 @@ class RequestState:
         "max_records",
         "method",
         "nbytes",
+        "needles",
         "on_identity",
         "path",
         "raised",
@@ -64,13 +65,14 @@ class RequestState:
         "request_id",
         "reserved",
         "route",
+        "seen",
+        "session_from_cookie",
         "session_id",
         "slow",
         "started",
         "status",
         "ttfb",
         "user_id",
-        "written",
     )
 
     # The outcome, set by `Hindsight.finish` for the statistics (which read it after).
@@ -109,6 +111,8 @@ class RequestState:
         self.started = perf_counter()
         self.user_id: str | None = None
         self.session_id: str | None = None
+        # True when the session is only a hash of a cookie the client sent.
+        self.session_from_cookie = False
         self.fields: dict[str, Any] = {}
         self.records: deque[tuple[Any, ...]] = deque()
         self.nbytes = 0
@@ -122,9 +126,10 @@ class RequestState:
         self.route: str | None = None
         self.closed = False
         self.on_identity: Any = None
-        # Messages of the records written during the request, kept only while a
-        # rule matches on `message`.
-        self.written: list[str] | None = None
+        # While rules match on `message`: the substrings they look for, and those
+        # found in the records written during the request (their text is not kept).
+        self.needles: tuple[str, ...] = ()
+        self.seen: set[str] | None = None
 
     @property
     def ttfb_ms(self) -> float | None:
@@ -150,9 +155,12 @@ class RequestState:
                 return str(value.decode("latin-1"))
         return None
 
-    def messages(self) -> list[str]:
-        """The messages of the request's records: the ones written, then the ones buffered."""
-        return [*(self.written or ()), *(entry[2] for entry in self.records)]
+    def mentions(self, needle: str) -> bool:
+        """Whether a record of the request, written or buffered, has `needle` in its message
+        (a record written before `needle` was watched for is not known)."""
+        if self.seen is not None and needle in self.seen:
+            return True
+        return any(needle in entry[2] for entry in self.records)
 
 
 def current() -> RequestState | None:

@@ -1,25 +1,34 @@
-"""Hindsight: begin a request, finish it, decide whether its buffered records are released."""
+"""Hindsight: begin a request, finish it, decide whether its buffered records are released.
+
+The core serves requests only: it reads the rules in force (`RuleBook.active`),
+records statistics, and releases or discards buffers. Rule changes go through
+the `RuleBook`, the admin API lives in `admin`, and the store is kept in step
+by the background thread of `sync`; none of them is on the request path.
+"""
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Iterable
 from time import perf_counter
 from typing import Any, TypeVar
 
-from . import admin, capture, dashboard, errors, metrics, options, sources
+from . import capture, errors, options
 from ._sync import new_lock
-from .audit import Audit
+from .book import RuleBook
 from .buffer import Budget, Entry, release_memory
 from .context import CLOSED_LEVEL, RequestState
-from .rules import Rule, RuleSet, parse_rule
+from .rules import Rule
+from .sources import RulesPoller, load_initial
 from .stats import Stats, hash_session
+from .stats_share import SharedStats
+from .store import StoreError, open_store
+from .store.health import Health
+from .sync import Sync
 
 __all__ = ["Hindsight"]
 
@@ -27,16 +36,18 @@ logger = errors.logger
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
-_STORE_SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://")
 _MAX_PATH_SHOWN = 300
 DEFAULT_DETAIL_TTL_S = 1800.0
+STARTUP = "startup"
+"""The origin (and audit `by`) of the rules given by the `rules` option."""
 
 
 class Hindsight:
     """The shared core behind `HindsightMiddleware` and `HindsightWSGIMiddleware`.
 
-    One instance holds the options, the shared byte budget and the counters;
-    give the same instance to several middlewares to share them.
+    One instance holds the options, the rules (`book`), the statistics, the
+    shared byte budget and the counters; give the same instance to several
+    middlewares to share them.
 
     Args:
         slow_ms: release a request that took at least this many milliseconds
@@ -46,15 +57,26 @@ class Hindsight:
         release_on_exception: release a request whose app raised.
         capture_level: the lowest level kept in buffers (a name or a number).
         admin_path: where the admin sub-app answers; None to serve it only as
-            a separate app (:meth:`admin_asgi_app`, :meth:`admin_wsgi_app`).
+            a separate app (`hindsight_web.asgi.AdminASGIApp`,
+            `hindsight_web.wsgi.AdminWSGIApp`).
         admin_token: bearer token of the admin sub-app; defaults to the
             ``HINDSIGHT_ADMIN_TOKEN`` environment variable; with none the admin
             sub-app is off.
         admin_read_token: an optional second token that may only make GET
             calls; defaults to ``HINDSIGHT_ADMIN_READ_TOKEN``.
         admin_max_body: the largest admin request body accepted, in bytes.
-        store: where rules and shared state live (``memory://``,
-            ``sqlite:///path/file.db``, ``redis://host:port/db``).
+        store: where rules, their hits, the audit trail and the statistics of
+            every process live: ``memory://`` (this process),
+            ``sqlite:///path/file.db`` (every process of one host; four slashes
+            for an absolute path) or ``redis://[:password@]host:port/db``
+            (every process of every host; ``rediss://`` for TLS,
+            ``?prefix=name`` to share one Redis between apps; needs
+            ``hindsight-web[redis]``).
+        store_sync_s: seconds between two reads of the store by each process: a
+            rule change is in force everywhere within about this (plus a
+            publication of statistics every `stats_flush_s` seconds).
+        stats_flush_s: seconds between two publications of this process's
+            statistics (and rule hits) to the store.
         max_records: records kept per request (the most recent ones).
         max_bytes: bytes kept per request (estimated).
         max_total_bytes: bytes kept by all live requests of the process together.
@@ -62,10 +84,12 @@ class Hindsight:
             id, and the response header that carries it.
         rules: rules in force from the start: a list of rule objects, or the
             path of a JSON file holding such a list (or ``{"rules": [...]}``).
-        rules_url: a URL serving such a JSON document, fetched at start and
-            then every `rules_poll_s` seconds (needs ``hindsight-web[cli]``);
-            the rules it serves replace the ones it served before.
+        rules_url: a URL serving such a JSON document, fetched in the
+            background from the first request on, then every `rules_poll_s`
+            seconds (needs ``hindsight-web[cli]``); the rules it serves replace
+            the ones it served before.
         rules_poll_s: seconds between two fetches of `rules_url`.
+        max_rules: the most rules held at once (an add beyond answers 422).
         max_detail_ttl_s: the longest a ``detail`` rule may live; detail rules
             given no ttl expire after 30 minutes.
         max_routes: routes (method and route template) kept in the statistics;
@@ -76,9 +100,17 @@ class Hindsight:
             statistics of requests whose app did not call ``set_user(...,
             session_id=...)``; only a hash of its value is kept.
 
+    Raises:
+        ValueError: a bad option (the message names it and what is allowed).
+        store.SchemaError: the store holds data of another layout version (a
+            Redis that cannot be reached at start is checked once it answers:
+            until then it counts as down).
+        ImportError: an option needs an extra that is not installed (the
+            message names the ``pip install`` to run).
+
     Example::
 
-        hs = Hindsight(slow_ms=500)
+        hs = Hindsight(slow_ms=500, store="sqlite:///hindsight.db")
         app.add_middleware(HindsightMiddleware, hindsight=hs)
     """
 
@@ -92,6 +124,8 @@ class Hindsight:
         admin_path: str | None = "/_hindsight",
         admin_token: str | None = None,
         store: str = "memory://",
+        store_sync_s: float = 0.5,
+        stats_flush_s: float = 5.0,
         max_records: int = 5000,
         max_bytes: int = 1_000_000,
         max_total_bytes: int = 64_000_000,
@@ -101,6 +135,7 @@ class Hindsight:
         rules: list[Any] | str | os.PathLike[str] | None = None,
         rules_url: str | None = None,
         rules_poll_s: float = 30.0,
+        max_rules: int = 10_000,
         max_detail_ttl_s: float = 24 * 3600.0,
         max_routes: int = 500,
         max_sessions: int = 10_000,
@@ -118,44 +153,92 @@ class Hindsight:
         if self.admin_read_token is not None and self.admin_token is None:
             raise ValueError("invalid 'admin_read_token': it needs an 'admin_token' too")
         self.admin_max_body = options.positive_int("admin_max_body", admin_max_body)
-        self.max_detail_ttl_s = options.seconds("max_detail_ttl_s", max_detail_ttl_s)
-        self.rules_poll_s = options.seconds("rules_poll_s", rules_poll_s)
-        if not isinstance(store, str) or not store.startswith(_STORE_SCHEMES):
-            raise ValueError(
-                f"invalid 'store' {store!r}: expected 'memory://', 'sqlite:///path/to/file.db' "
-                "or 'redis://host:port/db'"
-            )
-        if store != "memory://":
-            raise ValueError(
-                f"'store' {store!r} is not available in this version: rules and statistics are "
-                "kept per process ('memory://')"
-            )
-        self.store = store
         self.max_records = options.positive_int("max_records", max_records)
         self.max_bytes = options.positive_int("max_bytes", max_bytes)
         self.max_total_bytes = options.positive_int("max_total_bytes", max_total_bytes)
         self.request_id_header = options.header_name("request_id_header", request_id_header)
+        self.session_cookie = options.cookie_name("session_cookie", session_cookie)
+        max_detail_ttl_s = options.seconds("max_detail_ttl_s", max_detail_ttl_s)
+        sync_s = options.seconds("store_sync_s", store_sync_s)
+        flush_s = options.seconds("stats_flush_s", stats_flush_s)
+        poll_s = options.seconds("rules_poll_s", rules_poll_s)
+        max_rules = options.positive_int("max_rules", max_rules)
+        self._stats_limits = (max_routes, max_sessions)
         self.budget = Budget(self.max_total_bytes)
-        self.rules = RuleSet()
-        self._rules_lock = new_lock()
-        self.audit = Audit()
-        self._watch_messages = False
-        self._message_rules = 0
-        self._next_expiry_check = 0.0
-        self._admin_segments = [part for part in (self.admin_path or "").split("/") if part]
-        # A path without the admin path's last segment in it cannot be the admin's,
-        # however it is spelled: the adapters normalise and look at the others only.
-        served = self.admin_token is not None and self._admin_segments
-        self.admin_marker = self._admin_segments[-1] if served else None
-        if rules is not None:
-            for rule in sources.load_initial(rules, self.parse_rule):
-                self._add(rule, by="startup")
-        self._poller = sources.RulesPoller(self, rules_url) if rules_url is not None else None
         self._lock = new_lock()
         self._counts = dict.fromkeys(("records_captured", "records_released", "records_dropped"), 0)
-        self.stats = Stats(max_routes=max_routes, max_sessions=max_sessions)
-        self.session_cookie = options.cookie_name("session_cookie", session_cookie)
+        self.stats = Stats(max_routes=self._stats_limits[0], max_sessions=self._stats_limits[1])
+
+        self.store = open_store(store)
+        self.health = Health(self.store.url)
+        self.book = RuleBook(
+            self.store,
+            self.health,
+            max_rules=max_rules,
+            max_detail_ttl_s=max_detail_ttl_s,
+            default_detail_ttl_s=min(DEFAULT_DETAIL_TTL_S, max_detail_ttl_s),
+        )
+        self.rules = self.book.active
+        if rules is not None:
+            self._load_rules(rules, max_rules)
+        if self.store.shared:
+            self._first_read()
+        self._poller = RulesPoller(self.book, rules_url, poll_s) if rules_url is not None else None
+        self.shared = SharedStats(
+            self.store,
+            self.health,
+            export=self._export_stats,
+            recorded=lambda: self.stats.totals()["requests"],
+            reset=self._reset_stats,
+            flush_s=flush_s,
+        )
+        self._sync = Sync(
+            self.book,
+            interval_s=sync_s,
+            flush_s=flush_s,
+            on_epoch=self.shared.follow_epoch,
+            publish=self.shared.publish,
+        )
         capture.install()
+        self._sync.start()
+        if self._poller is not None:
+            self._poller.start()
+
+    def _load_rules(self, rules: Any, max_rules: int) -> None:
+        parsed, digest = load_initial(rules, self.book.parse)
+        if len(parsed) > max_rules:
+            raise ValueError(
+                f"invalid 'rules': {len(parsed)} rules, more than 'max_rules' ({max_rules})"
+            )
+        if self.store.shared:  # written by the background thread: start never waits on it
+            self.book.swap_later(STARTUP, digest, parsed, by=STARTUP)
+        else:
+            self.book.swap(STARTUP, digest, parsed, by=STARTUP)
+
+    def _first_read(self) -> None:
+        """Read every rule once now, so that this process's first request obeys them all.
+
+        Reads only, bounded by the store's timeout (1 s); a store that cannot be
+        read is noted and read again by the background thread, which also writes
+        the rules given at start.
+        """
+        try:
+            self.book.sync(write=False)
+        except StoreError:
+            pass  # noted by `health`: logged once
+
+    def _export_stats(self) -> dict[str, Any]:
+        return self.stats.export({**self.counters(), "store_up": int(self.health.up)})
+
+    def _reset_stats(self) -> None:
+        self.stats = Stats(max_routes=self._stats_limits[0], max_sessions=self._stats_limits[1])
+
+    def close(self) -> None:
+        """Stop the background work; requests are still served."""
+        self._sync.stop()
+        if self._poller is not None:
+            self._poller.stop()
+        self.store.close()
 
     # -- the life of a request -------------------------------------------------
 
@@ -181,16 +264,16 @@ class Hindsight:
             self.max_bytes,
             self.budget,
         )
-        if self._poller is not None:
-            self._poller.ensure_running()
         if not self.rules.empty:
             self._begin_with_rules(state)
         return state
 
     def _begin_with_rules(self, state: RequestState) -> None:
         state.on_identity = self._identity_known
-        if self._watch_messages:
-            state.written = []
+        needles = self.rules.needles
+        if needles:  # rules match on messages: note which the request's written records have
+            state.needles = needles
+            state.seen = set()
         self._identity_known(state)
 
     def _identity_known(self, state: RequestState) -> None:
@@ -264,6 +347,7 @@ class Hindsight:
                     counts["records_released"] += released
             if self.session_cookie is not None and state.session_id is None:
                 state.session_id = _cookie_session(state, self.session_cookie)
+                state.session_from_cookie = state.session_id is not None
             self.stats.record(state)
         except Exception as exc:
             errors.report("finish", exc)
@@ -274,15 +358,12 @@ class Hindsight:
             # alive: let it pin nothing more.
             state.headers = None
             if state.on_identity is not None:
-                state.written = state.on_identity = None
+                state.on_identity = state.seen = None
         return reason
 
     def _decide(self, state: RequestState, trigger: str | None, duration_ms: float) -> str | None:
         """The end-time rules first (a `drop` silences even a failure), then the built-in
         `trigger`, then a detail rule that was on for the request."""
-        if perf_counter() >= self._next_expiry_check:
-            self._next_expiry_check = perf_counter() + 1.0
-            self.expire_rules()
         rule = self.rules.decide(state, duration_ms)
         if rule is not None:
             return f"rule:{rule.id}" if rule.action == "release" else None
@@ -336,157 +417,37 @@ class Hindsight:
             capture.deliver(logger, summary)
         return _write(records, state)
 
-    # -- rules -------------------------------------------------------------------
+    # -- rules: the Python API (through the rule book, like the admin API) ----------
 
     def add_rule(self, rule: Any, by: str | None = None) -> Rule:
-        """Validate a rule (DESIGN.md format, as decoded JSON) and put it in force.
+        """Validate a rule (DESIGN.md format, as decoded JSON) and put it in force
+        in every process that shares the store.
 
-        The change is audited (logged at INFO and listed by ``GET /audit``).
+        The change is audited (logged at INFO and listed by ``GET /audit``) as
+        made by `by` (free text: who or what made it; None when not given).
 
         Raises:
-            rules.RuleError: the rule is malformed; nothing was changed.
+            rules.RuleError: the rule is malformed, or there would be more than
+                `max_rules`; nothing was changed.
             KeyError: a rule with its id is in force already.
+            store.StoreError: the store cannot be used now; nothing was changed.
 
         Example::
 
             hs.add_rule({"id": "checkout-slow", "action": "release",
                          "match": {"path": "/checkout/*", "duration_ms": {"gt": 800}}})
         """
-        parsed = self.parse_rule(rule)
-        self._add(parsed, by)
-        return parsed
-
-    def parse_rule(self, rule: Any) -> Rule:
-        """Validate a rule against this Hindsight's limits, without putting it in force.
-
-        Raises:
-            rules.RuleError: the rule is malformed.
-        """
-        return parse_rule(
-            rule,
-            now=time.time(),
-            max_detail_ttl_s=self.max_detail_ttl_s,
-            default_detail_ttl_s=min(DEFAULT_DETAIL_TTL_S, self.max_detail_ttl_s),
-        )
+        return self.book.add(self.book.parse(rule), by)
 
     def remove_rule(self, rule_id: str, by: str | None = None) -> Rule | None:
-        """Take a rule out of force; returns it, or None if there was none with that id."""
-        with self._rules_lock:
-            removed = self.rules.remove(rule_id)
-        if removed is not None:
-            self._rules_changed([removed], -1)
-            self.audit.record("removed", removed.to_json(), by)
-        return removed
+        """Take a rule out of force everywhere; returns it, or None if there was none.
 
-    def expire_rules(self) -> None:
-        """Drop the rules whose time is up, and audit each."""
-        expired = self.rules.expire()
-        if expired:
-            self._rules_changed(expired, -1)
-            for rule in expired:
-                self.audit.record("expired", rule.to_json(), "expiry")
-
-    def _add(self, rule: Rule, by: str | None) -> None:
-        with self._rules_lock:
-            self.rules.add(rule)
-        self._rules_changed([rule], +1)
-        self.audit.record("added", rule.to_json(), by)
-
-    def swap_rules(
-        self, old: dict[str, Rule], rules: list[Rule], by: str
-    ) -> tuple[dict[str, Rule], list[str]]:
-        """Replace the rules `old` (put in force by one source) by `rules`, at once.
-
-        Rules of other sources are left alone, also one that took the id of a rule
-        in `old` since; a new rule whose id another source holds is skipped.
-        Returns the rules put in force and the ids skipped.
-        """
-        self.expire_rules()
-        with self._rules_lock:
-            current = {rule.id: rule for rule in self.rules.rules()}
-            mine = {rule_id for rule_id, rule in old.items() if current.get(rule_id) is rule}
-            others = [rule for rule_id, rule in current.items() if rule_id not in mine]
-            taken = {rule.id for rule in others}
-            applied = [rule for rule in rules if rule.id not in taken]
-            self.rules.replace(others + applied)
-        removed = [current[rule_id] for rule_id in sorted(mine)]
-        self._rules_changed(removed, -1)
-        self._rules_changed(applied, +1)
-        for rule in removed:
-            self.audit.record("removed", rule.to_json(), by)
-        for rule in applied:
-            self.audit.record("added", rule.to_json(), by)
-        return {rule.id: rule for rule in applied}, [rule.id for rule in rules if rule.id in taken]
-
-    def _rules_changed(self, rules: list[Rule], delta: int) -> None:
-        # Messages of written records are kept only while some rule matches on them.
-        watching = sum("message" in rule.to_json()["match"] for rule in rules)  # type: ignore[operator]
-        with self._rules_lock:
-            self._message_rules += delta * watching
-            self._watch_messages = self._message_rules > 0
-
-    def close(self) -> None:
-        """Stop background work (the polling of `rules_url`); requests are still served."""
-        if self._poller is not None:
-            self._poller.stop()
-
-    # -- admin -------------------------------------------------------------------
-
-    def admin_route(self, path: str, *, encoded: bool = False) -> list[str] | None:
-        """The admin call a request path names (segments below `admin_path`), or None.
-
-        None also when the admin sub-app is off (no `admin_token`).
-        """
-        if self.admin_token is None or self.admin_path is None:
-            return None
-        return admin.admin_segments(path, self._admin_segments, encoded=encoded)
-
-    def admin_asgi_app(self) -> Any:
-        """The admin API as an ASGI app answering at its own root, to mount or serve apart.
-
-        Example::
-
-            app.mount("/ops/hindsight", hs.admin_asgi_app())  # Starlette / FastAPI
-        """
-        from .asgi import AdminASGIApp
-
-        return AdminASGIApp(self)
-
-    def admin_wsgi_app(self) -> Any:
-        """The admin API as a WSGI app answering at its own root, to mount or serve apart.
-
-        Example::
-
-            DispatcherMiddleware(flask_app.wsgi_app, {"/ops/hindsight": hs.admin_wsgi_app()})
-        """
-        from .wsgi import AdminWSGIApp
-
-        return AdminWSGIApp(self)
-
-    def dashboard_page(self) -> bytes:
-        """The dashboard's HTML page (no data in it: it asks for the token, then the API)."""
-        return dashboard.page(self.admin_path or "")
-
-    def stats_answer(self, segments: list[str], query: dict[str, str]) -> tuple[str, bytes] | None:
-        """The answer (content type, body) to a statistics call, or None if there is none.
+        Audited as made by `by`, as for `add_rule`.
 
         Raises:
-            ValueError: a bad ``limit`` or ``window`` query parameter.
+            store.StoreError: the store cannot be used now; nothing was changed.
         """
-        call = "/".join(segments)
-        if call == "metrics":
-            return metrics.CONTENT_TYPE, metrics.render(self.stats, self.counters()).encode()
-        window = query.get("window")
-        if call == "stats":
-            answer = self.stats.overview(window or "all")
-            answer["counters"] = self.counters()
-        elif call == "stats/slow":
-            answer = self.stats.slowest(_query_int(query, "limit", 20), window or "recent")
-        elif call == "stats/sessions":
-            answer = self.stats.sessions(_query_int(query, "limit", 20), window or "recent")
-        else:
-            return None
-        return "application/json", json.dumps(answer).encode()
+        return self.book.remove(rule_id, by)
 
     # -- reporting ---------------------------------------------------------------
 
@@ -582,13 +543,3 @@ def _cookie_session(state: RequestState, name: str) -> str | None:
         if key == name and value:
             return hash_session(value.strip('"'))
     return None
-
-
-def _query_int(query: dict[str, str], name: str, default: int) -> int:
-    text = query.get(name)
-    if text is None:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"invalid {name!r} {text!r}: expected an integer") from None

@@ -117,8 +117,10 @@ function showTotals(stats) {
   for (const name of ["requests", "errors", "slow", "releases"]) {
     $("total-" + name).textContent = String(stats[name]);
   }
+  const processes = stats.processes === 1 ? "1 process" : stats.processes + " processes";
   $("since").textContent = "window " + stats.window + " since " +
-    new Date(stats.since).toLocaleString();
+    new Date(stats.since).toLocaleString() + ", " + processes +
+    (stats.stale ? " (the store cannot be read: other processes as last seen)" : "");
 }
 
 function showRoutes() {
@@ -340,7 +342,7 @@ _PAGE = f"""<!doctype html>
     <div><dt>slow</dt><dd id="total-slow" data-testid="total-slow"></dd></div>
     <div><dt>releases</dt><dd id="total-releases" data-testid="total-releases"></dd></div>
   </dl>
-  <p id="since" class="muted"></p>
+  <p id="since" class="muted" data-testid="since"></p>
   <h2>Latency</h2>
   <div id="histogram" data-testid="histogram"></div>
   <h2>Routes</h2>

@@ -85,7 +85,7 @@ def admin_path(value: object) -> str | None:
         raise ValueError(
             f"invalid 'admin_path' {value!r}: expected a path such as '/_hindsight' "
             "(segments of letters, digits, '.', '_', '~', '-'), or None to serve the admin "
-            "only through admin_asgi_app() / admin_wsgi_app()"
+            "only through AdminASGIApp(hs) / AdminWSGIApp(hs)"
         )
     return value
 

@@ -12,16 +12,18 @@ most selective exact key (user, session, single client address, route,
 method); a lookup reads only the buckets of the request's own values and the
 general list, so ten thousand rules of other users cost a few dict lookups.
 
-Why snapshots: lookups run on every request and must not wait on a lock. Every
-change builds a new immutable snapshot (rules by id plus both indexes) under
-the lock and swaps it in with one attribute store; a lookup reads the
-attribute once and works on what it got.
+Why no snapshot copies: lookups run on every request and must not wait on a
+lock, and adding one rule to ten thousand must not copy the ten thousand.
+Changes take the set's lock and replace one bucket (an immutable tuple) at a
+time; a lookup reads one dict entry or attribute at a time and works on what
+it got.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import heapq
 import ipaddress
 import itertools
 import json
@@ -32,6 +34,7 @@ import os
 import random
 import re
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -185,8 +188,8 @@ class RequestFacts(Protocol):
     def header(self, name: str) -> str | None:
         """The value of request header `name` (given lower-case), or None."""
 
-    def messages(self) -> Iterable[str]:
-        """The formatted messages of the request's records (read at the end only)."""
+    def mentions(self, needle: str) -> bool:
+        """Whether a record of the request has `needle` in its message (read at the end only)."""
 
 
 StartCheck = Callable[[RequestFacts], bool]
@@ -340,7 +343,7 @@ def _check_duration(bounds: _Range) -> EndCheck:
 
 def _check_message(needles: tuple[str, ...]) -> EndCheck:
     def check(facts: RequestFacts, duration_ms: float) -> bool:
-        return any(needle in text for text in facts.messages() for needle in needles)
+        return any(facts.mentions(needle) for needle in needles)
 
     return check
 
@@ -484,6 +487,7 @@ class _Match:
         self.start: dict[str, StartCheck] = {}
         self.end: dict[str, EndCheck] = {}
         self.keys: dict[str, tuple[str, ...]] = {}  # exact values of indexable keys
+        self.needles: tuple[str, ...] = ()  # the substrings `message` looks for
 
 
 def _parse_match(p: _Problems, value: object, action: str) -> _Match:
@@ -620,7 +624,8 @@ def _parse_message(p: _Problems, field: str, value: object, match: _Match) -> No
     parsed = _one_or_many(p, field, value, item, "a substring")
     if parsed is not None:
         match.json["message"], values = parsed
-        match.end["message"] = _check_message(tuple(dict.fromkeys(values)))
+        match.needles = tuple(dict.fromkeys(values))
+        match.end["message"] = _check_message(match.needles)
 
 
 _MATCH_PARSERS: dict[str, Callable[[_Problems, str, object, _Match], None]] = {
@@ -893,6 +898,7 @@ class Rule:
         "_from",
         "_hits",
         "_match",
+        "_needles",
         "_start_checks",
         "_until",
         "action",
@@ -920,6 +926,7 @@ class Rule:
     _match: dict[str, object]
     _start_checks: tuple[StartCheck, ...]
     _end_checks: tuple[EndCheck, ...]
+    _needles: tuple[str, ...]
     _bucket: tuple[str, tuple[str, ...]] | None
     _from: float
     _until: float
@@ -960,6 +967,7 @@ class Rule:
         bucket = next((key for key in _INDEX_ORDER if key in match.keys), None)
         put(self, "_bucket", None if bucket is None else (bucket, match.keys[bucket]))
         put(self, "_match", match.json)
+        put(self, "_needles", match.needles)
         # The bucket the rule is found through already proves its key matched.
         checks = [key for key in _CHECK_ORDER if key != bucket]
         put(self, "_start_checks", tuple(match.start[k] for k in checks if k in match.start))
@@ -1159,75 +1167,61 @@ def _parse(
 # -- the rule set and its index -----------------------------------------------------------
 
 
+_Bucket = tuple["Rule", ...]
+_Lookup = tuple[Callable[[RequestFacts], "str | None"], dict[str, _Bucket]]
+
+
 class _Index:
-    """An immutable lookup structure over rules of one kind (detail, or release/drop)."""
+    """The lookup structure over rules of one kind (detail, or release/drop).
 
-    __slots__ = ("general", "lookups", "tables")
+    Changed in place by its `RuleSet` under the set's lock, one bucket at a time,
+    so that adding a rule costs the size of its own bucket, not of the set.
+    Lookups read it without a lock: each reads one dict entry or one attribute,
+    and every bucket is an immutable tuple that a change replaces whole.
+    """
 
-    def __init__(
-        self,
-        general: tuple[Rule, ...],
-        tables: dict[str, dict[str, tuple[Rule, ...]]],
-    ) -> None:
-        self.general = general
-        self.tables = tables
-        self.lookups = tuple((_KEY_OF[kind], table) for kind, table in tables.items())
+    __slots__ = ("general", "lookups", "size", "tables")
 
-    @staticmethod
-    def build(rules: Iterable[Rule]) -> _Index | None:
-        general: list[Rule] = []
-        tables: dict[str, dict[str, list[Rule]]] = {}
-        for rule in rules:
-            if rule._bucket is None:
-                general.append(rule)
-                continue
-            kind, keys = rule._bucket
-            table = tables.setdefault(kind, {})
-            for key in keys:
-                table.setdefault(key, []).append(rule)
-        if not general and not tables:
-            return None
-        frozen = {
-            kind: {key: tuple(bucket) for key, bucket in tables[kind].items()}
-            for kind in _INDEX_ORDER
-            if kind in tables
-        }
-        return _Index(tuple(general), frozen)
+    def __init__(self) -> None:
+        self.general: _Bucket = ()
+        self.tables: dict[str, dict[str, _Bucket]] = {}
+        self.lookups: tuple[_Lookup, ...] = ()
+        self.size = 0
 
-    def plus(self, rule: Rule) -> _Index:
+    def add(self, rule: Rule) -> None:
+        self.size += 1
         if rule._bucket is None:
-            return _Index((*self.general, rule), self.tables)
+            self.general = (*self.general, rule)
+            return
         kind, keys = rule._bucket
-        table = dict(self.tables.get(kind, {}))  # copy on write: readers keep the old one
+        table = self.tables.get(kind)
+        if table is None:
+            table = self.tables[kind] = {}
+            # The lookup order is the index order, whatever order kinds arrive in.
+            self.lookups = tuple(
+                (_KEY_OF[name], self.tables[name]) for name in _INDEX_ORDER if name in self.tables
+            )
         for key in keys:
             table[key] = (*table.get(key, ()), rule)
-        tables = {**self.tables, kind: table}
-        return _Index(self.general, {k: tables[k] for k in _INDEX_ORDER if k in tables})
 
-    def minus(self, rule: Rule) -> _Index | None:
-        general, tables = self.general, dict(self.tables)
+    def remove(self, rule: Rule) -> None:
+        self.size -= 1
         if rule._bucket is None:
-            general = tuple(r for r in general if r is not rule)
-        else:
-            kind, keys = rule._bucket
-            table = dict(tables[kind])
-            for key in keys:
-                bucket = tuple(r for r in table.get(key, ()) if r is not rule)
-                if bucket:
-                    table[key] = bucket
-                else:
-                    table.pop(key, None)
-            if table:
-                tables[kind] = table  # an existing key keeps its place in the order
+            self.general = tuple(r for r in self.general if r is not rule)
+            return
+        kind, keys = rule._bucket
+        table = self.tables[kind]
+        for key in keys:
+            bucket = tuple(r for r in table.get(key, ()) if r is not rule)
+            if bucket:
+                table[key] = bucket
             else:
-                del tables[kind]
-        if not general and not tables:
-            return None
-        return _Index(general, tables)
+                table.pop(key, None)
 
     def candidates(self, facts: RequestFacts) -> list[tuple[Rule, ...]]:
         """The non-empty buckets the request's own values select, and the general list."""
-        found = [self.general] if self.general else []
+        general = self.general
+        found = [general] if general else []
         for key_of, table in self.lookups:
             key = key_of(facts)
             if key is not None:
@@ -1237,50 +1231,12 @@ class _Index:
         return found
 
 
-_NO_RULES = _Index((), {})
-
-
-class _Snapshot:
-    """Everything a lookup reads, swapped in as one object."""
-
-    __slots__ = ("by_id", "detail", "end", "next_expiry")
-
-    def __init__(
-        self,
-        by_id: dict[str, Rule],
-        detail: _Index | None,
-        end: _Index | None,
-        next_expiry: float,
-    ) -> None:
-        self.by_id = by_id
-        self.detail = detail
-        self.end = end
-        self.next_expiry = next_expiry
-
-    @staticmethod
-    def of(by_id: dict[str, Rule]) -> _Snapshot:
-        rules = list(by_id.values())
-        return _Snapshot(
-            by_id,
-            _Index.build(r for r in rules if r.action == "detail"),
-            _Index.build(r for r in rules if r.action != "detail"),
-            _earliest(by_id),
-        )
-
-
-def _earliest(by_id: dict[str, Rule]) -> float:
-    """The earliest expiry among the rules (inf when none expires)."""
-    return min((r._until for r in by_id.values()), default=math.inf)
-
-
-_EMPTY = _Snapshot({}, None, None, math.inf)
-
-
 class RuleSet:
     """The rules held by one process, indexed for the per-request lookups.
 
-    Thread-safe: changes take a lock and swap in a new immutable snapshot;
-    lookups take no lock.
+    Thread-safe: changes take a lock; lookups take none (see `_Index`). Adding or
+    removing a rule costs about the size of its bucket (the rules of the same user,
+    say) and a heap operation, not the size of the set.
 
     Args:
         clock: the current time in epoch seconds (tests inject their own).
@@ -1304,45 +1260,49 @@ class RuleSet:
         self._clock = clock
         self._rng = rng
         self._lock = new_lock()  # re-made in a forked child (gunicorn --preload)
-        self._snap = _EMPTY
+        self._by_id: dict[str, Rule] = {}
+        self._detail: _Index | None = None
+        self._end: _Index | None = None
+        # (expires_at, order, rule) of the rules that expire; entries of rules removed
+        # since stay until they come up (or the heap is rebuilt when mostly stale).
+        self._expiry: list[tuple[float, int, Rule]] = []
+        self._needles: dict[str, int] = {}
         self.empty = True
         """True when no rule is held at all: the per-request lookups can be skipped."""
-        self._pending: list[Rule] = []  # expired rules pushed out by add(), for expire()
+        self.needles: tuple[str, ...] = ()
+        """The substrings that rules matching on `message` look for, in every rule held."""
+        _rule_sets.add(self)
 
     # -- changes ---------------------------------------------------------------------
 
     def add(self, rule: Rule) -> None:
-        """Add a rule.
+        """Add a rule, taking the place of an expired one with its id.
 
         Raises:
             KeyError: a live rule already has this id (the admin API answers 409).
         """
         with self._lock:
-            snap = self._snap
-            held = snap.by_id.get(rule.id)
+            held = self._by_id.get(rule.id)
             if held is not None and held.live(self._clock()):
                 raise KeyError(rule.id)
-            if held is not None:  # expired, not yet collected: report it from expire()
-                self._pending.append(held)
-                snap = self._without(snap, held)
-            by_id = {**snap.by_id, rule.id: rule}
-            detail, end = snap.detail, snap.end
-            if rule.action == "detail":
-                detail = (detail or _NO_RULES).plus(rule)
-            else:
-                end = (end or _NO_RULES).plus(rule)
-            self._publish(_Snapshot(by_id, detail, end, min(snap.next_expiry, rule._until)))
+            if held is not None:
+                self._drop(held)
+            self._put(rule)
 
-    def remove(self, rule_id: str) -> Rule | None:
-        """Remove and return the live rule with this id; None when absent or expired.
-
-        An expired rule is left for :meth:`expire` to report.
-        """
+    def put(self, rule: Rule) -> None:
+        """Add a rule, or replace the one with its id (as a store says it is now)."""
         with self._lock:
-            held = self._snap.by_id.get(rule_id)
-            if held is None or not held.live(self._clock()):
-                return None
-            self._publish(self._without(self._snap, held))
+            held = self._by_id.get(rule.id)
+            if held is not None:
+                self._drop(held)
+            self._put(rule)
+
+    def discard(self, rule_id: str) -> Rule | None:
+        """Remove and return the rule with this id, live or expired; None when absent."""
+        with self._lock:
+            held = self._by_id.get(rule_id)
+            if held is not None:
+                self._drop(held)
             return held
 
     def replace(self, rules: list[Rule]) -> None:
@@ -1351,74 +1311,105 @@ class RuleSet:
         Raises:
             ValueError: two rules share an id; nothing is changed.
         """
-        by_id: dict[str, Rule] = {}
-        for rule in rules:
-            if rule.id in by_id:
-                raise ValueError(f"invalid rules: id {rule.id!r} is given twice; ids are unique")
-            by_id[rule.id] = rule
-        snap = _Snapshot.of(by_id)
+        ids = [rule.id for rule in rules]
+        if len(set(ids)) != len(ids):
+            twice = next(rule_id for rule_id in ids if ids.count(rule_id) > 1)
+            raise ValueError(f"invalid rules: id {twice!r} is given twice; ids are unique")
         with self._lock:
-            self._publish(snap)
-            self._pending = []
+            for held in list(self._by_id.values()):
+                self._drop(held)
+            self._expiry = []
+            for rule in rules:
+                self._put(rule)
 
-    def expire(self) -> list[Rule]:
-        """Remove and return the rules whose expiry has passed, each once.
+    def due(self) -> list[Rule]:
+        """The rules held whose expiry has passed (still held: their owner removes them).
 
-        Cheap when nothing is due: the earliest expiry is kept.
+        Cheap when nothing is due: the earliest expiry is on top of a heap, and
+        the entries of rules removed meanwhile are dropped as they come up.
         """
         now = self._clock()
-        if now < self._snap.next_expiry and not self._pending:
+        expiry = self._expiry
+        if not expiry or expiry[0][0] > now:
             return []
         with self._lock:
-            snap = self._snap
-            gone = [r for r in snap.by_id.values() if not r.live(now)]
-            if gone:
-                self._publish(_Snapshot.of({k: r for k, r in snap.by_id.items() if r.live(now)}))
-            gone = self._pending + gone
-            self._pending = []
-        return gone
+            held = self._by_id
+            while expiry and expiry[0][0] <= now and held.get(expiry[0][2].id) is not expiry[0][2]:
+                heapq.heappop(expiry)
+            return [e[2] for e in expiry if e[0] <= now and held.get(e[2].id) is e[2]]
 
-    def _publish(self, snap: _Snapshot) -> None:
-        """Make `snap` the rules in force (lookups read it without a lock)."""
-        self._snap = snap
-        self.empty = not snap.by_id
-
-    @staticmethod
-    def _without(snap: _Snapshot, rule: Rule) -> _Snapshot:
-        by_id = {k: r for k, r in snap.by_id.items() if k != rule.id}
-        if not by_id:
-            return _EMPTY
-        detail, end = snap.detail, snap.end
+    def _put(self, rule: Rule) -> None:
+        self._by_id[rule.id] = rule
         if rule.action == "detail":
-            detail = detail.minus(rule) if detail is not None else None
+            if self._detail is None:
+                self._detail = _Index()
+            self._detail.add(rule)
         else:
-            end = end.minus(rule) if end is not None else None
-        next_expiry = snap.next_expiry
-        if rule._until <= next_expiry:  # it held the earliest expiry: find the next one
-            next_expiry = _earliest(by_id)
-        return _Snapshot(by_id, detail, end, next_expiry)
+            if self._end is None:
+                self._end = _Index()
+            self._end.add(rule)
+        if rule.expires_at is not None:
+            # The order (unique) settles ties: rules themselves are never compared.
+            entry = (rule._until, int(rule._detail_key[-1]), rule)
+            heapq.heappush(self._expiry, entry)
+        for needle in rule._needles:
+            self._needles[needle] = self._needles.get(needle, 0) + 1
+        self._changed(bool(rule._needles))
+
+    def _drop(self, rule: Rule) -> None:
+        del self._by_id[rule.id]
+        index = self._detail if rule.action == "detail" else self._end
+        if index is not None:
+            index.remove(rule)
+            if not index.size:  # the lookups of that kind can be skipped again
+                if rule.action == "detail":
+                    self._detail = None
+                else:
+                    self._end = None
+        for needle in rule._needles:
+            left = self._needles[needle] - 1
+            if left:
+                self._needles[needle] = left
+            else:
+                del self._needles[needle]
+        if len(self._expiry) > 2 * len(self._by_id) + 64:  # mostly removed rules: rebuild
+            self._expiry = [e for e in self._expiry if self._by_id.get(e[2].id) is e[2]]
+            heapq.heapify(self._expiry)
+        self._changed(bool(rule._needles))
+
+    def _changed(self, needles: bool) -> None:
+        self.empty = not self._by_id
+        if needles:
+            self.needles = tuple(self._needles)
 
     # -- reading ---------------------------------------------------------------------
 
     def get(self, rule_id: str) -> Rule | None:
         """The rule with this id; None when absent or expired."""
-        rule = self._snap.by_id.get(rule_id)
+        rule = self._by_id.get(rule_id)
         return rule if rule is not None and rule.live(self._clock()) else None
+
+    def held(self, rule_id: str) -> Rule | None:
+        """The rule with this id, live or expired; None when absent."""
+        return self._by_id.get(rule_id)
 
     def rules(self) -> list[Rule]:
         """The live rules (including ones not started yet), oldest first."""
         now = self._clock()
-        live = [r for r in self._snap.by_id.values() if r.live(now)]
+        with self._lock:
+            held = list(self._by_id.values())
+        live = [r for r in held if r.live(now)]
         live.sort(key=lambda r: (r.created_at, r._detail_key[-1]))
         return live
 
     def __len__(self) -> int:
         """How many live rules are held."""
-        snap = self._snap
         now = self._clock()
-        if now < snap.next_expiry:
-            return len(snap.by_id)
-        return sum(1 for r in snap.by_id.values() if r.live(now))
+        expiry = self._expiry
+        if not expiry or expiry[0][0] > now:
+            return len(self._by_id)
+        with self._lock:
+            return sum(1 for r in self._by_id.values() if r.live(now))
 
     # -- the per-request lookups -----------------------------------------------------
 
@@ -1430,7 +1421,7 @@ class RuleSet:
         lower level (more detail), then the newest. Every such rule counts a
         hit; dry-run rules only count.
         """
-        index = self._snap.detail
+        index = self._detail
         return None if index is None else self._lookup(index, facts, 0.0, _DETAIL_ORDER)
 
     def decide(self, facts: RequestFacts, duration_ms: float) -> Rule | None:
@@ -1441,7 +1432,7 @@ class RuleSet:
         `release` beats `drop`, then the newest wins. Every such rule counts a
         hit; dry-run rules only count.
         """
-        index = self._snap.end
+        index = self._end
         return None if index is None else self._lookup(index, facts, duration_ms, _DECIDE_ORDER)
 
     def _lookup(
@@ -1466,6 +1457,25 @@ class RuleSet:
                 if not rule.dry_run and (best is None or order(rule) > order(best)):
                     best = rule
         return best
+
+
+_rule_sets: weakref.WeakSet[RuleSet] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    # A fork while another thread changes a set would copy it half changed into the
+    # child: each set's lock is held across the fork (the child's is made anew).
+    for rules in list(_rule_sets):
+        rules._lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for rules in list(_rule_sets):
+        rules._lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
 
 
 _DETAIL_ORDER: Callable[[Rule], tuple[float, ...]] = operator.attrgetter("_detail_key")

@@ -1,4 +1,9 @@
-"""Rules in force from the start: a Python list, a JSON file, or a URL polled for changes."""
+"""Rules in force from the start: a Python list, a JSON file, or a URL polled for changes.
+
+Both kinds of source put their rules in force through the `RuleBook`
+(`RuleBook.swap`), by id and idempotently: workers that start together with
+the same rules, or poll the same document, make no duplicates.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +11,58 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .book import RuleBook, fingerprint
 from .rules import Rule, RuleError
+from .store import StoreError
 
-if TYPE_CHECKING:
-    from .core import Hindsight
-
-__all__ = ["RulesPoller", "load_initial"]
+__all__ = [
+    "FETCH_TIMEOUT_S",
+    "MAX_DOCUMENT_BYTES",
+    "RulesPoller",
+    "load_initial",
+    "parse_document",
+]
 
 logger = logging.getLogger("hindsight_web")
 
+FETCH_TIMEOUT_S = 10.0
+"""The longest one fetch of ``rules_url`` may take, all in: connecting, waiting, reading."""
 
-def load_initial(rules: Any, parse: Callable[[object], Rule]) -> list[Rule]:
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+"""The largest rules document read, from a file or ``rules_url`` (4 MiB)."""
+
+
+def load_initial(rules: Any, parse: Callable[[object], Rule]) -> tuple[list[Rule], str]:
     """Parse the `rules` option: a list of rule objects, or the path of a JSON file.
 
+    Returns the rules and a fingerprint of the document they came from.
+
     Raises:
-        ValueError: the file cannot be read or a rule is invalid; the message
-            names the rule (its position) and the offending field.
+        ValueError: the file cannot be read, is larger than `MAX_DOCUMENT_BYTES`,
+            or a rule is invalid; the message names the rule (its position) and
+            the offending field.
     """
     where = "rules"
     if isinstance(rules, (str, os.PathLike)):
         where = f"rules file {os.fspath(rules)!r}"
         try:
-            text = Path(rules).read_text(encoding="utf-8")
+            with Path(rules).open("rb") as file:
+                data = file.read(MAX_DOCUMENT_BYTES + 1)
         except OSError as exc:
             raise ValueError(f"invalid 'rules': cannot read {where}: {exc}") from None
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise ValueError(f"invalid 'rules': {where} is larger than {MAX_DOCUMENT_BYTES} bytes")
         try:
-            rules = json.loads(text)
+            rules = json.loads(data)
         except ValueError as exc:
             raise ValueError(f"invalid 'rules': {where} is not JSON: {exc}") from None
-    return parse_document(rules, where, parse)
+    return parse_document(rules, where, parse), fingerprint(rules)
 
 
 def parse_document(document: Any, where: str, parse: Callable[[object], Rule]) -> list[Rule]:
@@ -67,18 +90,36 @@ def parse_document(document: Any, where: str, parse: Callable[[object], Rule]) -
 _pollers: weakref.WeakSet[RulesPoller] = weakref.WeakSet()
 
 
-class RulesPoller:
-    """Keeps the rules served by `url` in force, fetching it every `hs.rules_poll_s` seconds.
+def _run(ref: weakref.ref[RulesPoller], stop: threading.Event) -> None:
+    while not stop.is_set():
+        poller = ref()
+        if poller is None:
+            return  # its Hindsight is gone
+        poller.poll()
+        interval = poller.interval
+        del poller  # hold no reference while waiting
+        stop.wait(interval)
 
-    The first fetch happens at once. Each new document replaces the rules the
-    previous one put in force (rules added through the admin API are left
-    alone). A source that cannot be reached, or that serves invalid rules,
-    leaves the last good rules in place; that is logged once when it starts and
-    once when it ends, not at every poll. Sends ``If-None-Match`` with the last
-    ETag.
+
+class RulesPoller:
+    """Keeps the rules served by `url` in force, fetching it every `interval_s` seconds.
+
+    Fetches run in the poller's own thread, the first at once when it starts
+    (and again in a process forked from one where it ran): starting the app
+    never waits for the URL. Each fetch has a total deadline
+    (`FETCH_TIMEOUT_S`) and a size cap
+    (`MAX_DOCUMENT_BYTES`); it sends ``If-None-Match`` with the last ETag. Each
+    new document replaces the rules the previous one put in force (rules added
+    through the admin API are left alone). A source that cannot be reached, is
+    too slow or too large, or serves invalid rules leaves the last good rules in
+    place; that is logged once when it starts and once when it ends.
+
+    Raises:
+        ValueError: `url` is not an http:// or https:// URL.
+        ImportError: httpx is not installed (the message names the pip install).
     """
 
-    def __init__(self, hs: Hindsight, url: str) -> None:
+    def __init__(self, book: RuleBook, url: str, interval_s: float) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"invalid 'rules_url' {url!r}: expected an http:// or https:// URL")
         try:
@@ -86,68 +127,87 @@ class RulesPoller:
         except ImportError:
             raise ImportError("'rules_url' needs httpx: pip install 'hindsight-web[cli]'") from None
         self._httpx = httpx
-        self._hs = weakref.ref(hs)
+        self.book = book
         self.url = url
-        self.interval = hs.rules_poll_s or 30.0
+        self.origin = f"rules_url {url}"
+        self.interval = interval_s
+        self.deadline_s = FETCH_TIMEOUT_S
         self._etag: str | None = None
-        self._last_body: bytes | None = None
-        self._rules: dict[str, Rule] = {}  # the rules this source put in force, by id
         self._failing: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         _pollers.add(self)
-        self.poll()
 
-    def ensure_running(self) -> None:
-        """Start the polling thread if this process has none (also after a fork)."""
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="hindsight-rules-poller", daemon=True
-                    )
-                    self._thread.start()
+    def start(self) -> None:
+        """Start the polling thread if this process has none.
+
+        The thread holds only a weak reference: it ends with the poller (and the
+        `Hindsight` that owns it), or with `stop`.
+        """
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=_run,
+                    args=(weakref.ref(self), self._stop),
+                    name="hindsight-rules-poller",
+                    daemon=True,
+                )
+                self._thread.start()
 
     def stop(self) -> None:
         """Stop polling."""
         self._stop.set()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self._hs() is None:
-                return
-            self.poll()
-
     def poll(self) -> None:
         """Fetch the URL once and apply what it serves."""
-        hs = self._hs()
-        if hs is None:
-            return
         try:
-            headers = {"If-None-Match": self._etag} if self._etag else {}
-            response = self._httpx.get(self.url, headers=headers, timeout=min(10.0, self.interval))
-            if response.status_code == 304:
-                self._ok()
-                return
-            if response.status_code != 200:
-                raise ValueError(f"it answered HTTP {response.status_code}")
-            body = response.content
-            if body != self._last_body:
+            body = self._fetch()
+            if body is not None:
                 try:
                     document = json.loads(body)
                 except ValueError as exc:
                     raise ValueError(f"it served malformed JSON: {exc}") from None
-                rules = parse_document(document, f"rules_url {self.url!r}", hs.parse_rule)
-                self._apply(hs, rules)
-                self._last_body = body
-            self._etag = response.headers.get("etag")
+                rules = parse_document(document, f"rules_url {self.url!r}", self.book.parse)
+                self._apply(rules, fingerprint(document))
             self._ok()
         except Exception as exc:
             self._failed(exc)
 
-    def _apply(self, hs: Hindsight, rules: list[Rule]) -> None:
-        self._rules, skipped = hs.swap_rules(self._rules, rules, by=f"rules_url {self.url}")
+    def _fetch(self) -> bytes | None:
+        """The document, or None when it is unchanged (304); bounded in time and size."""
+        deadline = time.monotonic() + self.deadline_s
+        headers = {"If-None-Match": self._etag} if self._etag else {}
+        too_slow = f"it took longer than {self.deadline_s:g} s"
+        try:
+            with self._httpx.stream(
+                "GET", self.url, headers=headers, timeout=self.deadline_s
+            ) as response:
+                if response.status_code == 304:
+                    return None
+                if response.status_code != 200:
+                    raise ValueError(f"it answered HTTP {response.status_code}")
+                chunks: list[bytes] = []
+                size = 0
+                # Decoded bytes (gzip too), capped as they come: a small compressed answer
+                # cannot inflate past the cap. A server trickling bytes never trips a
+                # read timeout: the clock is checked at every chunk.
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > MAX_DOCUMENT_BYTES:
+                        raise ValueError(f"it served more than {MAX_DOCUMENT_BYTES} bytes")
+                    if time.monotonic() > deadline:
+                        raise ValueError(too_slow)
+                    chunks.append(chunk)
+                etag = response.headers.get("etag")
+        except self._httpx.TimeoutException:
+            raise ValueError(too_slow) from None
+        body = b"".join(chunks)
+        self._etag = etag
+        return body
+
+    def _apply(self, rules: list[Rule], digest: str) -> None:
+        skipped = self.book.swap(self.origin, digest, rules, by=self.origin)
         for rule_id in skipped:
             logger.warning(
                 "hindsight-web: rule %r from %s not applied: a rule with that id was added "
@@ -162,6 +222,9 @@ class RulesPoller:
             logger.warning("hindsight-web: rules from %s are applied again", self.url)
 
     def _failed(self, exc: Exception) -> None:
+        self._etag = None  # fetch the whole document again next time
+        if self._stop.is_set() or isinstance(exc, StoreError):
+            return  # stopped meanwhile; or the store is down, which its Health logs
         if self._failing is None:
             self._failing = str(exc)
             logger.warning(
@@ -174,13 +237,14 @@ class RulesPoller:
 
 
 def _after_fork_in_child() -> None:
+    # The thread did not survive the fork: each running poller gets its own in the child.
     for poller in list(_pollers):
-        poller._thread = None  # the thread did not survive the fork
+        running = poller._thread is not None and not poller._stop.is_set()
+        poller._thread = None
         poller._lock = threading.Lock()
-        stopped = poller._stop.is_set()
-        poller._stop = threading.Event()
-        if stopped:
-            poller._stop.set()
+        if running:
+            poller._stop = threading.Event()
+            poller.start()
 
 
 if hasattr(os, "register_at_fork"):

@@ -11,10 +11,11 @@ from urllib.parse import parse_qsl
 
 from . import errors
 from ._types import OptExcInfo, StartResponse, WSGIApp, WSGIEnviron
-from .admin import AdminRequest, admin_segments, handle, too_large
+from .admin import Admin, AdminRequest, admin_segments, too_large
 from .buffer import release_memory
 from .context import RequestState, _current
 from .core import Hindsight, middleware_arguments
+from .stats import UNMATCHED
 
 __all__ = ["AdminWSGIApp", "HindsightWSGIMiddleware"]
 
@@ -42,15 +43,16 @@ class HindsightWSGIMiddleware:
     ) -> None:
         name = type(self).__name__
         self.app, self.hindsight = middleware_arguments(name, app, hindsight, options)
+        self.admin = Admin(self.hindsight)
         self._environ_key = "HTTP_" + self.hindsight.request_id_header.upper().replace("-", "_")
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
-        marker = self.hindsight.admin_marker
+        marker = self.admin.marker
         if marker is not None and marker in environ.get("PATH_INFO", ""):
             path, encoded = _request_path(environ)
-            segments = self.hindsight.admin_route(path, encoded=encoded)
+            segments = self.admin.route(path, encoded=encoded)
             if segments is not None:
-                return serve_admin(self.hindsight, segments, environ, start_response)
+                return serve_admin(self.admin, segments, environ, start_response)
         try:
             state = self._begin(environ)
         except Exception as exc:  # fail open: serve the request without hindsight
@@ -69,10 +71,14 @@ class HindsightWSGIMiddleware:
                 state.status = int(status[:3])
             except ValueError:
                 state.status = None
-            # Flask (werkzeug) answers inside its request context: the matched URL rule.
-            rule = getattr(environ.get("werkzeug.request"), "url_rule", None)
+            # Flask (werkzeug) answers inside its request context: the matched URL rule,
+            # or the routing exception of a request that matched none (404, 405).
+            request = environ.get("werkzeug.request")
+            rule = getattr(request, "url_rule", None)
             if rule is not None:
                 state.route = getattr(rule, "rule", None)
+            elif getattr(request, "routing_exception", None) is not None:
+                state.route = UNMATCHED
             for name, _ in headers:
                 if name.lower() == wanted:
                     break  # the app set its own request id; keep it
@@ -102,25 +108,31 @@ class HindsightWSGIMiddleware:
 class AdminWSGIApp:
     """The admin API of a :class:`Hindsight` as a WSGI app that answers at its own root.
 
-    Made by :meth:`Hindsight.admin_wsgi_app`; mount it anywhere (werkzeug's
-    ``DispatcherMiddleware``), or serve it on a separate port.
+    Mount it anywhere (werkzeug's ``DispatcherMiddleware``), or serve it on a
+    separate port.
+
+    Raises:
+        ValueError: the Hindsight has no ``admin_token``.
+
+    Example::
+
+        DispatcherMiddleware(flask_app.wsgi_app, {"/ops/hindsight": AdminWSGIApp(hs)})
     """
 
     def __init__(self, hindsight: Hindsight) -> None:
-        if hindsight.admin_token is None:
-            raise ValueError("the admin app needs an 'admin_token' (or HINDSIGHT_ADMIN_TOKEN)")
         self.hindsight = hindsight
+        self.admin = Admin(hindsight, mounted=True)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         segments = admin_segments(_utf8(environ.get("PATH_INFO", "")), [], encoded=False) or []
-        return serve_admin(self.hindsight, segments, environ, start_response)
+        return serve_admin(self.admin, segments, environ, start_response)
 
 
 def serve_admin(
-    hs: Hindsight, segments: list[str], environ: WSGIEnviron, start_response: StartResponse
+    admin: Admin, segments: list[str], environ: WSGIEnviron, start_response: StartResponse
 ) -> list[bytes]:
-    """Read the request (body bounded by `hs.admin_max_body`) and answer it."""
-    limit = hs.admin_max_body
+    """Read the request (body bounded by `admin.max_body`) and answer it."""
+    limit = admin.max_body
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
@@ -150,7 +162,7 @@ def serve_admin(
             body=body,
             client=environ.get("REMOTE_ADDR"),
         )
-        answer = handle(hs, request)
+        answer = admin.handle(request)
     status, response_headers, payload = answer
     response_headers = [*response_headers, ("content-length", str(len(payload)))]
     start_response(f"{status} {HTTPStatus(status).phrase}", response_headers)

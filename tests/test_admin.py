@@ -26,6 +26,8 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 import hindsight_web
 from hindsight_web import Hindsight, HindsightMiddleware, HindsightWSGIMiddleware
+from hindsight_web.asgi import AdminASGIApp
+from hindsight_web.wsgi import AdminWSGIApp
 
 from .admin_apps import (
     ADMIN,
@@ -898,7 +900,11 @@ def test_rule_with_ttl_expires_without_restart(make: Make, out: ListHandler) -> 
     assert summaries(out) == []
     assert_error(client.admin("GET", "/rules/short"), 404)
     assert client.rules() == []
-    events = client.audit()
+    # Written down by the background thread within store_sync_s (0.5 s).
+    deadline = time.monotonic() + 2.0
+    while (events := client.audit())[0]["action"] != "expired":
+        assert time.monotonic() < deadline, events
+        time.sleep(0.05)
     assert (events[0]["action"], events[0]["rule"]["id"]) == ("expired", "short")
     assert [e["action"] for e in events] == ["expired", "added"]
     assert_error(client.admin("DELETE", "/rules/short"), 404)
@@ -912,7 +918,7 @@ def mounted_starlette(hs: Hindsight) -> AppClient:
         log.debug("fast-debug-1")
         return PlainTextResponse("ok")
 
-    inner = Starlette(routes=[Route("/fast", fast), Mount("/ops", app=hs.admin_asgi_app())])
+    inner = Starlette(routes=[Route("/fast", fast), Mount("/ops", app=AdminASGIApp(hs))])
     return AppClient(HindsightMiddleware(inner, hindsight=hs), asgi=True, hs=hs)
 
 
@@ -924,7 +930,7 @@ def mounted_flask(hs: Hindsight) -> AppClient:
         log.debug("fast-debug-1")
         return "ok"
 
-    dispatcher = DispatcherMiddleware(app.wsgi_app, {"/ops": hs.admin_wsgi_app()})
+    dispatcher = DispatcherMiddleware(app.wsgi_app, {"/ops": AdminWSGIApp(hs)})
     app.wsgi_app = HindsightWSGIMiddleware(dispatcher, hindsight=hs)  # type: ignore[method-assign]
     return AppClient(app, asgi=False, hs=hs)
 
@@ -965,9 +971,9 @@ def test_admin_app_mounted_under_ops(
 def test_admin_app_needs_a_token() -> None:
     hs = Hindsight(admin_token=None)
     with pytest.raises(ValueError, match="admin_token"):
-        hs.admin_asgi_app()
+        AdminASGIApp(hs)
     with pytest.raises(ValueError, match="admin_token"):
-        hs.admin_wsgi_app()
+        AdminWSGIApp(hs)
 
 
 # -- real servers: path tricks and streamed bodies -------------------------------------------------
@@ -1106,8 +1112,36 @@ def test_absurdly_nested_json_is_a_400_not_a_500() -> None:
 def test_a_non_ascii_user_id_survives_the_wsgi_path() -> None:
     hs = Hindsight(admin_token="t")
     with httpx.Client(
-        transport=httpx.WSGITransport(app=hs.admin_wsgi_app()), base_url="http://t"
+        transport=httpx.WSGITransport(app=AdminWSGIApp(hs)), base_url="http://t"
     ) as client:
         response = client.post("/users/jos%C3%A9/detail", headers={"Authorization": "Bearer t"})
     assert response.status_code == 201
     assert response.json()["match"] == {"user_id": "josé"}
+
+
+# -- a store that cannot be used ---------------------------------------------------------------
+
+
+def test_a_store_that_is_down_refuses_changes_answers_stale_and_hides_its_password(
+    make: Make, out: ListHandler
+) -> None:
+    secret = "s3cret-store-password"
+    url = f"redis://:{secret}@127.0.0.1:{free_port()}/0"  # nothing listens there
+    client = make(store=url)  # the app starts all the same
+    assert client.get("/fast").status_code == 200  # and serves
+    health = client.admin("GET", "/health")
+    assert health.status_code == 503
+    assert health.json()["status"] == "degraded"
+    assert health.json()["store"] == "redis://:***@127.0.0.1:" + url.rsplit(":", 1)[1]
+    refused = client.admin("POST", "/rules", json_body={"id": "x", "action": "drop"})
+    assert_error(refused, 503, "store")
+    listed = client.admin("GET", "/rules")
+    assert listed.status_code == 200
+    assert listed.json() == {"rules": [], "stale": True}
+    stats = client.admin("GET", "/stats")
+    assert stats.status_code == 200
+    assert stats.json()["stale"] is True
+    assert stats.json()["processes"] == 1
+    everything = [health.text, refused.text, listed.text, stats.text, *out.messages()]
+    assert not [text for text in everything if secret in text]
+    assert sum("cannot be used" in m for m in out.messages()) == 1

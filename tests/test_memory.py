@@ -59,3 +59,81 @@ def test_memory_is_flat_over_10000_requests_of_50_debug_lines() -> None:
     assert releases == 1_000
     assert buffer_bytes == 0
     assert last - first < 20_000, f"RSS grew by {(last - first) / 1024:.1f} MB"
+
+
+MESSAGE_RULE_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, logging, os, tracemalloc
+    from hindsight_web import Hindsight, HindsightMiddleware
+
+    class Summaries(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.paths = []
+
+        def emit(self, record):
+            if record.name == "hindsight_web" and "hindsight release" in record.getMessage():
+                self.paths.append(record.http_path)
+
+    summaries = Summaries()
+    logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"))
+    logging.getLogger().addHandler(summaries)
+    log = logging.getLogger("app")
+    line = "x" * 1000
+    all_in = asyncio.Event()
+    started = 0
+
+    async def app(scope, receive, send):
+        global started
+        for i in range(1000):  # written at once (INFO): 1 MB of text per request
+            log.info("request %s line %d %s", scope["path"], i, line)
+        started += 1
+        if started == 500:
+            all_in.set()
+        await all_in.wait()  # 500 requests in flight together
+        if scope["path"] == "/r/7":
+            log.info("payment failed: card declined")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    hs = Hindsight(
+        slow_ms=None,
+        max_total_bytes=1_000_000,
+        rules=[{"action": "release", "match": {"message": "card declined"}}],
+    )
+    mw = HindsightMiddleware(app, hindsight=hs)
+
+    async def receive():
+        return {"type": "http.request"}
+
+    async def send(message):
+        pass
+
+    async def run():
+        scopes = [
+            {"type": "http", "method": "GET", "path": f"/r/{i}", "headers": []}
+            for i in range(500)
+        ]
+        await asyncio.gather(*(mw(scope, receive, send) for scope in scopes))
+
+    tracemalloc.start()
+    asyncio.run(run())
+    current, peak = tracemalloc.get_traced_memory()
+    print(peak, " ".join(summaries.paths))
+    """
+)
+
+
+def test_a_message_rule_keeps_no_text_of_the_records_written() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", MESSAGE_RULE_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    peak, *released = done.stdout.split()
+    assert released == ["/r/7"]  # the written line matched, in the one request that wrote it
+    # 500 requests wrote 1 MB of messages each while in flight together; a copy of the
+    # text they wrote would take 500 MB (max_total_bytes is 1 MB).
+    assert int(peak) < 50_000_000, f"peak {int(peak) / 1e6:.0f} MB"

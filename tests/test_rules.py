@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +32,8 @@ class Facts:
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
 
-    def messages(self) -> Iterable[str]:
-        return iter(self.logs)
+    def mentions(self, needle: str) -> bool:
+        return any(needle in text for text in self.logs)
 
 
 class Clock:
@@ -770,7 +769,7 @@ def test_detail_ties_go_to_more_detail_then_newest() -> None:
     assert rs.detail_for(Facts()) is debug
     rs.add(high)
     assert rs.detail_for(Facts()) is high
-    rs.remove("high")
+    rs.discard("high")
     newer_debug = make("detail", id="debug2", level="DEBUG", now=NOW + 1)
     rs.add(newer_debug)
     assert rs.detail_for(Facts()) is newer_debug
@@ -851,51 +850,51 @@ def test_rules_start_and_expire_with_the_clock() -> None:
     assert [r.id for r in rs.rules()] == ["later", "short"]  # listed all the same
     assert rs.get("later") is later
     assert rs.detail_for(Facts()) is short
-    assert rs.expire() == []
+    assert rs.due() == []
 
     clock.now = NOW + 10
-    assert rs.detail_for(Facts()) is None  # expired: skipped before expire() runs
+    assert rs.detail_for(Facts()) is None  # expired: skipped before it is removed
     assert rs.get("short") is None
     assert [r.id for r in rs.rules()] == ["later"]
     assert len(rs) == 1
-    assert rs.remove("short") is None  # gone already: expire() reports it
-    assert rs.expire() == [short]
-    assert rs.expire() == []
+    assert rs.due() == [short]  # still held until its owner removes it
+    assert rs.discard("short") is short
+    assert rs.due() == []
 
     clock.now = NOW + 3600
     assert rs.decide(Facts(), 0) is later
     clock.now = NOW + 3660
     assert rs.decide(Facts(), 0) is None
-    assert rs.expire() == [later]
+    assert rs.due() == [later]
+    rs.discard("later")
     assert rs.empty
     assert len(rs) == 0
 
 
-def test_expire_follows_removals() -> None:
+def test_due_follows_removals_and_forgets_their_expiry() -> None:
     clock = Clock()
     soon, later = make(id="soon", ttl_s=10), make(id="later", ttl_s=20)
     rs = ruleset(soon, later, make(id="forever"), clock=clock)
-    assert rs.remove("soon") is soon
+    assert rs.discard("soon") is soon
     clock.now = NOW + 15
-    assert rs.expire() == []
+    assert rs.due() == []
+    assert len(rs._expiry) == 1  # the removed rule's entry went when it came up
     assert len(rs) == 2
     clock.now = NOW + 20
-    assert rs.expire() == [later]
-    assert [r.id for r in rs.rules()] == ["forever"]
+    assert rs.due() == [later]
 
 
-def test_add_over_an_expired_rule_reports_the_old_one_from_expire() -> None:
+def test_a_rule_in_the_place_of_an_expired_one_is_not_due() -> None:
     clock = Clock()
     old = make(id="x", ttl_s=5)
     rs = ruleset(old, clock=clock)
     with pytest.raises(KeyError, match="'x'"):
         rs.add(make(id="x"))
     clock.now = NOW + 5
-    new = make(id="x", now=clock.now)
+    new = make(id="x", now=clock.now, ttl_s=60)
     rs.add(new)
     assert rs.get("x") is new
-    assert rs.expire() == [old]
-    assert rs.get("x") is new
+    assert rs.due() == []
 
 
 def test_restored_rules_keep_their_history() -> None:
@@ -910,7 +909,7 @@ def test_restored_rules_keep_their_history() -> None:
     gone = restore_rule(rule.to_json(NOW + 900), now=NOW + 900)
     rs2 = ruleset(gone, clock=Clock(NOW + 900))
     assert rs2.get("d") is None
-    assert rs2.expire() == [gone]
+    assert rs2.due() == [gone]
 
 
 def test_restore_rule_uses_ttl_only_without_expires_at() -> None:
@@ -934,7 +933,7 @@ def test_restore_rule_still_validates() -> None:
 # -- the set ------------------------------------------------------------------------------
 
 
-def test_add_get_remove_replace() -> None:
+def test_add_get_discard_replace() -> None:
     rs = RuleSet(clock=Clock())
     assert rs.empty
     assert len(rs) == 0
@@ -951,8 +950,8 @@ def test_add_get_remove_replace() -> None:
     assert rs.get("a") is a
     assert rs.get("nope") is None
     assert rs.rules() == [a, b]
-    assert rs.remove("a") is a
-    assert rs.remove("a") is None
+    assert rs.discard("a") is a
+    assert rs.discard("a") is None
     assert rs.decide(Facts(), 0) is None
     assert rs.rules() == [b]
 
@@ -1022,7 +1021,7 @@ def test_the_index_finds_user_rules_among_many() -> None:
     assert rs.detail_for(Facts(user_id="nobody", path="/admin/x")) is general
     assert rs.detail_for(Facts(user_id="u1", path="/admin/x")) is users[1]  # priority 0 > -1
     assert sum(r.hits for r in users) == 2  # only the request's own user rule was looked at
-    rs.remove("user-5000")
+    rs.discard("user-5000")
     assert rs.detail_for(Facts(user_id="u5000")) is None
     assert rs.detail_for(Facts(user_id="u4999")) is users[4999]
 
@@ -1066,7 +1065,7 @@ def test_indexed_rules_still_check_every_key(
     rs = ruleset(*noise, rule)
     assert rs.decide(hit, 0) is rule
     assert rs.decide(miss, 0) is None
-    rs.remove(rule.id)
+    rs.discard(rule.id)
     assert rs.decide(hit, 0) is None
 
 
@@ -1095,7 +1094,7 @@ def test_lookups_run_while_other_threads_add_and_remove() -> None:
                 rs.add(make(id=f"t{thread}-{n}", match={"user_id": f"t{thread}-{n}"}))
                 rs.add(make("detail", id=f"d{thread}-{n}", match={"path": "/p"}))
                 if i % 2:
-                    assert rs.remove(f"d{thread}-{n}") is not None
+                    assert rs.discard(f"d{thread}-{n}") is not None
         except BaseException as exc:  # pragma: no cover - reported below
             failures.append(exc)
 
