@@ -37,6 +37,7 @@ FAST_USERS = [HOSTILE_USER, ".."]  # ".." cannot be a path segment: the page mus
 
 FLASK_APP = """
 import logging
+import os
 import sys
 
 from flask import Flask
@@ -47,13 +48,21 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr, format={FORMAT})
 log = logging.getLogger("app")
 
 app = Flask(__name__)
-app.wsgi_app = HindsightWSGIMiddleware(app.wsgi_app, admin_token={TOKEN}, slow_ms=200)
+app.wsgi_app = HindsightWSGIMiddleware(
+    app.wsgi_app, admin_token={TOKEN}, slow_ms=200, store={STORE}, stats_flush_s=0.2
+)
 
 
 @app.get("/hello/<int:n>")
 def hello(n):
     log.debug("hello %d", n)
-    return "hello"
+    return str(os.getpid())
+
+
+@app.after_request
+def pid(response):
+    response.headers["x-pid"] = str(os.getpid())
+    return response
 
 
 @app.get("/broken")
@@ -227,6 +236,7 @@ def test_dashboard_shows_totals_routes_requests_sessions(
     with page.expect_request(lambda r: "/stats/slow?limit=20&window=recent" in r.url):
         page.get_by_test_id("window").select_option("recent")
     expect(page.locator("#since")).to_contain_text("window recent")
+    expect(page.get_by_test_id("since")).to_contain_text(", 1 process")
     expect(page.get_by_test_id("total-requests")).to_have_text(str(FAST + 2))
 
     api_calls = [r for r in tab.requests if "/_hindsight/" in r.url and r.resource_type == "fetch"]
@@ -370,13 +380,20 @@ def test_token_kept_for_the_session_until_forgotten(
 def test_wsgi_page_under_gunicorn(
     launch: Callable[..., Server], tmp_path: Path, tab_for: Callable[[Server], Tab]
 ) -> None:
-    write_app(tmp_path, "wsgi_app", FLASK_APP.replace("{TOKEN}", repr(TOKEN)))
-    # one worker: each worker process keeps its own statistics
-    server = launch(gunicorn_argv(tmp_path, "wsgi_app", workers=1), "gunicorn")
+    store = f"sqlite:///{tmp_path}/hindsight.db"  # three workers share their statistics
+    source = FLASK_APP.replace("{TOKEN}", repr(TOKEN)).replace("{STORE}", repr(store))
+    write_app(tmp_path, "wsgi_app", source)
+    server = launch(gunicorn_argv(tmp_path, "wsgi_app", workers=3), "gunicorn")
+    served = set()  # the workers that served requests: their statistics are merged
+    for n in range(3):
+        with httpx.Client(base_url=server.base_url, timeout=10) as client:
+            response = client.get(f"/hello/{n}", headers={"connection": "close"})
+        assert response.status_code == 200
+        served.add(response.text)
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
-        for n in range(3):
-            assert client.get(f"/hello/{n}").status_code == 200
-        assert client.get("/broken").status_code == 500
+        broken = client.get("/broken", headers={"connection": "close"})
+    assert broken.status_code == 500
+    served.add(broken.headers["x-pid"])
     wait_for_requests(server, 4)
 
     tab = tab_for(server)
@@ -390,4 +407,6 @@ def test_wsgi_page_under_gunicorn(
     routes = page.locator("#routes tbody td:nth-child(2)").all_text_contents()
     assert sorted(routes) == ["/broken", "/hello/<int:n>"]
     expect(page.locator("#slow tbody tr")).to_have_count(4)
+    covered = "1 process" if len(served) == 1 else f"{len(served)} processes"
+    expect(page.get_by_test_id("since")).to_contain_text(covered)
     tab.check_clean()
