@@ -18,7 +18,8 @@ from fastapi import Depends, FastAPI, Header, HTTPException
 from hindsight_web import HindsightMiddleware, set_user
 
 LOG_FORMAT = (
-    "%(asctime)s %(levelname)-5s %(name)s rid=%(request_id)s user=%(user_id)s | %(message)s"
+    "%(asctime)s %(levelname)-5s pid=%(process)d %(name)s rid=%(request_id)s user=%(user_id)s "
+    "| %(message)s"
 )
 
 log = logging.getLogger("shop")
@@ -47,7 +48,10 @@ def create_app(slow_ms: float | None = None) -> FastAPI:
     if slow_ms is None:
         slow_ms = float(os.environ.get("HINDSIGHT_SLOW_MS", "500"))
     app = FastAPI(title="hindsight-web FastAPI example")
-    app.add_middleware(HindsightMiddleware, slow_ms=slow_ms)
+    # HINDSIGHT_STORE shares rules and statistics between worker processes, e.g.
+    # sqlite:////tmp/hindsight.db (scripts/demo runs two workers on one).
+    store = os.environ.get("HINDSIGHT_STORE", "memory://")
+    app.add_middleware(HindsightMiddleware, slow_ms=slow_ms, store=store)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

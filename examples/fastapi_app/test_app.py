@@ -47,7 +47,8 @@ def test_fast_request_writes_only_its_info_lines(logs: LineHandler) -> None:
     request_id = response.headers["X-Request-ID"]
     lines = of_request(logs, request_id)
     assert len(lines) == 1
-    assert " INFO  shop " in lines[0]
+    assert " INFO  pid=" in lines[0]
+    assert " shop rid=" in lines[0]
     assert lines[0].endswith(f"rid={request_id} user=alice | served item 1")
     assert not [line for line in logs.lines if " DEBUG " in line]
     assert summaries(logs) == []

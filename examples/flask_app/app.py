@@ -18,7 +18,8 @@ from flask.typing import ResponseReturnValue
 from hindsight_web import HindsightWSGIMiddleware, set_user
 
 LOG_FORMAT = (
-    "%(asctime)s %(levelname)-5s %(name)s rid=%(request_id)s user=%(user_id)s | %(message)s"
+    "%(asctime)s %(levelname)-5s pid=%(process)d %(name)s rid=%(request_id)s user=%(user_id)s "
+    "| %(message)s"
 )
 
 log = logging.getLogger("shop")
@@ -35,8 +36,11 @@ def create_app(slow_ms: float | None = None) -> Flask:
     if slow_ms is None:
         slow_ms = float(os.environ.get("HINDSIGHT_SLOW_MS", "500"))
     flask_app = Flask(__name__)
+    # HINDSIGHT_STORE shares rules and statistics between worker processes, e.g.
+    # sqlite:////tmp/hindsight.db for gunicorn -w 4.
+    store = os.environ.get("HINDSIGHT_STORE", "memory://")
     flask_app.wsgi_app = HindsightWSGIMiddleware(  # type: ignore[method-assign]
-        flask_app.wsgi_app, slow_ms=slow_ms
+        flask_app.wsgi_app, slow_ms=slow_ms, store=store
     )
 
     @flask_app.before_request
