@@ -11,28 +11,39 @@ Instructions are not time (a cache miss costs more than an add), but a budget su
 as "<= 1.05x bare" can be read on them without noise, and a change to the hot path
 can be judged on one run.
 
-Usage: python benchmarks/instructions.py [--smoke]
+With ``--stores``, the table compares hindsight on a SQLite file and on a Redis
+(a redis-server started for the run on 127.0.0.1) with ``memory://``: the request
+path reads no store, so the three should cost the same.
+
+Usage: python benchmarks/instructions.py [--smoke] [--stores]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from common import HERE, BenchFailure, machine_line
 
 VARIANTS = ["bare", "minimal", "hindsight", "hindsight-nostats"]
+STORE_VARIANTS = ["bare", "hindsight", "hindsight-sqlite", "hindsight-redis"]
 FRAMEWORKS = ["asgi", "starlette", "fastapi", "flask"]
 LABELS = {
     "bare": "bare",
     "minimal": "minimal capture middleware (reference)",
     "hindsight": "hindsight, no lines",
     "hindsight-nostats": "hindsight, statistics off (analysis only)",
+    "hindsight-sqlite": "hindsight, SQLite store",
+    "hindsight-redis": "hindsight, Redis store",
 }
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
@@ -73,38 +84,90 @@ def per_request(framework: str, variant: str, small: int, large: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="one framework, few requests")
+    parser.add_argument("--stores", action="store_true", help="memory, SQLite and Redis stores")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     frameworks = ["asgi"] if args.smoke else FRAMEWORKS
     small, large = (100, 200) if args.smoke else (200, 1000)
+    variants = STORE_VARIANTS if args.stores else VARIANTS
     print(machine_line())
     print(
         f"instructions: valgrind cachegrind, requests {requests_made(small)} and "
         f"{requests_made(large)} per variant, difference per request"
     )
     print()
-    jobs = [(f, v) for f in frameworks for v in VARIANTS]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = pool.map(lambda job: per_request(job[0], job[1], small, large), jobs)
-        counts = dict(zip(jobs, results, strict=True))
+    with redis_for(variants):
+        jobs = [(f, v) for f in frameworks for v in variants]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            results = pool.map(lambda job: per_request(job[0], job[1], small, large), jobs)
+            counts = dict(zip(jobs, results, strict=True))
     for framework in frameworks:
         bare = counts[(framework, "bare")]
         print(f"### {framework}")
         print()
         print("| variant | instructions/request | ratio vs bare | added |")
         print("|---|---:|---:|---:|")
-        for variant in VARIANTS:
+        for variant in variants:
             n = counts[(framework, variant)]
             print(f"| {LABELS[variant]} | {n:,.0f} | {n / bare:.3f}x | {n - bare:+,.0f} |")
         print()
-        print(
-            f"A budget of 1.05x bare leaves {0.05 * bare:,.0f} instructions per request; "
-            f"hindsight adds {counts[(framework, 'hindsight')] - bare:,.0f}."
-        )
+        memory = counts[(framework, "hindsight")]
+        if args.stores:
+            for variant in ("hindsight-sqlite", "hindsight-redis"):
+                ratio = counts[(framework, variant)] / memory
+                verdict = "PASS" if ratio <= 1.02 else "MISS"
+                print(f"{LABELS[variant]}: {ratio:.4f}x of memory:// (budget <= 1.02x): {verdict}")
+        else:
+            print(
+                f"A budget of 1.05x bare leaves {0.05 * bare:,.0f} instructions per request; "
+                f"hindsight adds {memory - bare:,.0f}."
+            )
         print()
     return 0
+
+
+@contextlib.contextmanager
+def redis_for(variants: list[str]) -> Iterator[None]:
+    """A redis-server on a free port for the Redis variant, named in HINDSIGHT_BENCH_REDIS."""
+    if "hindsight-redis" not in variants:
+        yield
+        return
+    if shutil.which("redis-server") is None:
+        raise BenchFailure("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BenchFailure("redis-server did not start") from None
+                time.sleep(0.05)
+        os.environ["HINDSIGHT_BENCH_REDIS"] = f"redis://127.0.0.1:{port}/0?prefix=bench"
+        yield
+    finally:
+        server.terminate()
+        server.wait()
 
 
 if __name__ == "__main__":
