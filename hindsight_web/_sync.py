@@ -1,11 +1,15 @@
-"""Locks that stay usable in a child process after fork (gunicorn --preload)."""
+"""Threads and locks of the background work: locks that stay usable in a child process
+after fork (gunicorn --preload), and threads that end with what they work for."""
 
 from __future__ import annotations
 
 import os
 import threading
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+_Owner = TypeVar("_Owner")
 
 _locks: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -15,6 +19,30 @@ def new_lock() -> threading.Lock:
     lock = threading.Lock()
     _locks.add(lock)
     return lock
+
+
+def start_thread(
+    owner: _Owner, step: Callable[[_Owner], float], stop: threading.Event, name: str
+) -> threading.Thread:
+    """Run ``step(owner)`` again and again in a daemon thread, waiting between two runs
+    the seconds it returns, until `stop` is set or `owner` is garbage: the thread holds
+    only a weak reference, so an owner nobody holds (a `Hindsight` dropped without
+    ``close()``) is collected and its thread ends."""
+    thread = threading.Thread(
+        target=_loop, args=(weakref.ref(owner), step, stop), name=name, daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _loop(ref: weakref.ref[_Owner], step: Callable[[_Owner], float], stop: threading.Event) -> None:
+    while not stop.is_set():
+        owner = ref()
+        if owner is None:
+            return
+        wait = step(owner)
+        del owner  # hold no reference while waiting
+        stop.wait(wait)
 
 
 def _reinit_locks() -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._sync import start_thread
 from .book import RuleBook, fingerprint
 from .rules import Rule, RuleError
 from .store import StoreError
@@ -90,17 +91,6 @@ def parse_document(document: Any, where: str, parse: Callable[[object], Rule]) -
 _pollers: weakref.WeakSet[RulesPoller] = weakref.WeakSet()
 
 
-def _run(ref: weakref.ref[RulesPoller], stop: threading.Event) -> None:
-    while not stop.is_set():
-        poller = ref()
-        if poller is None:
-            return  # its Hindsight is gone
-        poller.poll()
-        interval = poller.interval
-        del poller  # hold no reference while waiting
-        stop.wait(interval)
-
-
 class RulesPoller:
     """Keeps the rules served by `url` in force, fetching it every `interval_s` seconds.
 
@@ -147,17 +137,17 @@ class RulesPoller:
         """
         with self._lock:
             if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(
-                    target=_run,
-                    args=(weakref.ref(self), self._stop),
-                    name="hindsight-rules-poller",
-                    daemon=True,
+                self._thread = start_thread(
+                    self, RulesPoller._step, self._stop, "hindsight-rules-poller"
                 )
-                self._thread.start()
 
     def stop(self) -> None:
         """Stop polling."""
         self._stop.set()
+
+    def _step(self) -> float:
+        self.poll()
+        return self.interval
 
     def poll(self) -> None:
         """Fetch the URL once and apply what it serves."""

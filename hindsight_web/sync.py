@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable
 
 from . import errors
-from ._sync import new_lock
+from ._sync import new_lock, start_thread
 from .book import RuleBook
 from .store import StoreError
 
@@ -66,13 +66,15 @@ class Sync:
     def start(self) -> None:
         """Start the thread of this process (and of each process forked from it)."""
         _syncs.add(self)
-        threading.Thread(
-            target=_run, args=(weakref.ref(self), self._stop), name="hindsight-sync", daemon=True
-        ).start()
+        start_thread(self, Sync._step, self._stop, "hindsight-sync")
 
     def stop(self) -> None:
         """Stop the thread (after its current tick)."""
         self._stop.set()
+
+    def _step(self) -> float:
+        self.tick()
+        return self.interval_s
 
     def tick(self) -> None:
         """One round of background work; never raises.
@@ -103,17 +105,6 @@ class Sync:
             errors.report("sync", exc)
         finally:
             self.cpu_s += time.thread_time() - begun
-
-
-def _run(ref: weakref.ref[Sync], stop: threading.Event) -> None:
-    while not stop.is_set():
-        sync = ref()
-        if sync is None:
-            return  # its Hindsight is gone
-        sync.tick()
-        interval = sync.interval_s
-        del sync  # hold no reference while waiting
-        stop.wait(interval)
 
 
 _syncs: weakref.WeakSet[Sync] = weakref.WeakSet()

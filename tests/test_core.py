@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -155,3 +158,19 @@ def test_records_made_before_any_middleware_carry_the_attributes() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == "None at start-up\n"
     assert done.stderr == ""
+
+
+def test_background_threads_end_with_a_hindsight_nobody_holds() -> None:
+    def ours() -> list[threading.Thread]:
+        names = ("hindsight-sync", "hindsight-rules-poller")
+        return [t for t in threading.enumerate() if t.name in names and t.is_alive()]
+
+    before = len(ours())
+    hs = Hindsight(rules_url="http://127.0.0.1:9/rules.json", rules_poll_s=0.05)
+    assert len(ours()) == before + 2
+    del hs  # dropped without close()
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while len(ours()) > before:
+        assert time.monotonic() < deadline, [t.name for t in ours()]
+        time.sleep(0.05)
