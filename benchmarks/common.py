@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -138,3 +142,30 @@ def print_verdicts(title: str, verdicts: list[tuple[str, str, bool]]) -> None:
     for line, detail, ok in verdicts:
         print(f"- {'PASS' if ok else 'MISS'}: {line}: {detail}")
     print()
+
+
+@contextlib.contextmanager
+def redis_server(prefix: str) -> Iterator[str]:
+    """A redis-server of its own on a free port of 127.0.0.1, stopped at the end: its
+    ``redis://`` URL, with `prefix`."""
+    if shutil.which("redis-server") is None:
+        raise BenchFailure("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    server = subprocess.Popen([*argv, "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BenchFailure("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0?prefix={prefix}"
+    finally:
+        server.terminate()
+        server.wait()

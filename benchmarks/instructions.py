@@ -25,14 +25,12 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from common import HERE, BenchFailure, machine_line
+from common import HERE, BenchFailure, machine_line, redis_server
 
 VARIANTS = ["bare", "minimal", "hindsight", "hindsight-nostats"]
 STORE_VARIANTS = ["bare", "hindsight", "hindsight-sqlite", "hindsight-redis"]
@@ -130,44 +128,13 @@ def main() -> int:
 
 @contextlib.contextmanager
 def redis_for(variants: list[str]) -> Iterator[None]:
-    """A redis-server on a free port for the Redis variant, named in HINDSIGHT_BENCH_REDIS."""
+    """A redis-server for the Redis variant, named in HINDSIGHT_BENCH_REDIS."""
     if "hindsight-redis" not in variants:
         yield
         return
-    if shutil.which("redis-server") is None:
-        raise BenchFailure("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise BenchFailure("redis-server did not start") from None
-                time.sleep(0.05)
-        os.environ["HINDSIGHT_BENCH_REDIS"] = f"redis://127.0.0.1:{port}/0?prefix=bench"
+    with redis_server("bench") as url:
+        os.environ["HINDSIGHT_BENCH_REDIS"] = url
         yield
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

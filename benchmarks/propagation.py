@@ -24,15 +24,13 @@ import asyncio
 import multiprocessing
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
-from common import BenchFailure, machine_line
+from common import BenchFailure, machine_line, redis_server
 
 WORKERS = 4
 BUDGET_P99_S = 1.0
@@ -130,27 +128,6 @@ def sync_cpu(url: str, seconds: float, rate: int) -> float:
     return used / seconds
 
 
-def redis_server() -> tuple[subprocess.Popen[bytes], str]:
-    if shutil.which("redis-server") is None:
-        raise BenchFailure("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return server, f"redis://127.0.0.1:{port}/0?prefix=propagation"
-        except OSError:
-            if time.monotonic() > deadline:
-                raise BenchFailure("redis-server did not start") from None
-            time.sleep(0.05)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="few rounds, short CPU windows")
@@ -159,11 +136,10 @@ def main() -> int:
     print(machine_line())
     print(f"{WORKERS} worker processes, {rounds} rounds; sync CPU over {seconds:g} s windows")
     print()
-    redis, redis_url = redis_server()
     folder = tempfile.mkdtemp(prefix="hindsight-propagation-")
-    stores = {"SQLite": f"sqlite:///{folder}/store.db", "Redis": redis_url}
     misses = 0
-    try:
+    with redis_server("propagation") as redis_url:
+        stores = {"SQLite": f"sqlite:///{folder}/store.db", "Redis": redis_url}
         print("| store | propagation median | p99 | max | budget p99 <= 1 s |")
         print("|---|---:|---:|---:|---|")
         for name, url in stores.items():
@@ -182,9 +158,6 @@ def main() -> int:
             idle = sync_cpu(url, seconds, 0)
             busy = sync_cpu(url, seconds, 1000)
             print(f"| {name} | {idle * 100:.2f} % of a core | {busy * 100:.2f} % of a core |")
-    finally:
-        redis.terminate()
-        redis.wait()
         shutil.rmtree(folder, ignore_errors=True)
     return 1 if misses else 0
 
