@@ -296,14 +296,12 @@ class RuleBook:
         `revision` is the store's, when the caller has just read it: nothing is
         read when `active` reflects it already. Rules given at start that are not
         written yet are written first (unless `write` is False); until they are,
-        they stay in force as they are.
+        they stay in force beside the store's.
 
         Raises:
             store.StoreError: the store cannot be used now.
         """
-        if self._pending:
-            if not write:
-                return
+        if self._pending and write:
             self._write_pending()
         if revision is not None and revision == self.revision:
             return
@@ -323,6 +321,12 @@ class RuleBook:
                     self.active.discard(rule_id)
                 for rule in fresh:
                     self.active.put(rule)
+            for origin, _, rules, _ in self._pending:
+                if origin in self._sources:
+                    continue  # written before: the store's word stands until written again
+                for rule in rules:
+                    if self.active.held(rule.id) is None:
+                        self.active.put(rule)
             self.revision = read.revision
 
     def flush_hits(self) -> None:

@@ -365,3 +365,30 @@ def test_a_process_does_not_read_back_what_it_just_wrote() -> None:
         book.sync(store.state()[0])  # what the background thread does at each tick
     assert store.reads == 1  # the first read only
     assert len(ids(book)) == 100
+
+
+def test_a_rule_removed_by_an_operator_stays_removed_after_a_full_read(
+    books: Callable[..., RuleBook], shared_url: str
+) -> None:
+    first, second = books(shared_url), books(shared_url)
+    doc = [{"id": "x", "action": "drop"}]
+    first.swap("startup", fingerprint(doc), [first.parse(i) for i in doc], by="startup")
+    second.remove("x", by="ops")
+    first.revision = -1  # as if it had fallen too far behind: it reads every rule again
+    first.sync()
+    first.sync()
+    assert ids(first) == []
+
+
+def test_the_first_read_brings_the_stores_rules_beside_those_given_at_start(
+    books: Callable[..., RuleBook], shared_url: str
+) -> None:
+    first, second = books(shared_url), books(shared_url)
+    first.add(rule(first, id="from-admin"), by="ops")
+    doc = [{"id": "early", "action": "drop"}]
+    second.swap_later("startup", fingerprint(doc), [second.parse(i) for i in doc], by="startup")
+    second.sync(write=False)  # what a new worker does when its Hindsight is made
+    assert ids(second) == ["early", "from-admin"]
+    assert [r["id"] for r in first.listing()[0]] == ["from-admin"]  # nothing written yet
+    second.sync()
+    assert sorted(r["id"] for r in first.listing()[0]) == ["early", "from-admin"]
