@@ -1145,3 +1145,17 @@ def test_a_store_that_is_down_refuses_changes_answers_stale_and_hides_its_passwo
     everything = [health.text, refused.text, listed.text, stats.text, *out.messages()]
     assert not [text for text in everything if secret in text]
     assert sum("cannot be used" in m for m in out.messages()) == 1
+
+
+def test_more_rules_than_max_rules_are_refused_with_a_422_and_nothing_changes(make: Make) -> None:
+    client = make(max_rules=2)
+    for n in range(2):
+        post_rule(client, {"id": f"r{n}", "action": "drop", "match": {"path": f"/{n}"}})
+    refused = client.admin("POST", "/rules", json_body={"id": "r2", "action": "drop"})
+    assert_error(refused, 422, "rules")
+    assert "max_rules" in refused.json()["error"]
+    detail = client.admin("POST", "/users/u1/detail")
+    assert_error(detail, 422, "rules")
+    assert [rule["id"] for rule in client.rules()] == ["r0", "r1"]
+    assert client.admin("DELETE", "/rules/r0").status_code == 204
+    post_rule(client, {"id": "r2", "action": "drop"})  # room again
