@@ -12,8 +12,8 @@ from urllib.parse import parse_qsl, quote
 from . import errors
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .admin import Admin, AdminRequest, admin_segments, too_large
-from .context import _current
-from .core import Hindsight, middleware_arguments
+from .context import RequestState, _current, mark_exception
+from .core import Hindsight, adopt_request_id, middleware_arguments
 from .stats import UNMATCHED
 
 __all__ = ["AdminASGIApp", "HindsightMiddleware"]
@@ -69,18 +69,20 @@ class HindsightMiddleware:
             state = hindsight.begin(
                 scope.get("method", "GET"), path, client[0] if client else None, incoming, headers
             )
+            if incoming != state.request_id:  # the app and inner layers see the same id
+                ours = (wanted, state.request_id.encode("latin-1"))
+                scope = {**scope, "headers": [*(h for h in headers if h[0] != wanted), ours]}
         except Exception as exc:  # fail open: serve the request without hindsight
             errors.report("begin", exc)
             await self.app(scope, receive, send)
             return
         token = _current.set(state)
-        header = (self._header, state.request_id.encode("latin-1"))
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state.status = message["status"]
                 state.ttfb = perf_counter()
-                message = _with_header(message, header)
+                message = _with_request_id(message, wanted, state)
             elif not message.get("more_body", False) and state.ended is None:
                 state.ended = perf_counter()  # the last body byte
             await send(message)
@@ -99,6 +101,8 @@ class HindsightMiddleware:
                 state.route = UNMATCHED
             hindsight.finish(state, exception)
             _current.reset(token)
+            if exception is not None:
+                mark_exception(exception, state)
 
 
 class AdminASGIApp:
@@ -234,13 +238,15 @@ async def _serve_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def _with_header(message: Message, header: tuple[bytes, bytes]) -> Message:
+def _with_request_id(message: Message, name: bytes, state: RequestState) -> Message:
+    """The response start with the request-id header; an id the app answered with
+    itself is kept, and becomes the request's (its summary and records carry it)."""
     headers = message.get("headers", ())
     if not isinstance(headers, (list, tuple)):  # any iterable is allowed: read it once
         headers = list(headers)
         message = {**message, "headers": headers}
-    name = header[0]
-    for key, _ in headers:
+    for key, value in headers:
         if key.lower() == name:
-            return message  # the app set its own request id; keep it
-    return {**message, "headers": [*headers, header]}
+            adopt_request_id(state, value.decode("latin-1"))
+            return message
+    return {**message, "headers": [*headers, (name, state.request_id.encode("latin-1"))]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .escaping import escape
 from .stats import iso
 
 __all__ = ["event", "log"]
@@ -21,16 +22,18 @@ def event(action: str, rule: dict[str, Any], by: str | None, now: float) -> dict
 def log(event: dict[str, Any]) -> None:
     """Log an event at INFO through the ``hindsight_web`` logger, with the rule's note.
 
-    Only the process that made a change logs it: one line per change in all.
+    Only the process that made a change logs it: one line per change in all. The
+    note and the author are escaped (no value can forge a line).
     """
     rule = event["rule"]
+    by, note = event["by"], rule.get("note")
     logger.info(
         "hindsight rule %s: id=%s action=%s match=%s by=%s note=%s",
         event["action"],
         rule.get("id"),
         rule.get("action"),
-        rule.get("match"),
-        event["by"],
-        rule.get("note"),
-        extra={"rule_event": event["action"], "rule_id": rule.get("id"), "changed_by": event["by"]},
+        rule.get("match"),  # a dict: shown as its repr, control characters escaped
+        None if by is None else escape(by),
+        None if note is None else escape(note),
+        extra={"rule_event": event["action"], "rule_id": rule.get("id"), "changed_by": by},
     )

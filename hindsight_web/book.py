@@ -427,7 +427,10 @@ class RuleBook:
             if change and self.revision is not None and revision == self.revision + 1:
                 self.revision = revision  # nobody else changed anything meanwhile
         for event in change.events:
-            audit.log(event)
+            try:
+                audit.log(event)
+            except Exception as exc:  # a handler that fails: the change is made all the same
+                errors.report("audit", exc)
         return change
 
     def _restore(self, stored: StoredRule) -> Rule | None:

@@ -1,10 +1,11 @@
-"""Bounded per-request buffers and the byte budget they share.
+"""Bounded per-request buffers, the byte budget they share, and the counts of what is kept.
 
-A buffered record is a plain tuple (see `Entry`); its cost in bytes is
-estimated as a fixed overhead plus the lengths of its texts. Each request keeps
-at most `max_records` records and `max_bytes` bytes (the most recent ones);
-all live requests together stay within one `Budget`. What does not fit is
-dropped and counted.
+A buffered record is a plain tuple (the hot path builds it inline) read by the
+field names below; its cost in bytes is estimated as a fixed overhead plus the
+lengths of its texts. Each request keeps at most `max_records` records and
+`max_bytes` bytes (the most recent ones); all live requests together stay
+within one `Budget`, which grants each request what it uses, a little ahead. What
+does not fit is dropped and counted.
 """
 
 from __future__ import annotations
@@ -16,31 +17,51 @@ from typing import Any
 from ._sync import new_lock
 from .context import RequestState
 
-# Entry fields, in order: logger, levelno, message, time_ns, pathname, lineno,
-# funcName, thread, exc_text, stack_text, extra, (msg, args) when the args are plain.
+# An entry's fields, by position.
+LOGGER = 0  # the logging.Logger called
+LEVEL = 1
+MESSAGE = 2  # the message formatted at log time (what rules on `message` and sizes read)
+TIME_NS = 3
+PATHNAME = 4  # the caller, as findCaller gives it at log time
+LINENO = 5
+FUNC = 6
+THREAD = 7  # the threading.Thread that logged
+EXC_TEXT = 8  # the traceback as text, or None
+STACK = 9  # the stack_info text, or None
+EXTRA = 10  # the call's `extra`, frozen, or None
+ORIGINAL = 11  # (msg, args) as given, args frozen; None when msg is the message itself
+CONTEXT = 12  # the contextvars.Context of the log call
+EXC_INFO = 13  # the (type, value, traceback) of the call, or None
+
 Entry = tuple[Any, ...]
 
-# Estimated bytes of one entry besides its texts: the tuple (11 slots), the
-# time int and the lineno int, the deque slot.
-ENTRY_OVERHEAD = 200
-# Requests take bytes from the shared budget in chunks, so the lock is rare.
+# Estimated bytes of one entry besides its texts: the tuple (14 slots), the time
+# and lineno ints, the deque slot, the context copy.
+ENTRY_OVERHEAD = 260
+# The most a request is granted ahead of what it uses, and the least.
 CHUNK = 64 * 1024
+_FIRST = 4 * 1024
 
 
 def entry_size(entry: Entry) -> int:
     """Estimated bytes held by one buffered entry."""
-    size = ENTRY_OVERHEAD + len(entry[2])
-    if entry[8] is not None:
-        size += len(entry[8])
-    if entry[9] is not None:
-        size += len(entry[9])
-    if entry[10] is not None:
-        size += 64 * len(entry[10])
+    size = ENTRY_OVERHEAD + len(entry[MESSAGE])
+    if entry[EXC_TEXT] is not None:
+        size += len(entry[EXC_TEXT])
+    if entry[STACK] is not None:
+        size += len(entry[STACK])
+    if entry[EXTRA] is not None:
+        size += 64 * len(entry[EXTRA])
     return size
 
 
 class Budget:
-    """A byte budget shared by all live request buffers of one Hindsight."""
+    """A byte budget shared by all live request buffers of one Hindsight.
+
+    A request is granted what it uses plus a margin that grows with it (4 KiB,
+    then as much as it holds, up to 64 KiB): a small request holds little of the
+    budget, so many concurrent ones fit, and a large one asks rarely.
+    """
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -57,19 +78,23 @@ class Budget:
         with self._lock:
             if state.nbytes <= state.reserved:
                 return
-            wanted = min(
-                max(CHUNK, state.nbytes - state.reserved), state.max_bytes - state.reserved
-            )
+            ahead = min(CHUNK, max(_FIRST, state.reserved))
+            wanted = min(state.nbytes - state.reserved + ahead, state.max_bytes - state.reserved)
             granted = min(wanted, self.total - self.used)
             if granted > 0:
                 self.used += granted
                 state.reserved += granted
 
+    def give_back(self, nbytes: int) -> None:
+        """Take back `nbytes` reserved by a request that no longer holds them."""
+        with self._lock:
+            self.used = max(0, self.used - nbytes)
+
     def release(self, state: RequestState) -> None:
         """Take back everything `state` reserved."""
-        with self._lock:
-            self.used = max(0, self.used - state.reserved)
-            state.reserved = 0
+        reserved, state.reserved = state.reserved, 0
+        if reserved:
+            self.give_back(reserved)
 
 
 _budgets: weakref.WeakSet[Budget] = weakref.WeakSet()
@@ -85,14 +110,50 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class Counts:
+    """What one Hindsight kept, wrote and dropped since start; thread-safe.
+
+    Attributes:
+        records_captured: records kept in buffers or written live by detail mode.
+        records_released: records written by releases and by detail mode.
+        records_dropped: records dropped: a buffer or the budget was full, or the
+            release queue was.
+        records_suppressed: records of releases held back by `max_releases_per_s`.
+        releases_suppressed: releases held back by `max_releases_per_s` (their
+            summaries are written).
+        releases_dropped: releases lost because the release queue was full.
+    """
+
+    NAMES = (
+        "records_captured",
+        "records_released",
+        "records_dropped",
+        "records_suppressed",
+        "releases_suppressed",
+        "releases_dropped",
+    )
+
+    def __init__(self) -> None:
+        self._lock = new_lock()
+        self._counts = dict.fromkeys(self.NAMES, 0)
+
+    def add(self, **counts: int) -> None:
+        """Add to the named counts."""
+        with self._lock:
+            for name, n in counts.items():
+                self._counts[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        """Every count now."""
+        with self._lock:
+            return dict(self._counts)
+
+
 def keep(state: RequestState, entry: Entry) -> None:
     """Append `entry` to the request's buffer, dropping the oldest entries over the limits."""
     records = state.records
     records.append(entry)
-    if entry[8] is None and entry[9] is None and entry[10] is None:
-        state.nbytes += ENTRY_OVERHEAD + len(entry[2])
-    else:
-        state.nbytes += entry_size(entry)
+    state.nbytes += entry_size(entry)
     # `reserved` never exceeds `max_bytes`, so this one test covers both byte limits.
     if state.nbytes > state.reserved or len(records) > state.max_records:
         make_room(state)

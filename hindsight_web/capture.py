@@ -1,64 +1,91 @@
 """The logging seam: every stdlib logging call made during a request reaches hindsight.
 
-Why methods of `logging.Logger` are wrapped rather than a `logging.Handler` added:
+Why methods of `logging.Logger` are replaced rather than a `logging.Handler` added:
 the contract is that the app's logging configuration keeps working unchanged,
 however and whenever it is set. A handler on the root logger would make a later
 `basicConfig()` a no-op, be removed by `dictConfig()`, miss loggers with
-`propagate=False`, and, worst of all, see only records the logger's level lets
-through, each one a full LogRecord built at a cost of several microseconds. So,
-as sentry-python does with `Logger.callHandlers`, three methods are wrapped once
-per process:
+`propagate=False`, and see only records the logger's level lets through, each
+a full LogRecord built at a cost of several microseconds. So, as sentry-python
+does with `Logger.callHandlers`, methods are replaced once per process:
 
-- `isEnabledFor` also says yes, during a request, to levels down to
-  `capture_level` that the configuration would not write, so `logger.debug()`
-  and code guarded by `isEnabledFor(DEBUG)` both reach `_log`;
-- `_log` sends what the configuration would write down the normal path, and
-  keeps the rest as a small tuple (formatted message, time, caller, traceback
-  text) instead of a LogRecord;
+- the level methods (`debug`, `info`, `warning`, `error`, `critical`, `log`):
+  a record the logger makes (its effective level) takes the stdlib's own path,
+  exactly as without hindsight, so every hook on it (`callHandlers` patches,
+  sentry-sdk's breadcrumbs) sees it; during a request, a record below the
+  logger's level, down to `capture_level`, is kept as a small tuple instead (or
+  written at once in detail mode), and so is a copy of a record the logger made
+  that no handler it reaches writes;
+- `isEnabledFor` also says yes, during a request, to the levels kept, so code
+  guarded by ``isEnabledFor(DEBUG)`` runs;
 - `makeRecord` tags every record with `request_id`, `user_id` and `session_id`
   (None outside requests), so a formatter may always use them.
 
-A kept tuple becomes a real LogRecord, through the logger's own `makeRecord`
-(so the app's record factory applies) and filters, only if the request is
-released. Outside requests every wrapper defers to the original at once.
+Why the replacements look like logging's own code: code that walks the stack to
+find a log call's caller (the stdlib's ``findCaller`` and ``stacklevel``, a
+Logger subclass's own ``findCaller``, loguru's ``InterceptHandler``, structlog's
+frame walker) skips the logging module's frames by file name, by module name or
+by a fixed depth. The replacements are compiled with logging's file name, run in
+a namespace named ``logging``, and each stands in for the method it replaces
+frame for frame: every walker finds the caller it finds without hindsight. (A
+traceback through them names ``logging/__init__.py`` with this file's lines.)
+
+A kept tuple becomes a real LogRecord only if the request is released
+(`release.py`). Outside requests every replacement does what the stdlib does.
 """
 
 from __future__ import annotations
 
+import contextvars
+import datetime
+import enum
 import logging
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+import types
+import uuid
+from collections.abc import Callable, Mapping
+from numbers import Number
+from pathlib import PurePath
 from typing import Any
 
 from . import errors
-from .buffer import ENTRY_OVERHEAD, Entry, keep, make_room
-from .context import RequestState, _current
+from .buffer import ENTRY_OVERHEAD, keep, make_room
+from .context import RequestState, _current, of_exception
+from .release import delivering, write_live
 
-__all__ = ["build_record", "deliver", "install", "uninstall"]
+__all__ = ["install", "uninstall"]
 
 _Logger = logging.Logger
+_LEVELS = (
+    ("debug", logging.DEBUG),
+    ("info", logging.INFO),
+    ("warning", logging.WARNING),
+    ("error", logging.ERROR),
+    ("critical", logging.CRITICAL),
+)
+_originals: dict[str, Any] = {
+    name: _Logger.__dict__[name]
+    for name in ("isEnabledFor", "makeRecord", "log", "fatal", *(n for n, _ in _LEVELS))
+}
 _orig_is_enabled_for = _Logger.isEnabledFor
-_orig_log = _Logger._log
 _orig_make_record = _Logger.makeRecord
-_orig_debug = _Logger.debug
-_orig_info = _Logger.info
+_orig_find_caller = _Logger.findCaller
 
-# How much to add to `stacklevel` when one of the level methods below calls `_log`:
-# from 3.11 on, findCaller counts our frame like any non-logging frame; before, it
-# started from the frame that called `_log` and stepped past it on its own.
-_LEVEL_METHOD_FRAMES = 1 if sys.version_info >= (3, 11) else 0
-_level_method_codes: set[Any] = set()
-
+_LOGGING_FILE: str = logging.addLevelName.__code__.co_filename
 _getframe = sys._getframe
 _time_ns = time.time_ns
 _current_thread = threading.current_thread
+_copy_context = contextvars.copy_context
 _exception_formatter = logging.Formatter()
-_scalars = (str, int, float, bool, type(None), bytes)
-# Frames of these files are logging's plumbing, not the caller of a log call.
-_internal_files: set[str] = {logging.addLevelName.__code__.co_filename}
+# Values kept as they are: they cannot change after the call.
+_IMMUTABLE = frozenset((str, int, float, bool, type(None), bytes, complex, frozenset))
+_IMMUTABLE_KINDS: tuple[type, ...] = (Number, enum.Enum, datetime.date, datetime.time)
+_IMMUTABLE_KINDS += (datetime.timedelta, uuid.UUID, PurePath)
+_FREEZE_DEPTH = 3
+# Before 3.11, findCaller stepped `stacklevel` frames before skipping logging's own.
+_STACKLEVEL_FIRST = sys.version_info < (3, 11)
 
 
 def _is_enabled_for(self: logging.Logger, level: int) -> bool:
@@ -84,69 +111,248 @@ def _enabled(logger: logging.Logger, level: int) -> bool:
     return enabled and not logger.disabled
 
 
-def _log(
+def _makes(logger: logging.Logger, level: int) -> bool:
+    """Whether the logger makes a record at `level` (its own `isEnabledFor` if it has one)."""
+    if type(logger).isEnabledFor is not _is_enabled_for:
+        return bool(logger.isEnabledFor(level))
+    return _enabled(logger, level)
+
+
+# How a level method handles a call in a request, cached per logger and level in the
+# logger's own level cache (which logging clears whenever levels change).
+_NORMAL = 0  # the stdlib's path (the logger makes the record, or has its own isEnabledFor)
+_KEEP_INLINE = 1  # kept, the plain case built in place
+_KEEP = 2  # kept through the generic path (the logger has its own findCaller)
+
+
+def _how(logger: logging.Logger, level: int) -> int:
+    kind = type(logger)
+    if kind.isEnabledFor is not _is_enabled_for or _enabled(logger, level):
+        return _NORMAL
+    if logger._hindsight_internal:  # type: ignore[attr-defined]
+        return _NORMAL
+    return _KEEP_INLINE if kind.findCaller is _orig_find_caller else _KEEP
+
+
+# -- the level methods ----------------------------------------------------------------------
+
+
+def _level_method(level: int) -> Callable[..., None]:
+    """`Logger.debug` and its kind, with the common case of a kept record in place.
+
+    Most kept records come through here, built inline: no call to the generic
+    entry builder. Whatever is not the plain case (keyword arguments, a message
+    that is not a str, a call from inside `logging`) takes the generic path.
+    """
+    how_key = ~level  # in the logger's own level cache: a key no level uses
+
+    def method(self: logging.Logger, msg: object, *args: object, **kwargs: Any) -> None:
+        state = _current.get()
+        if state is not None and level >= state.keep_level and not self.disabled:
+            cache = self._cache  # type: ignore[attr-defined]
+            try:
+                how = cache[how_key]
+            except KeyError:
+                how = cache[how_key] = _how(self, level)
+            if how == _KEEP_INLINE:
+                frame = _getframe(1)
+                if kwargs or type(msg) is not str or frame.f_code.co_filename == _LOGGING_FILE:
+                    _keep_call(self, level, msg, args, kwargs, state)
+                    return
+                try:
+                    if args:
+                        # Frozen first: formatting reads each argument's text once.
+                        frozen = args if _frozen(args) else _freeze_args(args)
+                        try:
+                            message = msg % frozen
+                        except Exception:
+                            message = _message(msg, frozen)
+                        original: Any = (msg, frozen)
+                    else:
+                        message, original = msg, None
+                    records = state.records
+                    code = frame.f_code
+                    records.append(
+                        (
+                            self,
+                            level,
+                            message,
+                            _time_ns(),
+                            code.co_filename,
+                            frame.f_lineno,
+                            code.co_name,
+                            _current_thread(),
+                            None,
+                            None,
+                            None,
+                            original,
+                            _copy_context(),
+                            None,
+                        )
+                    )
+                    state.nbytes += ENTRY_OVERHEAD + len(message)
+                    if state.nbytes > state.reserved or len(records) > state.max_records:
+                        make_room(state)
+                except Exception as exc:
+                    errors.report("capture", exc)
+                return
+            if how == _KEEP:
+                _keep_call(self, level, msg, args, kwargs, state)
+                return
+        if _makes(self, level):
+            self._log(level, msg, args, **kwargs)
+            if state is not None and level >= state.capture_level:
+                _unwritten(self, level, msg, args, kwargs, state)
+        elif state is not None and level >= state.capture_level:
+            _keep_call(self, level, msg, args, kwargs, state)
+
+    return method
+
+
+def _log_method(
+    self: logging.Logger, level: int, msg: object, *args: object, **kwargs: Any
+) -> None:
+    """`Logger.log`: the level methods' work for any level."""
+    if not isinstance(level, int):
+        if logging.raiseExceptions:
+            raise TypeError("level must be an integer")
+        return
+    state = _current.get()
+    if _makes(self, level):
+        self._log(level, msg, args, **kwargs)
+        if state is not None and level >= state.capture_level:
+            _unwritten(self, level, msg, args, kwargs, state)
+    elif state is not None and level >= state.capture_level:
+        _keep_call(self, level, msg, args, kwargs, state)
+
+
+def _keep_call(
     self: logging.Logger,
     level: int,
     msg: object,
-    args: Any,
-    exc_info: Any = None,
-    extra: Mapping[str, object] | None = None,
-    stack_info: bool = False,
-    stacklevel: int = 1,
+    args: tuple[object, ...],
+    kwargs: dict[str, Any],
+    state: RequestState,
 ) -> None:
-    state = _current.get()
+    """A call the logger makes no record of, in a request: keep it, or in detail mode
+    write it at once. Called by a level method only: its caller is the log call's."""
     if (
-        state is None
-        or state.closed
-        or level < state.capture_level
+        state.closed
         or self.disabled
+        or self.manager.disable >= level
         or self._hindsight_internal  # type: ignore[attr-defined]
+        or delivering()
     ):
-        # One more level: this wrapper's frame stands between the caller and the original.
-        return _orig_log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
-    if _enabled(self, level) and _would_write(self, level):
-        return _orig_log(self, level, msg, args, exc_info, extra, stack_info, stacklevel + 1)
-    detail = state.detail_level
+        return
     try:
-        # Frame 1 called `_log`: `Logger.debug`, one of ours, a LoggerAdapter, the app.
-        frame = sys._getframe(1)
-        if frame.f_code in _level_method_codes:
-            stacklevel -= _LEVEL_METHOD_FRAMES  # added for the stdlib's findCaller only
-        frame = _caller(frame, stacklevel)
-        if detail is not None and level >= detail:
-            deliver(self, _live_record(self, level, msg, args, exc_info, extra, stack_info, frame))
+        # A Logger subclass's own findCaller is called from here: at the depth the
+        # stdlib's `_log` calls it from, so a walker by depth finds the same frame.
+        if type(self).findCaller is _orig_find_caller:
+            caller = _caller(_getframe(1), kwargs)
         else:
-            keep(state, _make_entry(self, level, msg, args, exc_info, extra, stack_info, frame))
+            caller = self.findCaller(bool(kwargs.get("stack_info")), kwargs.get("stacklevel", 1))
+        _take(self, level, msg, args, kwargs, state, caller)
     except Exception as exc:
         errors.report("capture", exc)
-    return None
 
 
-def _live_record(
-    logger: logging.Logger,
+def _unwritten(
+    self: logging.Logger,
     level: int,
     msg: object,
-    args: Any,
-    exc_info: Any,
-    extra: Mapping[str, object] | None,
-    stack_info: bool,
-    frame: Any,
-) -> logging.LogRecord:
-    """The record the stdlib would make for this call (args and exc_info kept as they are),
-    for a request in detail mode: it is written at once, so nothing is pinned."""
-    code = frame.f_code
-    return logger.makeRecord(
-        logger.name,
-        level,
-        code.co_filename,
-        frame.f_lineno,
-        msg,
-        args,
-        _exc_info(exc_info),
-        code.co_name,
-        extra,
-        _stack_text(frame) if stack_info else None,
+    args: tuple[object, ...],
+    kwargs: dict[str, Any],
+    state: RequestState,
+) -> None:
+    """A record the logger made in a request: if no handler it reaches wrote it, keep a
+    copy (or write it at once in detail mode), so that a release has it too. Called by
+    a level method only."""
+    if (
+        state.closed
+        or self.disabled
+        or self._hindsight_internal  # type: ignore[attr-defined]
+        or delivering()
+        or _would_write(self, level)
+    ):
+        return
+    try:
+        if type(self).findCaller is _orig_find_caller:
+            caller = _caller(_getframe(1), kwargs)
+        else:
+            caller = self.findCaller(bool(kwargs.get("stack_info")), kwargs.get("stacklevel", 1))
+        _take(self, level, msg, args, kwargs, state, caller)
+    except Exception as exc:
+        errors.report("capture", exc)
+
+
+def _take(
+    self: logging.Logger,
+    level: int,
+    msg: object,
+    args: tuple[object, ...],
+    kwargs: dict[str, Any],
+    state: RequestState,
+    caller: tuple[str, int, str, str | None],
+) -> None:
+    """Keep the call in the request's buffer, or write it now when detail mode covers it."""
+    exc_info = _exc_info(kwargs.get("exc_info"))
+    extra = kwargs.get("extra")
+    pathname, lineno, func, stack = caller
+    detail = state.detail_level
+    if detail is not None and level >= detail:
+        write_live(
+            self, level, msg, args, exc_info, extra, (pathname, lineno, func, stack),
+            state.release_level,
+        )  # fmt: skip
+        state.counts.add(records_captured=1, records_released=1)
+        return
+    exc_text = None
+    if exc_info is not None and exc_info[0] is not None:
+        exc_text = _exception_formatter.formatException(exc_info)
+    frozen = args if _frozen(args) else _freeze_args(args)  # each argument's text read once
+    keep(
+        state,
+        (
+            self,
+            level,
+            _message(msg, frozen),
+            _time_ns(),
+            pathname,
+            lineno,
+            func,
+            _current_thread(),
+            exc_text,
+            stack,
+            _freeze_extra(extra) if extra else None,
+            None if type(msg) is str and not args else (_freeze(msg), frozen),
+            _copy_context(),
+            exc_info,
+        ),
     )
+
+
+def _caller(frame: Any, kwargs: Mapping[str, Any]) -> tuple[str, int, str, str | None]:
+    """(pathname, lineno, funcName, stack text) of a log call, as the stdlib's
+    `findCaller` finds them, walking out from `frame` (a frame of logging's own)."""
+    stacklevel = kwargs.get("stacklevel", 1)
+    while frame.f_code.co_filename == _LOGGING_FILE and frame.f_back is not None:
+        frame = frame.f_back  # the log call's own caller
+    if _STACKLEVEL_FIRST:  # before 3.11: step out, then past logging's frames
+        while stacklevel > 1 and frame.f_back is not None:
+            frame, stacklevel = frame.f_back, stacklevel - 1
+        while frame.f_code.co_filename == _LOGGING_FILE and frame.f_back is not None:
+            frame = frame.f_back
+    else:
+        while stacklevel > 1 and frame.f_back is not None:
+            frame = frame.f_back
+            if frame.f_code.co_filename != _LOGGING_FILE:
+                stacklevel -= 1
+    code = frame.f_code
+    stack = _stack_text(frame) if kwargs.get("stack_info") else None
+    return code.co_filename, frame.f_lineno, code.co_name, stack
+
+
+# -- what is kept of a call -------------------------------------------------------------------
 
 
 def _exc_info(exc_info: Any) -> Any:
@@ -166,234 +372,73 @@ def _stack_text(frame: Any) -> str:
     return text.rstrip("\n")
 
 
-def _level_method(level: int) -> Any:
-    """`Logger.debug` / `Logger.info` with the common capture case handled in place.
-
-    Most captured records come through here, so a kept record is built inline:
-    no call to `isEnabledFor`, `_log` or the generic entry builder. Whatever is
-    not the plain case (a record the configuration writes, detail mode,
-    `exc_info`, `extra`, `stack_info`, `stacklevel`, a message that is not a
-    str, a call from inside `logging`) takes the generic path.
-    """
-    written_key = ~level
-    # Arguments are kept (when plain) from INFO up, where formatters that read
-    # record.args live (uvicorn's access log); DEBUG keeps only the message, for speed.
-    keep_args = level >= logging.INFO
-
-    def log_at_level(
-        self: logging.Logger,
-        msg: object,
-        *args: object,
-        exc_info: Any = None,
-        extra: Mapping[str, object] | None = None,
-        stack_info: bool = False,
-        stacklevel: int = 1,
-    ) -> None:
-        state = _current.get()
-        if state is not None and level >= state.keep_level and not self.disabled:
-            # Whether the configuration writes `level` for this logger (or it is ours):
-            # cached in the logger's own level cache, which logging clears on every
-            # level change, under a key that no level uses.
-            cache = self._cache  # type: ignore[attr-defined]
-            try:
-                written = cache[written_key]
-            except KeyError:
-                written = cache[written_key] = (
-                    self._hindsight_internal  # type: ignore[attr-defined]
-                    or self.manager.disable >= level
-                    or level >= self.getEffectiveLevel()
-                    # A Logger subclass with its own `_log` must see the call.
-                    or type(self)._log is not _log
-                    or type(self).isEnabledFor is not _is_enabled_for
-                )
-            if not written:
-                try:
-                    frame = _getframe(1)
-                    code = frame.f_code
-                    if (
-                        type(msg) is not str
-                        or exc_info is not None
-                        or extra is not None
-                        or stack_info
-                        or stacklevel != 1
-                        or code.co_filename in _internal_files
-                    ):
-                        frame = _caller(frame, stacklevel)
-                        keep(
-                            state,
-                            _make_entry(self, level, msg, args, exc_info, extra, stack_info, frame),
-                        )
-                        return
-                    original = None
-                    if args:
-                        try:
-                            message = msg % args
-                        except Exception:
-                            message = _message(msg, args)
-                        if keep_args and _plain(args):
-                            original = (msg, args)
-                    else:
-                        message = msg
-                    records = state.records
-                    records.append(
-                        (
-                            self,
-                            level,
-                            message,
-                            _time_ns(),
-                            code.co_filename,
-                            frame.f_lineno,
-                            code.co_name,
-                            _current_thread(),
-                            None,
-                            None,
-                            None,
-                            original,
-                        )
-                    )
-                    state.nbytes += ENTRY_OVERHEAD + len(message)
-                    if state.nbytes > state.reserved or len(records) > state.max_records:
-                        make_room(state)
-                except Exception as exc:
-                    errors.report("capture", exc)
-                return
-        if self.isEnabledFor(level):
-            self._log(
-                level, msg, args, exc_info, extra, stack_info, stacklevel + _LEVEL_METHOD_FRAMES
-            )
-
-    _level_method_codes.add(log_at_level.__code__)
-    log_at_level.__name__ = logging.getLevelName(level).lower()
-    log_at_level.__qualname__ = f"Logger.{log_at_level.__name__}"
-    return log_at_level
+def _frozen(args: tuple[object, ...]) -> bool:
+    """Whether every argument is a value that cannot change after the call."""
+    for arg in args:  # noqa: SIM110 (all() of a generator costs more)
+        if type(arg) not in _IMMUTABLE:
+            return False
+    return True
 
 
-def _make_record(
-    self: logging.Logger,
-    name: str,
-    level: int,
-    fn: str,
-    lno: int,
-    msg: object,
-    args: Any,
-    exc_info: Any,
-    func: str | None = None,
-    extra: Mapping[str, object] | None = None,
-    sinfo: str | None = None,
-) -> logging.LogRecord:
-    record: logging.LogRecord = _orig_make_record(
-        self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo
-    )
-    state = _current.get()
-    tag(record, state)
-    if state is not None and state.needles:
-        _note_needles(record, state)
-    return record
+def _freeze_args(args: Any) -> Any:
+    """The arguments as they are at log time (what formatting them later will read)."""
+    if type(args) is tuple:
+        return tuple(_freeze(arg) for arg in args)
+    return _freeze(args)  # the one mapping of log.debug("%(a)s", {"a": 1}), as the stdlib keeps it
 
 
-def _note_needles(record: logging.LogRecord, state: RequestState) -> None:
-    """Note which watched substrings a written record's message has (rules on `message`)."""
+def _freeze(value: Any, depth: int = 0) -> Any:
+    """`value` as it is now: immutable values as they are, containers copied, anything
+    else as the text formatting reads from it (`str`, `repr`) now."""
+    kind = type(value)
+    if kind in _IMMUTABLE or isinstance(value, _IMMUTABLE_KINDS):
+        return value
+    if depth < _FREEZE_DEPTH:
+        if kind is tuple:
+            return tuple(_freeze(v, depth + 1) for v in value)
+        if kind is list:
+            return [_freeze(v, depth + 1) for v in value]
+        if kind is dict:
+            return {k: _freeze(v, depth + 1) for k, v in value.items()}
+        if kind is set:
+            return {_freeze(v, depth + 1) for v in value}
+    return _Shown(value)
+
+
+def _freeze_extra(extra: Mapping[str, object]) -> dict[str, object]:
+    """`extra` as it is now: containers copied; other objects kept (formatters read
+    them as record attributes: structlog's ``_logger``, say)."""
+    kept = {}
+    for key, value in extra.items():
+        kind = type(value)
+        kept[key] = _freeze(value) if kind in (list, dict, set, tuple) else value
+    return kept
+
+
+class _Shown:
+    """An argument as formatting reads it, taken at log time: its `str` and `repr`."""
+
+    __slots__ = ("rep", "text")
+
+    def __init__(self, value: object) -> None:
+        self.text = _safely(str, value)
+        self.rep = _safely(repr, value)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return self.rep
+
+    def __format__(self, spec: str) -> str:
+        return format(self.text, spec)
+
+
+def _safely(convert: Callable[[object], str], value: object) -> str:
     try:
-        message = record.getMessage()
-    except Exception:
-        return  # the handler will meet the same broken format and report it
-    seen = state.seen
-    if seen is not None:
-        for needle in state.needles:
-            if needle in message:
-                seen.add(needle)
-
-
-def tag(record: logging.LogRecord, state: RequestState | None) -> None:
-    """Give `record` the request's attributes, unless the log call's `extra` set them."""
-    d = record.__dict__
-    if state is None:
-        d.setdefault("request_id", None)
-        d.setdefault("user_id", None)
-        d.setdefault("session_id", None)
-        return
-    d.setdefault("request_id", state.request_id)
-    d.setdefault("user_id", state.user_id)
-    d.setdefault("session_id", state.session_id)
-    for key, value in state.fields.items():
-        d.setdefault(key, value)
-
-
-def _would_write(logger: logging.Logger, level: int) -> bool:
-    """Whether a handler the record would reach (as `callHandlers` walks them) takes `level`."""
-    found = False
-    current: logging.Logger | None = logger
-    while current is not None:
-        for handler in current.handlers:
-            found = True  # a NullHandler too: it keeps lastResort away, as in callHandlers
-            if level >= handler.level and not isinstance(handler, logging.NullHandler):
-                return True
-        current = current.parent if current.propagate else None
-    if found:
-        return False
-    last = logging.lastResort
-    return last is not None and level >= last.level
-
-
-def _caller(frame: Any, stacklevel: int) -> Any:
-    """The frame `stacklevel` steps up from `frame`, skipping logging's own frames."""
-    internal = _internal_files
-    while True:
-        if frame.f_code.co_filename not in internal:
-            stacklevel -= 1
-            if stacklevel <= 0:
-                return frame
-        back = frame.f_back
-        if back is None:
-            return frame
-        frame = back
-
-
-def _make_entry(
-    logger: logging.Logger,
-    level: int,
-    msg: object,
-    args: Any,
-    exc_info: Any,
-    extra: Mapping[str, object] | None,
-    stack_info: bool,
-    frame: Any,
-) -> Entry:
-    code = frame.f_code
-
-    message = _message(msg, args)
-    exc_text = None
-    exc_info = _exc_info(exc_info)
-    if exc_info is not None and exc_info[0] is not None:
-        exc_text = _exception_formatter.formatException(exc_info)
-    stack_text = _stack_text(frame) if stack_info else None
-    frozen = None
-    if extra:
-        frozen = {k: (v if isinstance(v, _scalars) else str(v)) for k, v in extra.items()}
-    return (
-        logger,
-        level,
-        message,
-        time.time_ns(),
-        code.co_filename,
-        frame.f_lineno,
-        code.co_name,
-        threading.current_thread(),
-        exc_text,
-        stack_text,
-        frozen,
-        (msg, args) if args and _plain(args) else None,
-    )
-
-
-_PLAIN = frozenset((str, int, float, bool, type(None)))
-
-
-def _plain(args: Any) -> bool:
-    """Whether `args` is a tuple of values that cannot change after the call."""
-    if type(args) is not tuple:
-        return False
-    return all(type(arg) in _PLAIN for arg in args)
+        return convert(value)
+    except Exception as exc:
+        return f"<{type(value).__name__}: {convert.__name__}() raised {type(exc).__name__}>"
 
 
 def _message(msg: object, args: Any) -> str:
@@ -421,101 +466,134 @@ def _message(msg: object, args: Any) -> str:
 
 
 def _unformattable(msg: object, args: Any, exc: Exception) -> str:
-    # The app's own mistake (`log.debug("%d", "x")`): keep what can be kept, raise nothing.
+    # The app's own format (str.format, a mistake): keep what can be kept, raise nothing.
     try:
         return f"{msg!r} % {args!r} (could not be formatted: {type(exc).__name__}: {exc})"
     except Exception:
         return f"<unformattable log message: {type(exc).__name__}>"
 
 
-def build_record(entry: Entry, state: RequestState | None) -> logging.LogRecord:
-    """Turn a buffered entry into the LogRecord the app would have made at log time."""
-    logger, level, message, t_ns, pathname, lineno, func, thread, exc_text, stack, extra = entry[
-        :11
-    ]
-    # With plain arguments the record gets them back (a formatter may read record.args);
-    # otherwise it gets the message formatted at log time.
-    msg, args = entry[11] or (message, ())
-    record: logging.LogRecord
-    try:
-        record = logger.makeRecord(
-            logger.name, level, pathname, lineno, msg, args, None, func, extra, stack
-        )
-    except KeyError:
-        # `extra` tried to overwrite a record attribute; the stdlib would have raised at log time.
-        record = logger.makeRecord(
-            logger.name, level, pathname, lineno, msg, args, None, func, None, stack
-        )
-    created = t_ns / 1e9
-    record.created = created
-    record.msecs = (t_ns % 1_000_000_000) // 1_000_000 + 0.0
-    start = logging._startTime  # type: ignore[attr-defined]
-    if isinstance(start, int):  # Python 3.13+ keeps it in nanoseconds
-        record.relativeCreated = (t_ns - start) / 1e6
-    else:
-        record.relativeCreated = (created - start) * 1000.0
-    record.thread = thread.ident
-    record.threadName = thread.name
-    record.exc_text = exc_text
+# -- records made by the logger ------------------------------------------------------------
+
+
+def _make_record(
+    self: logging.Logger,
+    name: str,
+    level: int,
+    fn: str,
+    lno: int,
+    msg: object,
+    args: Any,
+    exc_info: Any,
+    func: str | None = None,
+    extra: Mapping[str, object] | None = None,
+    sinfo: str | None = None,
+) -> logging.LogRecord:
+    record: logging.LogRecord = _orig_make_record(
+        self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo
+    )
+    state = _current.get()
+    if state is None and exc_info:  # a server's line about a request's exception
+        state = of_exception(exc_info)
     tag(record, state)
+    if state is not None and state.needles:
+        _note_needles(record, state)
     return record
 
 
-def deliver(logger: logging.Logger, record: logging.LogRecord) -> None:
-    """Hand `record` to every handler its logger would use, whatever the handlers' levels.
+def _note_needles(record: logging.LogRecord, state: RequestState) -> None:
+    """Note which watched substrings a written record's message has (rules on `message`)."""
+    try:
+        message = record.getMessage()
+    except Exception:
+        return  # the handler will meet the same broken format and report it
+    seen = state.seen
+    if seen is not None:
+        for needle in state.needles:
+            if needle in message:
+                seen.add(needle)
 
-    The logger's own filters apply, as in `Logger.handle`; a handler that
-    raises is counted and skipped, and the others still get the record.
-    """
-    if logger.disabled:
+
+def tag(record: logging.LogRecord, state: RequestState | None) -> None:
+    """Give `record` the request's attributes (escaped: no value can forge a line), unless
+    the log call's `extra` set them; the raw values under ``hindsight_raw`` when they
+    differ."""
+    d = record.__dict__
+    if state is None:
+        d.setdefault("request_id", None)
+        d.setdefault("user_id", None)
+        d.setdefault("session_id", None)
         return
-    passed: Any = logger.filter(record)
-    if not passed:
-        return
-    if isinstance(passed, logging.LogRecord):  # Python 3.12+ filters may replace the record
-        record = passed
+    d.setdefault("request_id", state.request_id)
+    d.setdefault("user_id", state.shown_user)
+    d.setdefault("session_id", state.shown_session)
+    for key, value in state.shown_fields.items():
+        d.setdefault(key, value)
+    if state.raw is not None:
+        d.setdefault("hindsight_raw", state.raw)
+
+
+def _would_write(logger: logging.Logger, level: int) -> bool:
+    """Whether a handler the record would reach (as `callHandlers` walks them) takes `level`."""
     found = False
     current: logging.Logger | None = logger
     while current is not None:
         for handler in current.handlers:
-            found = True
-            try:
-                handler.handle(record)
-            except Exception as exc:
-                errors.report("handler", exc)
+            found = True  # a NullHandler too: it keeps lastResort away, as in callHandlers
+            if level >= handler.level and not isinstance(handler, logging.NullHandler):
+                return True
         current = current.parent if current.propagate else None
-    if not found and logging.lastResort is not None:
-        logging.lastResort.handle(record)
+    if found:
+        return False
+    last = logging.lastResort
+    return last is not None and level >= last.level
+
+
+# -- installing -------------------------------------------------------------------------------
+
+# The functions whose frames stand between a log call and its caller's frame.
+_RELOCATED = ("_keep_call", "_unwritten", "_take", "_caller")
+
+
+def _as_logging(function: Any, namespace: dict[str, Any], name: str) -> Any:
+    """`function` made to look defined in the logging module (file and module name)."""
+    code = function.__code__.replace(co_filename=_LOGGING_FILE)
+    made = types.FunctionType(code, namespace, name, function.__defaults__, function.__closure__)
+    made.__kwdefaults__ = function.__kwdefaults__
+    made.__qualname__ = f"Logger.{name}"
+    made.__module__ = "logging"
+    return made
 
 
 _installed = False
 
 
 def install() -> None:
-    """Wrap the logging methods (once per process; later calls do nothing)."""
+    """Replace the logging methods (once per process; later calls do nothing)."""
     global _installed
     if _installed:
         return
     _installed = True
-    _internal_files.add(_log.__code__.co_filename)
     _Logger._hindsight_internal = False  # type: ignore[attr-defined]
     errors.logger._hindsight_internal = True  # type: ignore[attr-defined]
-    setattr(_Logger, "isEnabledFor", _is_enabled_for)  # noqa: B010
-    setattr(_Logger, "_log", _log)  # noqa: B010
-    setattr(_Logger, "makeRecord", _make_record)  # noqa: B010
-    setattr(_Logger, "debug", _level_method(logging.DEBUG))  # noqa: B010
-    setattr(_Logger, "info", _level_method(logging.INFO))  # noqa: B010
+    namespace = dict(globals())
+    namespace["__name__"] = "logging"
+    for helper in _RELOCATED:
+        namespace[helper] = _as_logging(globals()[helper], namespace, helper)
+    for name, level in _LEVELS:
+        setattr(_Logger, name, _as_logging(_level_method(level), namespace, name))
+    _Logger.fatal = _Logger.critical
+    _Logger.log = _as_logging(_log_method, namespace, "log")  # type: ignore[method-assign]
+    _Logger.isEnabledFor = _is_enabled_for  # type: ignore[method-assign]
+    _Logger.makeRecord = _make_record  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
     """Put the original logging methods back (for tests)."""
     global _installed
     _installed = False
-    setattr(_Logger, "isEnabledFor", _orig_is_enabled_for)  # noqa: B010
-    setattr(_Logger, "_log", _orig_log)  # noqa: B010
-    setattr(_Logger, "makeRecord", _orig_make_record)  # noqa: B010
-    setattr(_Logger, "debug", _orig_debug)  # noqa: B010
-    setattr(_Logger, "info", _orig_info)  # noqa: B010
+    for name, original in _originals.items():
+        setattr(_Logger, name, original)
 
 
 # Installed on import, not only when the first middleware is built (Starlette builds

@@ -13,10 +13,12 @@ from contextvars import ContextVar
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from .buffer import Budget
+from .escaping import escape
 
-__all__ = ["RequestState", "bind", "current", "set_user"]
+if TYPE_CHECKING:
+    from .buffer import Budget, Counts
+
+__all__ = ["RequestState", "bind", "current", "mark_exception", "of_exception", "set_user"]
 
 # Above every logging level: a request with this `keep_level` keeps nothing on the fast path.
 CLOSED_LEVEL = 1 << 62
@@ -31,6 +33,7 @@ _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {
     "user_id",
     "session_id",
     "taskName",
+    "hindsight_raw",
 }
 
 
@@ -42,6 +45,7 @@ class RequestState:
         "capture_level",
         "client",
         "closed",
+        "counts",
         "detail_level",
         "detail_rule",
         "dropped",
@@ -59,8 +63,10 @@ class RequestState:
         "on_identity",
         "path",
         "raised",
+        "raw",
         "reason",
         "records",
+        "release_level",
         "released",
         "request_id",
         "reserved",
@@ -68,6 +74,9 @@ class RequestState:
         "seen",
         "session_from_cookie",
         "session_id",
+        "shown_fields",
+        "shown_session",
+        "shown_user",
         "slow",
         "started",
         "status",
@@ -94,6 +103,8 @@ class RequestState:
         max_records: int,
         max_bytes: int,
         budget: Budget,
+        counts: Counts,
+        release_level: int,
     ) -> None:
         # Positional, and one clock read: this runs for every request.
         self.request_id = request_id
@@ -108,9 +119,17 @@ class RequestState:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.budget = budget
+        self.counts = counts
+        self.release_level = release_level
         self.started = perf_counter()
         self.user_id: str | None = None
         self.session_id: str | None = None
+        # What records show of them: escaped (no forged lines); the raw values, when
+        # they differ, under `hindsight_raw` for structured formatters.
+        self.shown_user: str | None = None
+        self.shown_session: str | None = None
+        self.shown_fields: dict[str, Any] = {}
+        self.raw: dict[str, Any] | None = None
         # True when the session is only a hash of a cookie the client sent.
         self.session_from_cookie = False
         self.fields: dict[str, Any] = {}
@@ -155,12 +174,50 @@ class RequestState:
                 return str(value.decode("latin-1"))
         return None
 
+    def retag(self) -> None:
+        """Work out what records show of the user, session and bound fields (escaped)."""
+        self.shown_user = None if self.user_id is None else escape(self.user_id)
+        self.shown_session = None if self.session_id is None else escape(self.session_id)
+        fields = self.fields
+        self.shown_fields = {k: escape(v) if type(v) is str else v for k, v in fields.items()}
+        raw: dict[str, Any] = {}
+        if self.shown_user != self.user_id:
+            raw["user_id"] = self.user_id
+        if self.shown_session != self.session_id:
+            raw["session_id"] = self.session_id
+        for key, value in fields.items():
+            if self.shown_fields[key] is not value:
+                raw[key] = value
+        self.raw = raw or None
+
     def mentions(self, needle: str) -> bool:
         """Whether a record of the request, written or buffered, has `needle` in its message
         (a record written before `needle` was watched for is not known)."""
         if self.seen is not None and needle in self.seen:
             return True
-        return any(needle in entry[2] for entry in self.records)
+        return any(needle in entry[2] for entry in self.records)  # buffer.MESSAGE
+
+
+_STATE = "_hindsight_request"
+
+
+def mark_exception(exc: BaseException, state: RequestState) -> None:
+    """Let `exc`, raised by a request's app, carry the request: the server's own line
+    about it (uvicorn's "Exception in ASGI application" traceback), logged once the
+    request is over, is tagged with that request's id (`of_exception`)."""
+    try:
+        setattr(exc, _STATE, state)
+    except Exception:
+        pass  # an exception that takes no attributes: its line goes untagged
+
+
+def of_exception(exc_info: Any) -> RequestState | None:
+    """The request an exception of `exc_info` (a record's) was raised by, or None."""
+    if not exc_info or exc_info is True:
+        return None
+    exc = exc_info if isinstance(exc_info, BaseException) else exc_info[1]
+    state = getattr(exc, _STATE, None)
+    return state if isinstance(state, RequestState) else None
 
 
 def current() -> RequestState | None:
@@ -194,6 +251,7 @@ def set_user(user_id: str | int | None, session_id: str | int | None = None) -> 
     state.user_id = uid
     if sid is not None:
         state.session_id = sid
+    state.retag()
     if state.on_identity is not None:
         state.on_identity(state)
 
@@ -230,6 +288,7 @@ def bind(**fields: Any) -> None:
         state.user_id = uid
     if "session_id" in identity:
         state.session_id = sid
+    state.retag()
     if identity and state.on_identity is not None:
         state.on_identity(state)
 

@@ -8,20 +8,20 @@ by the background thread of `sync`; none of them is on the request path.
 
 from __future__ import annotations
 
-import itertools
-import logging
+import contextvars
 import os
 import re
-import sys
-from collections.abc import Iterable
+import time
+from collections import deque
+from random import getrandbits
 from time import perf_counter
 from typing import Any, TypeVar
 
 from . import capture, errors, options
-from ._sync import new_lock
 from .book import RuleBook
-from .buffer import Budget, Entry, release_memory
+from .buffer import Budget, Counts, release_memory
 from .context import CLOSED_LEVEL, RequestState
+from .release import MAX_QUEUED, RateLimit, Release, Writer, write_now
 from .rules import Rule
 from .sources import RulesPoller, load_initial
 from .stats import Stats, hash_session
@@ -80,6 +80,13 @@ class Hindsight:
         max_records: records kept per request (the most recent ones).
         max_bytes: bytes kept per request (estimated).
         max_total_bytes: bytes kept by all live requests of the process together.
+        release_handler_level: handlers up to this level (a name or a number)
+            receive released records of any level; a handler of a higher level
+            (mail, Sentry events) only those whose own level reaches it.
+        max_releases_per_s: releases written per second by the built-in
+            triggers and ``release`` rules, in bursts of up to twice that;
+            beyond, a release writes its summary only (``suppressed=N``).
+            Detail rules are never held back.
         request_id_header: the request header trusted for an incoming request
             id, and the response header that carries it.
         rules: rules in force from the start: a list of rule objects, or the
@@ -129,6 +136,8 @@ class Hindsight:
         max_records: int = 5000,
         max_bytes: int = 1_000_000,
         max_total_bytes: int = 64_000_000,
+        release_handler_level: int | str = "INFO",
+        max_releases_per_s: float = 20,
         request_id_header: str = "X-Request-ID",
         admin_read_token: str | None = None,
         admin_max_body: int = 64 * 1024,
@@ -165,8 +174,11 @@ class Hindsight:
         max_rules = options.positive_int("max_rules", max_rules)
         self._stats_limits = (max_routes, max_sessions)
         self.budget = Budget(self.max_total_bytes)
-        self._lock = new_lock()
-        self._counts = dict.fromkeys(("records_captured", "records_released", "records_dropped"), 0)
+        self.release_handler_level = options.level("release_handler_level", release_handler_level)
+        self.max_releases_per_s = options.positive_number("max_releases_per_s", max_releases_per_s)
+        self._limit = RateLimit(self.max_releases_per_s, burst=2 * self.max_releases_per_s)
+        self._counts = Counts()
+        self.writer = Writer(self._counts)
         self.stats = Stats(max_routes=self._stats_limits[0], max_sessions=self._stats_limits[1])
 
         self.store = open_store(store)
@@ -263,6 +275,8 @@ class Hindsight:
             self.max_records,
             self.max_bytes,
             self.budget,
+            self._counts,
+            self.release_handler_level,
         )
         if not self.rules.empty:
             self._begin_with_rules(state)
@@ -294,10 +308,8 @@ class Hindsight:
         state.keep_level = CLOSED_LEVEL
         records = list(state.records)
         release_memory(state)
-        written = _write(records, state)
-        with self._lock:
-            self._counts["records_captured"] += len(records)
-            self._counts["records_released"] += written
+        written = write_now(records, state.release_level)
+        self._counts.add(records_captured=len(records), records_released=written)
 
     def finish(self, state: RequestState, exception: BaseException | None = None) -> str | None:
         """Close the request: release its buffer or discard it. Returns the release reason.
@@ -333,18 +345,19 @@ class Hindsight:
                 trigger = "status"
             elif state.slow:
                 trigger = "slow"
-            reason = trigger if self.rules.empty else self._decide(state, trigger, duration_ms)
+            if self.rules.empty:
+                reason, limited = trigger, True
+            else:
+                reason, limited = self._decide(state, trigger, duration_ms)
             state.reason = reason
             state.released = reason is not None
-            released = 0
+            kept = len(state.records)
+            if kept or state.dropped:
+                self._counts.add(
+                    records_captured=kept + state.dropped, records_dropped=state.dropped
+                )
             if reason is not None:
-                released = self._release(state, reason, duration_ms, exception)
-            if reason is not None or state.records or state.dropped:
-                with self._lock:
-                    counts = self._counts
-                    counts["records_captured"] += len(state.records) + state.dropped
-                    counts["records_dropped"] += state.dropped
-                    counts["records_released"] += released
+                self._release(state, reason, duration_ms, limited)
             if self.session_cookie is not None and state.session_id is None:
                 state.session_id = _cookie_session(state, self.session_cookie)
                 state.session_from_cookie = state.session_id is not None
@@ -361,61 +374,61 @@ class Hindsight:
                 state.on_identity = state.seen = None
         return reason
 
-    def _decide(self, state: RequestState, trigger: str | None, duration_ms: float) -> str | None:
-        """The end-time rules first (a `drop` silences even a failure), then the built-in
-        `trigger`, then a detail rule that was on for the request."""
+    def _decide(
+        self, state: RequestState, trigger: str | None, duration_ms: float
+    ) -> tuple[str | None, bool]:
+        """The release reason and whether the release limit applies to it: the end-time
+        rules first (a `drop` silences even a failure), then the built-in `trigger`, then
+        a detail rule that was on for the request (never limited)."""
         rule = self.rules.decide(state, duration_ms)
         if rule is not None:
-            return f"rule:{rule.id}" if rule.action == "release" else None
+            return (f"rule:{rule.id}", True) if rule.action == "release" else (None, False)
         if trigger is None and state.detail_rule is not None:
-            return f"rule:{state.detail_rule}"
-        return trigger
+            return f"rule:{state.detail_rule}", False
+        return trigger, True
 
-    def _release(
-        self,
-        state: RequestState,
-        reason: str,
-        duration_ms: float,
-        exception: BaseException | None,
-    ) -> int:
-        """Write the summary, then the buffered records in order; return how many were written."""
-        records = state.records
-        outcome = "-> no response" if state.status is None else f"-> {state.status}"
-        if exception is not None:
-            outcome += f", raised {type(exception).__name__}"
-        summary = logger.makeRecord(
-            logger.name,
-            logging.INFO,
-            __file__,
-            sys._getframe().f_lineno,
-            "hindsight release: %s %s %s in %.1f ms (reason: %s) request_id=%s "
-            "records=%d dropped=%d",
-            (
-                safe_text(state.method, 16),
-                safe_text(state.path, _MAX_PATH_SHOWN),
-                outcome,
-                duration_ms,
-                reason,
-                state.request_id,
-                len(records),
-                state.dropped,
-            ),
-            None,
-            "release",
-            {
-                "http_method": state.method,
-                "http_path": state.path,
-                "http_status": state.status,
-                "duration_ms": round(duration_ms, 3),
-                "release_reason": reason,
-                "records_released": len(records),
-                "records_dropped": state.dropped,
-            },
+    def _release(self, state: RequestState, reason: str, duration_ms: float, limited: bool) -> None:
+        """Hand the summary and the kept records to the writer thread (the records and
+        the bytes they hold go with them); beyond `max_releases_per_s`, the summary only."""
+        records, reserved = state.records, state.reserved
+        state.records, state.reserved, state.nbytes = deque(), 0, 0
+        suppressed = 0
+        if limited and not self._limit.take():
+            suppressed = len(records)
+            records = deque()
+            self.budget.give_back(reserved)
+            reserved = 0
+            self._counts.add(releases_suppressed=1, records_suppressed=suppressed)
+        job = Release(
+            request_id=state.request_id,
+            method=state.method,
+            path=state.path,
+            status=state.status,
+            raised=state.raised,
+            duration_ms=duration_ms,
+            reason=reason,
+            entries=records,
+            dropped=state.dropped,
+            suppressed=suppressed,
+            context=contextvars.copy_context(),
+            at=time.time(),
+            budget=self.budget,
+            reserved=reserved,
+            release_level=self.release_handler_level,
         )
-        capture.tag(summary, state)
-        if logger.manager.disable < logging.INFO:  # logging.disable() silences it too
-            capture.deliver(logger, summary)
-        return _write(records, state)
+        if not self.writer.submit(job):
+            self.budget.give_back(reserved)
+            self._counts.add(releases_dropped=1, records_dropped=len(records))
+            errors.report("release", OverflowError(f"{MAX_QUEUED} releases waiting: dropped"))
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every release handed over so far is written (by the background
+        thread); returns False if `timeout_s` seconds passed first.
+
+        Releases are written off the request path; call this where the next step
+        reads what they wrote (a test, the end of a batch job).
+        """
+        return self.writer.flush(timeout_s)
 
     # -- rules: the Python API (through the rule book, like the admin API) ----------
 
@@ -452,27 +465,15 @@ class Hindsight:
     # -- reporting ---------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        """Counts since start: requests, releases, records captured, released and
-        dropped, internal errors, and buffer bytes in use now."""
+        """Counts since start: requests, releases, records captured, released, dropped
+        and suppressed, releases suppressed and dropped, internal errors, and buffer
+        bytes in use now."""
         totals = self.stats.totals()
-        with self._lock:
-            counts = {"requests": totals["requests"], "releases": totals["releases"]}
-            counts.update(self._counts)
+        counts = {"requests": totals["requests"], "releases": totals["releases"]}
+        counts.update(self._counts.snapshot())
         counts["internal_errors"] = errors.count()
         counts["buffer_bytes"] = self.budget.used
         return counts
-
-
-def _write(records: Iterable[Entry], state: RequestState) -> int:
-    """Write kept `records` of `state` through their loggers' handlers; how many were written."""
-    written = 0
-    for entry in records:
-        try:
-            capture.deliver(entry[0], capture.build_record(entry, state))
-            written += 1
-        except Exception as exc:
-            errors.report("release", exc)
-    return written
 
 
 _App = TypeVar("_App")
@@ -503,34 +504,23 @@ def middleware_arguments(
     return app, hindsight if hindsight is not None else Hindsight(**options)
 
 
+def adopt_request_id(state: RequestState, request_id: str) -> None:
+    """Make `request_id` (the app answered with it) the request's id, if it is a valid one:
+    the summary and the records written from now on carry it."""
+    if request_id != state.request_id and _REQUEST_ID.fullmatch(request_id):
+        state.request_id = request_id
+
+
 def new_request_id() -> str:
-    """A new request id: 32 hex digits, unique across processes and hosts.
-
-    A random prefix per process and a counter: no system call per request.
-    """
-    return _id_prefix + hex(next(_id_counter))[2:]
-
-
-def _new_id_prefix() -> None:
-    global _id_prefix, _id_counter
-    _id_prefix = os.urandom(8).hex()
-    _id_counter = itertools.count(1 << 60)  # 16 hex digits from the start
+    """A new request id: 32 hex digits, random (a UUID 4), so that ids tell nothing of
+    the process or of how many requests came before; accepted by layers that want a
+    UUID (asgi-correlation-id)."""
+    return f"{getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
 
 
-_id_prefix = ""
-_id_counter = itertools.count(1 << 60)
-_new_id_prefix()
-if hasattr(os, "register_at_fork"):  # a forked worker must not repeat its parent's ids
-    os.register_at_fork(after_in_child=_new_id_prefix)
-
-
-def safe_text(text: str, limit: int) -> str:
-    """`text` with control characters escaped (no raw newlines in a log line), cut at `limit`."""
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    if _UNSAFE.search(text):
-        text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    return text
+# The version (4) and variant (RFC 4122) bits of a UUID 4.
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 
 def _cookie_session(state: RequestState, name: str) -> str | None:

@@ -43,6 +43,21 @@ _COUNTERS = {
         "counter",
         "Log records dropped because a request's buffer or the total budget was full.",
     ),
+    "records_suppressed": (
+        "hindsight_records_suppressed_total",
+        "counter",
+        "Log records not written: their release was beyond max_releases_per_s.",
+    ),
+    "releases_suppressed": (
+        "hindsight_releases_suppressed_total",
+        "counter",
+        "Releases beyond max_releases_per_s: their summary only was written.",
+    ),
+    "releases_dropped": (
+        "hindsight_releases_dropped_total",
+        "counter",
+        "Releases lost because the queue of the writer thread was full.",
+    ),
     "internal_errors": (
         "hindsight_internal_errors_total",
         "counter",

@@ -15,6 +15,7 @@ __all__ = [
     "optional_number",
     "optional_status",
     "positive_int",
+    "positive_number",
     "seconds",
     "token",
 ]
@@ -33,6 +34,12 @@ def optional_number(name: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"invalid {name!r} {value!r}: expected a number >= 0 or None")
+    return float(value)
+
+
+def positive_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ValueError(f"invalid {name!r} {value!r}: expected a number > 0")
     return float(value)
 
 

@@ -17,6 +17,7 @@ from flask import Flask
 
 import hindsight_web
 from hindsight_web import Hindsight, HindsightMiddleware, HindsightWSGIMiddleware
+from hindsight_web.release import flush_all
 
 log = logging.getLogger("app")
 
@@ -128,9 +129,12 @@ class AppClient:
             headers.setdefault("Content-Type", "application/json")
         if self._async is not None and self._loop is not None:
             call = self._async.request(method, path, content=content, headers=headers)
-            return self._loop.run_until_complete(call)
-        assert self._sync is not None
-        return self._sync.request(method, path, content=content, headers=headers)
+            response = self._loop.run_until_complete(call)
+        else:
+            assert self._sync is not None
+            response = self._sync.request(method, path, content=content, headers=headers)
+        flush_all()  # releases are written by a background thread
+        return response
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", path, **kwargs)

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from hindsight_web.release import flush_all
+
 log = logging.getLogger("app")
 
 
@@ -43,6 +45,7 @@ async def call_asgi(
     result["status"] = start["status"] if start else None
     result["headers"] = {k.decode(): v.decode() for k, v in (start or {}).get("headers", [])}
     result["body"] = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    flush_all()  # releases are written by a background thread
     return result
 
 
@@ -93,4 +96,5 @@ def call_wsgi(app: Any, path: str = "/", headers: Any = (), consume: bool = True
         if close is not None:
             close()
     result["body"] = b"".join(body)
+    flush_all()  # releases are written by a background thread
     return result

@@ -12,6 +12,7 @@ from flask import Flask
 
 import hindsight_web
 from hindsight_web import HindsightMiddleware, HindsightWSGIMiddleware
+from hindsight_web.release import flush_all
 
 from .conftest import ListHandler
 
@@ -56,7 +57,9 @@ def fastapi_app() -> FastAPI:
 async def get(app: Any, path: str, **kwargs: Any) -> httpx.Response:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        return await client.get(path, **kwargs)
+        response = await client.get(path, **kwargs)
+    flush_all()  # releases are written by a background thread
+    return response
 
 
 def test_set_user_from_dependency_and_sync_endpoint(out: ListHandler) -> None:
@@ -107,6 +110,7 @@ def test_flask_user_and_release(out: ListHandler) -> None:
     response = app.test_client().get("/fail", headers={"X-User": "carol"})
     assert response.status_code == 500
     response.close()  # as a server does: the request ends when the response is closed
+    flush_all()
     rid = response.headers["X-Request-ID"]
     released = [r for r in out.records if r.name == "app"]
     assert [r.getMessage() for r in released] == ["flask detail"]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from hindsight_web import HindsightWSGIMiddleware
+from hindsight_web.release import flush_all
 
 from .apps import call_wsgi, log
 from .conftest import ListHandler
@@ -91,6 +92,7 @@ def test_early_close_closes_once_and_counts_until_close(out: ListHandler) -> Non
     next(iterator)
     response.close()  # type: ignore[attr-defined]
     response.close()  # type: ignore[attr-defined]
+    flush_all()
     assert body.closed == 1
     assert out.messages()[1:] == ["app called", "chunk 0"]
     assert sum(m.startswith("hindsight release") for m in out.messages()) == 1
@@ -138,6 +140,7 @@ def test_start_response_called_again_with_exc_info(out: ListHandler) -> None:
     )
     list(response)
     response.close()  # type: ignore[attr-defined]
+    flush_all()
     assert seen == ["200 OK", "500 Internal Server Error"]
     assert "-> 500" in out.messages()[0]
 

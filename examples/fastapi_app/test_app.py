@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from examples.conftest import LineHandler
 from examples.fastapi_app.app import LOG_FORMAT, create_app
+from hindsight_web.release import flush_all
 
 SUMMARY = re.compile(r"hindsight release: .* request_id=(\w+) ")
 
@@ -29,7 +30,9 @@ def get(app: FastAPI, path: str, **headers: str) -> httpx.Response:
                 path, headers={k.replace("_", "-"): v for k, v in headers.items()}
             )
 
-    return asyncio.run(run())
+    response = asyncio.run(run())
+    flush_all()  # releases are written by a background thread
+    return response
 
 
 def of_request(logs: LineHandler, request_id: str) -> list[str]:

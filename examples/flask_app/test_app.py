@@ -11,6 +11,7 @@ from werkzeug.test import TestResponse
 
 from examples.conftest import LineHandler
 from examples.flask_app.app import LOG_FORMAT, create_app
+from hindsight_web.release import flush_all
 
 
 @pytest.fixture
@@ -20,9 +21,11 @@ def logs(capture_logs: Callable[[str], LineHandler]) -> LineHandler:
 
 def get(app: Flask, path: str, **headers: str) -> TestResponse:
     # buffered=True closes the response, as a WSGI server does; that ends the request.
-    return app.test_client().get(
+    response = app.test_client().get(
         path, headers={k.replace("_", "-"): v for k, v in headers.items()}, buffered=True
     )
+    flush_all()  # releases are written by a background thread
+    return response
 
 
 def of_request(logs: LineHandler, request_id: str) -> list[str]:

@@ -1,0 +1,429 @@
+"""The output side: everything hindsight writes, made as the stdlib would have made it.
+
+A kept record becomes a real `LogRecord` through its logger's own `makeRecord`
+(the app's record factory and record class) with the original ``msg`` object
+and arguments, its caller and time taken at log time, its ``exc_info`` while
+the request is in memory, and it is made, filtered and handled in the
+contextvars context of its log call (the OpenTelemetry span, structlog's
+contextvars, Flask's request). It goes to the handlers its logger would use
+(as ``callHandlers`` walks them) whose level is at most ``release_handler_level``,
+and to a handler of a higher level (mail, Sentry events, pagers) only when its
+own level reaches that handler's.
+
+Releases (one summary, then the kept records in their order) are written by one
+background thread per `Hindsight` (`Writer`), never on the request path nor on an
+event loop: a handler that blocks holds up only that thread. The queue is
+bounded; a release that finds it full is dropped and counted. Detail mode writes
+its records at once (`write_live`), as the app's own logging does.
+
+Records that handlers make while hindsight hands them a record are never kept
+or detailed again (`delivering`): a handler that logs cannot make hindsight
+recurse.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from . import errors
+from ._sync import new_lock
+from .buffer import (
+    CONTEXT,
+    EXC_INFO,
+    EXC_TEXT,
+    EXTRA,
+    FUNC,
+    LEVEL,
+    LINENO,
+    LOGGER,
+    MESSAGE,
+    ORIGINAL,
+    PATHNAME,
+    STACK,
+    THREAD,
+    TIME_NS,
+    Budget,
+    Counts,
+    Entry,
+)
+from .escaping import shown
+
+__all__ = [
+    "MAX_QUEUED",
+    "RateLimit",
+    "Release",
+    "Writer",
+    "build_record",
+    "deliver",
+    "delivering",
+    "flush_all",
+    "write_live",
+    "write_now",
+]
+
+logger = errors.logger
+
+MAX_QUEUED = 10_000
+"""Releases waiting for the writer thread, at most; the records they hold are within
+the byte budget of the requests they came from."""
+
+_MAX_PATH_SHOWN = 300
+_delivering: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "hindsight_web.delivering", default=False
+)
+
+
+def delivering() -> bool:
+    """True while hindsight hands a record to handlers (in this context)."""
+    return _delivering.get()
+
+
+# -- making records -------------------------------------------------------------------
+
+
+def build_record(entry: Entry) -> logging.LogRecord:
+    """The LogRecord the app would have made at log time for a kept `entry`.
+
+    Call it in the entry's context (``entry[CONTEXT].run``): the record factory
+    and `makeRecord` read ambient state there.
+    """
+    log: logging.Logger = entry[LOGGER]
+    original = entry[ORIGINAL]
+    msg, args = original if original is not None else (entry[MESSAGE], ())
+    exc_info = entry[EXC_INFO]
+    pathname, lineno, func = entry[PATHNAME], entry[LINENO], entry[FUNC]
+    level, extra, stack = entry[LEVEL], entry[EXTRA], entry[STACK]
+    try:
+        record = log.makeRecord(
+            log.name, level, pathname, lineno, msg, args, exc_info, func, extra, stack
+        )
+    except KeyError:
+        # `extra` tried to overwrite a record attribute; the stdlib would have raised at log time.
+        record = log.makeRecord(
+            log.name, level, pathname, lineno, msg, args, exc_info, func, None, stack
+        )
+    t_ns = entry[TIME_NS]
+    created = t_ns / 1e9
+    record.created = created
+    record.msecs = (t_ns % 1_000_000_000) // 1_000_000 + 0.0
+    start = logging._startTime  # type: ignore[attr-defined]
+    if isinstance(start, int):  # Python 3.13+ keeps it in nanoseconds
+        record.relativeCreated = (t_ns - start) / 1e6
+    else:
+        record.relativeCreated = (created - start) * 1000.0
+    thread = entry[THREAD]
+    record.thread = thread.ident
+    record.threadName = thread.name
+    if exc_info is None:
+        record.exc_text = entry[EXC_TEXT]
+    return record
+
+
+def write_live(
+    log: logging.Logger,
+    level: int,
+    msg: object,
+    args: Any,
+    exc_info: Any,
+    extra: Any,
+    caller: tuple[str, int, str, str | None],
+    release_level: int,
+) -> None:
+    """Make and write a record at once (detail mode): the record the stdlib makes for
+    this call (`caller`: pathname, lineno, funcName, stack text), to the handlers
+    `deliver` picks."""
+    pathname, lineno, func, stack = caller
+    record = log.makeRecord(
+        log.name, level, pathname, lineno, msg, args, exc_info, func, extra, stack
+    )
+    deliver(log, record, release_level)
+
+
+def deliver(log: logging.Logger, record: logging.LogRecord, release_level: int) -> None:
+    """Hand `record` to the handlers its logger would use: those of a level up to
+    `release_level` whatever the record's level, the others when the record's level
+    reaches theirs.
+
+    The logger's own filters apply, as in `Logger.handle`, and ``logging.disable``
+    too; a handler that raises is counted and skipped, and the others still get
+    the record. Records made by the handlers meanwhile are not kept again.
+    """
+    if log.disabled or record.levelno <= log.manager.disable:
+        return
+    passed: Any = log.filter(record)
+    if not passed:
+        return
+    if isinstance(passed, logging.LogRecord):  # Python 3.12+ filters may replace the record
+        record = passed
+    token = _delivering.set(True)
+    try:
+        found = False
+        current: logging.Logger | None = log
+        level = record.levelno
+        while current is not None:
+            for handler in current.handlers:
+                found = True
+                if handler.level <= release_level or level >= handler.level:
+                    try:
+                        handler.handle(record)
+                    except Exception as exc:
+                        errors.report("handler", exc)
+            current = current.parent if current.propagate else None
+        last = logging.lastResort
+        if not found and last is not None and level >= last.level:
+            last.handle(record)
+    finally:
+        _delivering.reset(token)
+
+
+# -- releases ---------------------------------------------------------------------------
+
+
+@dataclass
+class Release:
+    """One release, handed from the request to the writer thread.
+
+    Attributes:
+        request_id, method, path, status, raised: the request (``raised``: the
+            type name of an exception the app raised, or None).
+        duration_ms: until the last body byte.
+        reason: why it is released (``"status"``, ``"slow"``, ``"rule:<id>"``, ...).
+        entries: the kept records, in order (empty when suppressed).
+        dropped: records the request's buffer dropped.
+        suppressed: records held back by the release limit.
+        context: the request's contextvars context at its end (for the summary).
+        at: when it ended, epoch seconds.
+        budget, reserved: the bytes its records hold, given back once written.
+        release_level: ``release_handler_level``.
+    """
+
+    request_id: str
+    method: str
+    path: str
+    status: int | None
+    raised: str | None
+    duration_ms: float
+    reason: str
+    entries: list[Entry] | deque[Entry]
+    dropped: int
+    suppressed: int
+    context: contextvars.Context
+    at: float
+    budget: Budget
+    reserved: int
+    release_level: int
+
+
+def _summary(job: Release) -> logging.LogRecord:
+    outcome = "-> no response" if job.status is None else f"-> {job.status}"
+    if job.raised is not None:
+        outcome += f", raised {shown(job.raised, 100)}"
+    text = "hindsight release: %s %s %s in %.1f ms (reason: %s) request_id=%s records=%d dropped=%d"
+    args: tuple[Any, ...] = (
+        shown(job.method, 16),
+        shown(job.path, _MAX_PATH_SHOWN),
+        outcome,
+        job.duration_ms,
+        job.reason,
+        job.request_id,
+        len(job.entries),
+        job.dropped,
+    )
+    if job.suppressed:
+        text += " suppressed=%d"
+        args += (job.suppressed,)
+    record = logger.makeRecord(
+        logger.name,
+        logging.INFO,
+        __file__,
+        sys._getframe().f_lineno,
+        text,
+        args,
+        None,
+        "release",
+        {
+            "http_method": job.method,
+            "http_path": job.path,
+            "http_status": job.status,
+            "duration_ms": round(job.duration_ms, 3),
+            "release_reason": job.reason,
+            "records_released": len(job.entries),
+            "records_dropped": job.dropped,
+            "records_suppressed": job.suppressed,
+        },
+    )
+    record.created = job.at
+    record.msecs = (job.at * 1000) % 1000
+    return record
+
+
+def write(job: Release, counts: Counts) -> None:
+    """Write a release: its summary, then its records in order, each in its own context."""
+    written = 0
+    try:
+        job.context.run(_write_summary, job)
+        for entry in job.entries:
+            if entry[CONTEXT].run(_write_entry, entry, job.release_level):
+                written += 1
+    finally:
+        job.entries = []
+        job.budget.give_back(job.reserved)
+        counts.add(records_released=written)
+
+
+def write_now(entries: list[Entry], release_level: int) -> int:
+    """Write kept records at once, in order, each in its own context (detail mode turning
+    on); returns how many were written."""
+    return sum(entry[CONTEXT].run(_write_entry, entry, release_level) for entry in entries)
+
+
+def _write_summary(job: Release) -> None:
+    try:
+        deliver(logger, _summary(job), job.release_level)
+    except Exception as exc:
+        errors.report("release", exc)
+
+
+def _write_entry(entry: Entry, release_level: int) -> bool:
+    try:
+        deliver(entry[LOGGER], build_record(entry), release_level)
+        return True
+    except Exception as exc:
+        errors.report("release", exc)
+        return False
+
+
+class RateLimit:
+    """A token bucket: `rate` takes per second, `burst` at once; thread-safe."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+        self._lock = new_lock()
+
+    def take(self) -> bool:
+        """Take one token; False when none is left."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
+
+
+class _Queue:
+    """The releases waiting for a writer thread, and the count of those not yet written."""
+
+    def __init__(self) -> None:
+        self.jobs: deque[Release] = deque()
+        self.cond = threading.Condition(new_lock())
+        self.unwritten = 0
+
+
+class Writer:
+    """The background thread that writes one Hindsight's releases.
+
+    Args:
+        counts: where written and dropped records are counted.
+
+    The thread starts with the first release of each process (also after a
+    fork); it holds only a weak reference to the writer, so it ends once the
+    writer is gone and nothing is left to write.
+    """
+
+    def __init__(self, counts: Counts) -> None:
+        self.counts = counts
+        self._queue = _Queue()
+        self._started = False
+        _writers.add(self)
+
+    def submit(self, job: Release) -> bool:
+        """Queue `job` for writing; False (and nothing queued) when the queue is full."""
+        queue = self._queue
+        with queue.cond:
+            if len(queue.jobs) >= MAX_QUEUED:
+                return False
+            queue.jobs.append(job)
+            queue.unwritten += 1
+            if not self._started:
+                self._started = True
+                threading.Thread(
+                    target=_run,
+                    args=(weakref.ref(self), queue, self.counts),
+                    name="hindsight-release",
+                    daemon=True,
+                ).start()
+            queue.cond.notify()
+        return True
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every release queued so far is written; False if `timeout_s` passed."""
+        queue = self._queue
+        deadline = time.monotonic() + timeout_s
+        with queue.cond:
+            while queue.unwritten:
+                left = deadline - time.monotonic()
+                if left <= 0 or not queue.cond.wait(left):
+                    return queue.unwritten == 0
+        return True
+
+
+def _run(ref: weakref.ref[Writer], queue: _Queue, counts: Counts) -> None:
+    cond = queue.cond
+    while True:
+        with cond:
+            while not queue.jobs:
+                if ref() is None:
+                    return  # its Hindsight is gone and everything is written
+                cond.wait(5.0)
+            job = queue.jobs.popleft()
+        try:
+            write(job, counts)
+        except Exception as exc:
+            errors.report("release", exc)
+        finally:
+            with cond:
+                queue.unwritten -= 1
+                cond.notify_all()
+
+
+_writers: weakref.WeakSet[Writer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's thread and its queue are the parent's: the child starts empty.
+    for writer in list(_writers):
+        writer._queue = _Queue()
+        writer._started = False
+
+
+def flush_all(timeout_s: float = 5.0) -> bool:
+    """Wait until every release handed over so far, by every `Hindsight` of this process,
+    is written; False if `timeout_s` seconds passed first (for tests of apps whose
+    middleware makes its own `Hindsight`)."""
+    deadline = time.monotonic() + timeout_s
+    return all(writer.flush(max(0.0, deadline - time.monotonic())) for writer in list(_writers))
+
+
+def _flush_at_exit() -> None:
+    """Releases promised before the process ends are written (two seconds at most)."""
+    flush_all(2.0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_flush_at_exit)
