@@ -14,6 +14,7 @@ import os
 import weakref
 from typing import Any
 
+from . import errors
 from ._sync import new_lock
 from .context import RequestState
 
@@ -66,6 +67,7 @@ class Budget:
     def __init__(self, total: int) -> None:
         self.total = total
         self.used = 0
+        self.exhausted = False  # since it last ran out, until bytes come back
         self._lock = new_lock()
         _budgets.add(self)
 
@@ -84,11 +86,18 @@ class Budget:
             if granted > 0:
                 self.used += granted
                 state.reserved += granted
+            report = granted < wanted and not self.exhausted
+            if report:
+                self.exhausted = True
+        if report:
+            _report_exhausted(self)
 
     def give_back(self, nbytes: int) -> None:
         """Take back `nbytes` reserved by a request that no longer holds them."""
         with self._lock:
             self.used = max(0, self.used - nbytes)
+            if self.exhausted and self.used < self.total // 2:
+                self.exhausted = False  # reported again if it runs out again
 
     def release(self, state: RequestState) -> None:
         """Take back everything `state` reserved."""
@@ -98,6 +107,19 @@ class Budget:
 
 
 _budgets: weakref.WeakSet[Budget] = weakref.WeakSet()
+
+
+def _report_exhausted(budget: Budget) -> None:
+    try:
+        errors.logger.warning(
+            "hindsight-web: the byte budget of request buffers (max_total_bytes=%d) is used "
+            "up: records are dropped (and counted as records_dropped) until requests and "
+            "releases waiting to be written give bytes back; this is said again only after "
+            "it recovered",
+            budget.total,
+        )
+    except Exception:
+        pass  # a handler that fails: the drops are counted all the same
 
 
 def _after_fork_in_child() -> None:

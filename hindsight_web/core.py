@@ -383,8 +383,8 @@ class Hindsight:
         rule = self.rules.decide(state, duration_ms)
         if rule is not None:
             return (f"rule:{rule.id}", True) if rule.action == "release" else (None, False)
-        if trigger is None and state.detail_rule is not None:
-            return f"rule:{state.detail_rule}", False
+        if state.detail_rule is not None:  # its records were written live: never held back
+            return trigger or f"rule:{state.detail_rule}", False
         return trigger, True
 
     def _release(self, state: RequestState, reason: str, duration_ms: float, limited: bool) -> None:

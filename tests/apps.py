@@ -13,9 +13,12 @@ log = logging.getLogger("app")
 
 
 async def call_asgi(
-    app: Any, path: str = "/", method: str = "GET", headers: Any = ()
+    app: Any, path: str = "/", method: str = "GET", headers: Any = (), flush: bool = True
 ) -> dict[str, Any]:
-    """Run one HTTP request through an ASGI app; return status, headers, body, exception."""
+    """Run one HTTP request through an ASGI app; return status, headers, body, exception.
+
+    With `flush`, wait until hindsight's background thread wrote its releases.
+    """
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -45,7 +48,8 @@ async def call_asgi(
     result["status"] = start["status"] if start else None
     result["headers"] = {k.decode(): v.decode() for k, v in (start or {}).get("headers", [])}
     result["body"] = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    flush_all()  # releases are written by a background thread
+    if flush:
+        flush_all()  # releases are written by a background thread
     return result
 
 
@@ -53,8 +57,13 @@ def run_asgi(app: Any, path: str = "/", **kwargs: Any) -> dict[str, Any]:
     return asyncio.run(call_asgi(app, path, **kwargs))
 
 
-def call_wsgi(app: Any, path: str = "/", headers: Any = (), consume: bool = True) -> dict[str, Any]:
-    """Run one request through a WSGI app as a PEP 3333 server would."""
+def call_wsgi(
+    app: Any, path: str = "/", headers: Any = (), consume: bool = True, flush: bool = True
+) -> dict[str, Any]:
+    """Run one request through a WSGI app as a PEP 3333 server would.
+
+    With `flush`, wait until hindsight's background thread wrote its releases.
+    """
     environ = {
         "REQUEST_METHOD": "GET",
         "SCRIPT_NAME": "",
@@ -96,5 +105,6 @@ def call_wsgi(app: Any, path: str = "/", headers: Any = (), consume: bool = True
         if close is not None:
             close()
     result["body"] = b"".join(body)
-    flush_all()  # releases are written by a background thread
+    if flush:
+        flush_all()  # releases are written by a background thread
     return result

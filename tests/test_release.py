@@ -90,7 +90,7 @@ def serve(adapter: str, view: View, hs: Hindsight) -> Callable[[str], dict[str, 
             await send({"type": "http.response.body", "body": b"done"})
 
         app: Any = HindsightMiddleware(asgi, hindsight=hs)
-        return lambda path: run_asgi(app, unquote(path))
+        return lambda path: run_asgi(app, unquote(path), flush=False)
 
     def wsgi(environ: Any, start_response: Any) -> list[bytes]:
         status = view()
@@ -99,7 +99,7 @@ def serve(adapter: str, view: View, hs: Hindsight) -> Callable[[str], dict[str, 
 
     wrapped = HindsightWSGIMiddleware(wsgi, hindsight=hs)
     # A WSGI server hands over the path as latin-1 decoded bytes (PEP 3333).
-    return lambda path: call_wsgi(wrapped, unquote(path, encoding="latin-1"))
+    return lambda path: call_wsgi(wrapped, unquote(path, encoding="latin-1"), flush=False)
 
 
 def failing(lines: int) -> View:
@@ -277,7 +277,7 @@ def test_releases_waiting_for_a_blocked_handler_take_bounded_memory_and_drops_ar
 
     async def requests(start: int, stop: int) -> None:
         for i in range(start, stop):
-            await call_asgi(wrapped, f"/r/{i}")
+            await call_asgi(wrapped, f"/r/{i}", flush=False)
 
     tracemalloc.start()
     try:
@@ -299,14 +299,11 @@ def test_releases_waiting_for_a_blocked_handler_take_bounded_memory_and_drops_ar
     )
     counters = hs.counters()
     written = len(gate.messages("app"))
-    dropped_releases = [key for key in counters if "release" in key and "drop" in key]
-    if dropped_releases:
-        dropped = counters[dropped_releases[0]]
-        assert dropped > 0, f"nothing counted as dropped: {counters}"
-        assert written == (QUEUE_REQUESTS - dropped) * QUEUE_LINES
-    else:
-        assert counters["records_dropped"] > 0, f"nothing counted as dropped: {counters}"
-        assert written + counters["records_dropped"] == QUEUE_REQUESTS * QUEUE_LINES
+    # Bounded by the byte budget (records dropped as they come) or by the queue (whole
+    # releases dropped, their records counted as dropped too): every record is written
+    # or counted.
+    assert counters["records_dropped"] > 0, f"nothing counted as dropped: {counters}"
+    assert written + counters["records_dropped"] == QUEUE_REQUESTS * QUEUE_LINES
     reports = [
         message
         for message in gate.messages("hindsight_web")
@@ -348,7 +345,7 @@ def test_a_storm_of_failures_writes_at_most_the_rate_of_releases(out: ListHandle
         rids = []
         started = time.perf_counter()
         for user in users:
-            result = await call_asgi(app, "/checkout", headers=[("x-user", user)])
+            result = await call_asgi(app, "/checkout", headers=[("x-user", user)], flush=False)
             assert result["status"] == 500
             rids.append(result["headers"]["x-request-id"])
             await asyncio.sleep(0.01)  # 100 requests in about a second
@@ -416,7 +413,9 @@ def test_a_thousand_and_a_half_small_concurrent_requests_all_keep_their_records(
     wrapped = HindsightMiddleware(app, hindsight=hs)
 
     async def together() -> list[dict[str, Any]]:
-        return await asyncio.gather(*(call_asgi(wrapped, f"/r/{i}") for i in range(CONCURRENT)))
+        return await asyncio.gather(
+            *(call_asgi(wrapped, f"/r/{i}", flush=False) for i in range(CONCURRENT))
+        )
 
     results = asyncio.run(together())
     flush(hs)
@@ -538,13 +537,11 @@ def test_records_a_handler_makes_in_detail_mode_are_written_once_without_recursi
     serve("asgi", view, hs)("/")
     flush(hs)
 
+    # The library's DEBUG records, made while hindsight hands a record to the handler,
+    # are never kept nor detailed: they take the stdlib's path, which drops them (root at
+    # INFO), as it would without hindsight.
     handled = [m for m in handler.handled if m.startswith(("app", "handling"))]
-    assert len(handled) <= 4 + 4, f"{len(handled)} records handled, e.g. {handled[:9]}"
-    assert [m for m in handled if m.startswith("app")] == [f"app {i}" for i in range(4)]
-    assert [m for m in handled if m.startswith("handling app")] == [
-        f"handling app {i}" for i in range(4)
-    ]
-    assert not [m for m in handled if m.startswith("handling handling")]
+    assert handled == [f"app {i}" for i in range(4)], f"{len(handled)} records handled"
 
 
 # -- 7. the admin answers a committed change as committed ----------------------------------------
