@@ -17,42 +17,71 @@ from typing import Any
 from . import errors
 from ._sync import new_lock
 from .context import RequestState
+from .messages import text
 
 # An entry's fields, by position.
 LOGGER = 0  # the logging.Logger called
 LEVEL = 1
-MESSAGE = 2  # the message formatted at log time (what rules on `message` and sizes read)
-TIME_NS = 3
-PATHNAME = 4  # the caller, as findCaller gives it at log time
-LINENO = 5
-FUNC = 6
-THREAD = 7  # the threading.Thread that logged
-EXC_TEXT = 8  # the traceback as text, or None
-STACK = 9  # the stack_info text, or None
-EXTRA = 10  # the call's `extra`, frozen, or None
-ORIGINAL = 11  # (msg, args) as given, args frozen; None when msg is the message itself
-CONTEXT = 12  # the contextvars.Context of the log call
-EXC_INFO = 13  # the (type, value, traceback) of the call, or None
+MSG = 2  # the call's msg (frozen unless a str): formatted only when released or read
+ARGS = 3  # the call's args, frozen (as given when they cannot change); () when none
+TIME_NS = 4
+PATHNAME = 5  # the caller, as findCaller gives it at log time
+LINENO = 6
+FUNC = 7
+THREAD = 8  # the threading.Thread that logged
+CONTEXT = 9  # the contextvars.Context of the log call
+MORE = 10  # None for a plain call, else a `More` tuple
+
+# The fields of MORE, by position: what a plain call does not have.
+EXC_TEXT = 0  # the traceback as text, or None
+STACK = 1  # the stack_info text, or None
+EXTRA = 2  # the call's `extra`, frozen, or None
+EXC_INFO = 3  # the (type, value, traceback) of the call, or None
+NO_MORE = (None, None, None, None)  # MORE of a plain call
 
 Entry = tuple[Any, ...]
+More = tuple[Any, ...]
 
-# Estimated bytes of one entry besides its texts: the tuple (14 slots), the time
-# and lineno ints, the deque slot, the context copy.
+# Estimated bytes of one entry besides its texts: the tuple, the time and lineno
+# ints, the args tuple, the deque slot.
 ENTRY_OVERHEAD = 260
+# Arguments kept as given that hold no text (a str argument counts as its length;
+# anything else counts as the formatted message).
+SCALARS = frozenset((int, float, bool, type(None), complex))
 # The most a request is granted ahead of what it uses, and the least.
 CHUNK = 64 * 1024
 _FIRST = 4 * 1024
 
 
 def entry_size(entry: Entry) -> int:
-    """Estimated bytes held by one buffered entry."""
-    size = ENTRY_OVERHEAD + len(entry[MESSAGE])
-    if entry[EXC_TEXT] is not None:
-        size += len(entry[EXC_TEXT])
-    if entry[STACK] is not None:
-        size += len(entry[STACK])
-    if entry[EXTRA] is not None:
-        size += 64 * len(entry[EXTRA])
+    """Estimated bytes held by one buffered entry.
+
+    The level methods compute the same for a plain call in place (`capture`):
+    the overhead, the format string, and the str arguments, or the formatted
+    message when another kind of argument is kept.
+    """
+    msg, args = entry[MSG], entry[ARGS]
+    size = ENTRY_OVERHEAD
+    if type(msg) is str:
+        size += len(msg)
+        for arg in args:
+            kind = type(arg)
+            if kind is str:
+                size += len(arg)
+            elif kind not in SCALARS:
+                size = ENTRY_OVERHEAD + len(text(msg, args))
+                break
+    else:
+        size += len(text(msg, args))
+    more = entry[MORE]
+    if more is not None:
+        exc_text, stack, extra = more[EXC_TEXT], more[STACK], more[EXTRA]
+        if exc_text is not None:
+            size += len(exc_text)
+        if stack is not None:
+            size += len(stack)
+        if extra is not None:
+            size += 64 * len(extra)
     return size
 
 

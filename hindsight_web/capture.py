@@ -51,8 +51,9 @@ from pathlib import PurePath
 from typing import Any
 
 from . import errors
-from .buffer import ENTRY_OVERHEAD, keep, make_room
+from .buffer import ENTRY_OVERHEAD, SCALARS, keep, make_room
 from .context import RequestState, _current, of_exception
+from .messages import text
 from .release import delivering, write_live
 
 __all__ = ["install", "uninstall"]
@@ -146,7 +147,15 @@ def _level_method(level: int) -> Callable[..., None]:
     """
     how_key = ~level  # in the logger's own level cache: a key no level uses
 
-    def method(self: logging.Logger, msg: object, *args: object, **kwargs: Any) -> None:
+    def method(
+        self: logging.Logger,
+        msg: object,
+        *args: object,
+        exc_info: Any = None,
+        extra: Mapping[str, object] | None = None,
+        stack_info: bool = False,
+        stacklevel: int = 1,
+    ) -> None:
         state = _current.get()
         if state is not None and level >= state.keep_level and not self.disabled:
             cache = self._cache  # type: ignore[attr-defined]
@@ -156,57 +165,93 @@ def _level_method(level: int) -> Callable[..., None]:
                 how = cache[how_key] = _how(self, level)
             if how == _KEEP_INLINE:
                 frame = _getframe(1)
-                if kwargs or type(msg) is not str or frame.f_code.co_filename == _LOGGING_FILE:
+                if (
+                    type(msg) is not str
+                    or exc_info is not None
+                    or extra is not None
+                    or stack_info
+                    or stacklevel != 1
+                    or frame.f_code.co_filename == _LOGGING_FILE
+                ):
+                    kwargs = _kwargs(exc_info, extra, stack_info, stacklevel)
                     _keep_call(self, level, msg, args, kwargs, state)
                     return
                 try:
-                    if args:
-                        # Frozen first: formatting reads each argument's text once.
-                        frozen = args if _frozen(args) else _freeze_args(args)
-                        try:
-                            message = msg % frozen
-                        except Exception:
-                            message = _message(msg, frozen)
-                        original: Any = (msg, frozen)
+                    # The message is formatted only if the record is released (or a rule
+                    # reads it). The arguments are kept as they are now: as given when
+                    # they cannot change, else frozen. The size as `entry_size` has it.
+                    size = ENTRY_OVERHEAD + len(msg)
+                    for arg in args:
+                        kind = type(arg)
+                        if kind is str:
+                            size += len(arg)  # type: ignore[arg-type]  # a str
+                        elif kind not in SCALARS:
+                            args = _freeze_args(args)
+                            size = ENTRY_OVERHEAD + len(text(msg, args))
+                            break
+                    context = _copy_context()  # see `context_now`
+                    if context == state.context:
+                        context = state.context
                     else:
-                        message, original = msg, None
+                        state.context = context
                     records = state.records
                     code = frame.f_code
                     records.append(
                         (
                             self,
                             level,
-                            message,
+                            msg,
+                            args,
                             _time_ns(),
                             code.co_filename,
                             frame.f_lineno,
                             code.co_name,
                             _current_thread(),
-                            None,
-                            None,
-                            None,
-                            original,
-                            _copy_context(),
+                            context,
                             None,
                         )
                     )
-                    state.nbytes += ENTRY_OVERHEAD + len(message)
+                    state.nbytes += size
                     if state.nbytes > state.reserved or len(records) > state.max_records:
                         make_room(state)
                 except Exception as exc:
                     errors.report("capture", exc)
                 return
             if how == _KEEP:
+                kwargs = _kwargs(exc_info, extra, stack_info, stacklevel)
                 _keep_call(self, level, msg, args, kwargs, state)
                 return
         if _makes(self, level):
-            self._log(level, msg, args, **kwargs)
+            self._log(level, msg, args, exc_info, extra, stack_info, stacklevel)
             if state is not None and level >= state.capture_level:
+                kwargs = _kwargs(exc_info, extra, stack_info, stacklevel)
                 _unwritten(self, level, msg, args, kwargs, state)
         elif state is not None and level >= state.capture_level:
+            kwargs = _kwargs(exc_info, extra, stack_info, stacklevel)
             _keep_call(self, level, msg, args, kwargs, state)
 
     return method
+
+
+def context_now(state: RequestState) -> contextvars.Context:
+    """A copy of the current context, for a kept record: the last record's copy when
+    nothing changed since (two copies of one unchanged context compare equal at the
+    cost of a pointer comparison), so that records share one."""
+    context = _copy_context()
+    last = state.context
+    if last is not None and context == last:
+        return last
+    state.context = context
+    return context
+
+
+def _kwargs(exc_info: Any, extra: Any, stack_info: bool, stacklevel: int) -> dict[str, Any]:
+    return {
+        "exc_info": exc_info,
+        "extra": extra,
+        "stack_info": stack_info,
+        "stacklevel": stacklevel,
+    }
 
 
 def _log_method(
@@ -309,24 +354,23 @@ def _take(
     exc_text = None
     if exc_info is not None and exc_info[0] is not None:
         exc_text = _exception_formatter.formatException(exc_info)
-    frozen = args if _frozen(args) else _freeze_args(args)  # each argument's text read once
+    more = None
+    if exc_text is not None or stack is not None or extra or exc_info is not None:
+        more = (exc_text, stack, _freeze_extra(extra) if extra else None, exc_info)
     keep(
         state,
         (
             self,
             level,
-            _message(msg, frozen),
+            msg if type(msg) is str else _freeze(msg),
+            _freeze_args(args) if args else args,
             _time_ns(),
             pathname,
             lineno,
             func,
             _current_thread(),
-            exc_text,
-            stack,
-            _freeze_extra(extra) if extra else None,
-            None if type(msg) is str and not args else (_freeze(msg), frozen),
-            _copy_context(),
-            exc_info,
+            context_now(state),
+            more,
         ),
     )
 
@@ -370,14 +414,6 @@ def _stack_text(frame: Any) -> str:
     """The `stack_info` text `Logger.findCaller` makes, from `frame` up."""
     text = "Stack (most recent call last):\n" + "".join(traceback.format_stack(frame))
     return text.rstrip("\n")
-
-
-def _frozen(args: tuple[object, ...]) -> bool:
-    """Whether every argument is a value that cannot change after the call."""
-    for arg in args:  # noqa: SIM110 (all() of a generator costs more)
-        if type(arg) not in _IMMUTABLE:
-            return False
-    return True
 
 
 def _freeze_args(args: Any) -> Any:
@@ -439,38 +475,6 @@ def _safely(convert: Callable[[object], str], value: object) -> str:
         return convert(value)
     except Exception as exc:
         return f"<{type(value).__name__}: {convert.__name__}() raised {type(exc).__name__}>"
-
-
-def _message(msg: object, args: Any) -> str:
-    """`msg % args` as `LogRecord.getMessage` makes it, without raising."""
-    if args:
-        if type(msg) is str:
-            try:
-                text: str = msg % args
-                return text
-            except Exception:  # maybe the one-mapping form: log.debug("%(a)s", {"a": 1})
-                pass
-        if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
-            args = args[0]
-        try:
-            text = str(msg) % args
-            return text
-        except Exception as exc:
-            return _unformattable(msg, args, exc)
-    if type(msg) is str:
-        return msg
-    try:
-        return str(msg)
-    except Exception as exc:
-        return _unformattable(msg, args, exc)
-
-
-def _unformattable(msg: object, args: Any, exc: Exception) -> str:
-    # The app's own format (str.format, a mistake): keep what can be kept, raise nothing.
-    try:
-        return f"{msg!r} % {args!r} (could not be formatted: {type(exc).__name__}: {exc})"
-    except Exception:
-        return f"<unformattable log message: {type(exc).__name__}>"
 
 
 # -- records made by the logger ------------------------------------------------------------
@@ -552,7 +556,7 @@ def _would_write(logger: logging.Logger, level: int) -> bool:
 # -- installing -------------------------------------------------------------------------------
 
 # The functions whose frames stand between a log call and its caller's frame.
-_RELOCATED = ("_keep_call", "_unwritten", "_take", "_caller")
+_RELOCATED = ("_keep_call", "_unwritten", "_take", "_caller", "context_now")
 
 
 def _as_logging(function: Any, namespace: dict[str, Any], name: str) -> Any:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .escaping import escape
+from .messages import text
 
 if TYPE_CHECKING:
     from .buffer import Budget, Counts
@@ -45,6 +46,7 @@ class RequestState:
         "capture_level",
         "client",
         "closed",
+        "context",
         "counts",
         "detail_level",
         "detail_rule",
@@ -134,6 +136,9 @@ class RequestState:
         self.session_from_cookie = False
         self.fields: dict[str, Any] = {}
         self.records: deque[tuple[Any, ...]] = deque()
+        # The context copy of the last kept record: the next one shares it when the
+        # context has not changed meanwhile (see `capture.context_now`).
+        self.context: Context | None = None
         self.nbytes = 0
         self.reserved = 0
         self.dropped = 0
@@ -195,7 +200,8 @@ class RequestState:
         (a record written before `needle` was watched for is not known)."""
         if self.seen is not None and needle in self.seen:
             return True
-        return any(needle in entry[2] for entry in self.records)  # buffer.MESSAGE
+        # An entry's msg and args (buffer.MSG, buffer.ARGS), formatted now.
+        return any(needle in text(entry[2], entry[3]) for entry in self.records)
 
 
 _STATE = "_hindsight_request"

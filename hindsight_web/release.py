@@ -33,23 +33,22 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from . import errors
 from ._sync import new_lock
 from .buffer import (
+    ARGS,
     CONTEXT,
-    EXC_INFO,
-    EXC_TEXT,
-    EXTRA,
     FUNC,
     LEVEL,
     LINENO,
     LOGGER,
-    MESSAGE,
-    ORIGINAL,
+    MORE,
+    MSG,
+    NO_MORE,
     PATHNAME,
-    STACK,
     THREAD,
     TIME_NS,
     Budget,
@@ -59,6 +58,7 @@ from .buffer import (
 from .escaping import shown
 
 __all__ = [
+    "LINGER_S",
     "MAX_QUEUED",
     "RateLimit",
     "Release",
@@ -76,6 +76,11 @@ logger = errors.logger
 MAX_QUEUED = 10_000
 """Releases waiting for the writer thread, at most; the records they hold are within
 the byte budget of the requests they came from."""
+
+LINGER_S = 0.02
+"""Once it has written every queued release, the writer thread waits this long (s)
+before it takes the next: a release alone is written at once, releases that follow
+each other closely in batches (each thread switch costs the app's threads time)."""
 
 _MAX_PATH_SHOWN = 300
 _delivering: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -98,11 +103,9 @@ def build_record(entry: Entry) -> logging.LogRecord:
     and `makeRecord` read ambient state there.
     """
     log: logging.Logger = entry[LOGGER]
-    original = entry[ORIGINAL]
-    msg, args = original if original is not None else (entry[MESSAGE], ())
-    exc_info = entry[EXC_INFO]
-    pathname, lineno, func = entry[PATHNAME], entry[LINENO], entry[FUNC]
-    level, extra, stack = entry[LEVEL], entry[EXTRA], entry[STACK]
+    msg, args = entry[MSG], entry[ARGS]
+    exc_text, stack, extra, exc_info = entry[MORE] or NO_MORE
+    pathname, lineno, func, level = entry[PATHNAME], entry[LINENO], entry[FUNC], entry[LEVEL]
     try:
         record = log.makeRecord(
             log.name, level, pathname, lineno, msg, args, exc_info, func, extra, stack
@@ -125,7 +128,7 @@ def build_record(entry: Entry) -> logging.LogRecord:
     record.thread = thread.ident
     record.threadName = thread.name
     if exc_info is None:
-        record.exc_text = entry[EXC_TEXT]
+        record.exc_text = exc_text
     return record
 
 
@@ -325,15 +328,6 @@ class RateLimit:
             return True
 
 
-class _Queue:
-    """The releases waiting for a writer thread, and the count of those not yet written."""
-
-    def __init__(self) -> None:
-        self.jobs: deque[Release] = deque()
-        self.cond = threading.Condition(new_lock())
-        self.unwritten = 0
-
-
 class Writer:
     """The background thread that writes one Hindsight's releases.
 
@@ -347,58 +341,68 @@ class Writer:
 
     def __init__(self, counts: Counts) -> None:
         self.counts = counts
-        self._queue = _Queue()
-        self._started = False
+        self._jobs: SimpleQueue[Release | threading.Event] = SimpleQueue()
+        self._hurry = threading.Event()  # a flush waits: stop lingering
+        self._thread: threading.Thread | None = None
+        self._lock = new_lock()
         _writers.add(self)
 
     def submit(self, job: Release) -> bool:
-        """Queue `job` for writing; False (and nothing queued) when the queue is full."""
-        queue = self._queue
-        with queue.cond:
-            if len(queue.jobs) >= MAX_QUEUED:
-                return False
-            queue.jobs.append(job)
-            queue.unwritten += 1
-            if not self._started:
-                self._started = True
-                threading.Thread(
-                    target=_run,
-                    args=(weakref.ref(self), queue, self.counts),
-                    name="hindsight-release",
-                    daemon=True,
-                ).start()
-            queue.cond.notify()
+        """Queue `job` for writing; False (and nothing queued) when `MAX_QUEUED` wait."""
+        jobs = self._jobs
+        if jobs.qsize() >= MAX_QUEUED:
+            return False
+        jobs.put(job)
+        if self._thread is None:
+            self._start()
         return True
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every release queued so far is written; False if `timeout_s` passed."""
-        queue = self._queue
-        deadline = time.monotonic() + timeout_s
-        with queue.cond:
-            while queue.unwritten:
-                left = deadline - time.monotonic()
-                if left <= 0 or not queue.cond.wait(left):
-                    return queue.unwritten == 0
-        return True
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return self._jobs.empty()
+        written = threading.Event()
+        self._jobs.put(written)
+        self._hurry.set()
+        return written.wait(timeout_s)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=_run,
+                    args=(weakref.ref(self), self._jobs, self._hurry, self.counts),
+                    name="hindsight-release",
+                    daemon=True,
+                )
+                self._thread.start()
 
 
-def _run(ref: weakref.ref[Writer], queue: _Queue, counts: Counts) -> None:
-    cond = queue.cond
+def _run(
+    ref: weakref.ref[Writer],
+    jobs: SimpleQueue[Release | threading.Event],
+    hurry: threading.Event,
+    counts: Counts,
+) -> None:
     while True:
-        with cond:
-            while not queue.jobs:
-                if ref() is None:
-                    return  # its Hindsight is gone and everything is written
-                cond.wait(5.0)
-            job = queue.jobs.popleft()
+        if jobs.empty():  # let releases gather: one thread switch per batch, not per release
+            hurry.wait(LINGER_S)
+            hurry.clear()
+        try:
+            job = jobs.get(timeout=5.0)
+        except Empty:
+            if ref() is None:
+                return  # its Hindsight is gone and everything is written
+            continue
+        if isinstance(job, threading.Event):  # a flush waits for what was queued before it
+            job.set()
+            continue
         try:
             write(job, counts)
         except Exception as exc:
             errors.report("release", exc)
-        finally:
-            with cond:
-                queue.unwritten -= 1
-                cond.notify_all()
+        del job  # its records and context go now, not when the next one comes
 
 
 _writers: weakref.WeakSet[Writer] = weakref.WeakSet()
@@ -407,8 +411,8 @@ _writers: weakref.WeakSet[Writer] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     # The parent's thread and its queue are the parent's: the child starts empty.
     for writer in list(_writers):
-        writer._queue = _Queue()
-        writer._started = False
+        writer._jobs = SimpleQueue()
+        writer._thread = None
 
 
 def flush_all(timeout_s: float = 5.0) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import logging.config
 import logging.handlers
@@ -14,6 +15,8 @@ import pytest
 
 import hindsight_web
 from hindsight_web import Hindsight, HindsightMiddleware, errors
+from hindsight_web.buffer import entry_size
+from hindsight_web.context import _current
 
 from .apps import call_asgi, log, run_asgi
 from .conftest import ListHandler
@@ -175,6 +178,36 @@ def test_mutated_argument_does_not_change_the_released_message(out: ListHandler)
     assert out.records[1].args == (["apple"],)  # as it was at log time, for formatters
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("c-9", 3), "card c-9 declined after 3 tries"),  # kept as given
+        ((["c-9"], 3), "card ['c-9'] declined after 3 tries"),  # frozen at log time
+        (({"card": "c-9"}, 3), "card {'card': 'c-9'} declined after 3 tries"),
+    ],
+)
+def test_message_rules_read_the_kept_records_formatted_as_at_log_time(
+    out: ListHandler, args: tuple[Any, ...], needle: str
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        given = copy.deepcopy(args)
+        log.debug("card %s declined after %d tries", *given)
+        if isinstance(given[0], list):
+            given[0].append("changed")
+        elif isinstance(given[0], dict):
+            given[0]["card"] = "changed"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    for text in (needle, "changed"):
+        rules = [{"action": "release", "match": {"message": text}}]
+        run_asgi(HindsightMiddleware(app, hindsight=Hindsight(slow_ms=None, rules=rules)))
+    written = [m for m in out.messages() if not m.startswith("hindsight rule added")]
+    assert len(written) == 2  # the first request only
+    assert "reason: rule:" in written[0]
+    assert written[1] == needle
+
+
 def test_released_record_keeps_time_caller_and_traceback(out: ListHandler) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -256,6 +289,43 @@ def test_per_request_byte_cap(out: ListHandler) -> None:
     assert released[-1].startswith("99 ")
     assert f"dropped={100 - len(released)}" in out.messages()[0]
 
+
+
+@pytest.mark.parametrize(
+    ("limits", "kept_at_most"),
+    [({"max_records": 50}, 50), ({"max_bytes": 30_000}, 60)],
+    ids=["records", "bytes"],
+)
+def test_buffer_bytes_are_the_sum_of_its_entries_sizes_through_drops(
+    limits: dict[str, int], kept_at_most: int
+) -> None:
+    """Every kind of call adds to the request's bytes what dropping it takes away."""
+    seen: list[tuple[int, int, int]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        state = _current.get()
+        assert state is not None
+        for i in range(60):
+            log.debug("plain %d", i)
+            log.debug("text %s %s %r", "x" * i, i, 1.5)
+            log.debug("mutable %s", ["a"] * i)
+            log.debug("%(k)s mapping", {"k": i})
+            log.debug("enum %s and bytes %r", logging.INFO, b"b" * i)
+            log.debug({"event": "not a str", "i": i})
+            log.debug("extra %d", i, extra={"order": i})
+            try:
+                raise ValueError(i)
+            except ValueError:
+                log.debug("failed %d", i, exc_info=True, stack_info=i % 2 == 0)
+            seen.append(
+                (state.nbytes, sum(map(entry_size, state.records)), len(state.records))
+            )
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run_asgi(HindsightMiddleware(app, slow_ms=None, **limits))
+    assert all(nbytes == total for nbytes, total, _ in seen)
+    assert 10 < seen[-1][2] <= kept_at_most  # the limit dropped the oldest
 
 def test_process_budget_is_shared_by_live_requests(out: ListHandler) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
