@@ -44,6 +44,7 @@ SCRIPT = textwrap.dedent(
     first = rss_kb()
     asyncio.run(run(9000, 1000))
     last = rss_kb()
+    mw.hindsight.flush()  # the queued releases hold their bytes until written
     counts = mw.hindsight.counters()
     print(first, last, counts["requests"], counts["releases"], counts["buffer_bytes"])
     """
