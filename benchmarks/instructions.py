@@ -11,11 +11,14 @@ Instructions are not time (a cache miss costs more than an add), but a budget su
 as "<= 1.05x bare" can be read on them without noise, and a change to the hot path
 can be judged on one run.
 
+With ``--records``, it counts one ``logger.debug()`` call captured then discarded
+against the stdlib making (and handing to a no-op handler) its LogRecord.
+
 With ``--stores``, the table compares hindsight on a SQLite file and on a Redis
 (a redis-server started for the run on 127.0.0.1) with ``memory://``: the request
 path reads no store, so the three should cost the same.
 
-Usage: python benchmarks/instructions.py [--smoke] [--stores]
+Usage: python benchmarks/instructions.py [--smoke] [--stores | --records]
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ def requests_made(n: int) -> int:
 
 def count(framework: str, variant: str, n: int) -> int:
     """Instructions executed by one worker run of `n` requests."""
+    return _valgrind(["request", framework, variant, str(n)], f"{framework} {variant}")
+
+
+def _valgrind(worker: list[str], what: str) -> int:
     cmd = [
         "valgrind",
         "--tool=cachegrind",
@@ -61,16 +68,36 @@ def count(framework: str, variant: str, n: int) -> int:
         sys.executable,
         os.path.join(HERE, "micro.py"),
         "--worker",
-        "request",
-        framework,
-        variant,
-        str(n),
+        *worker,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=False)
     found = _REFS.search(done.stderr)
     if done.returncode != 0 or found is None or '"ok": true' not in done.stdout:
-        raise BenchFailure(f"{framework} {variant}: {done.stdout[-500:]} {done.stderr[-500:]}")
+        raise BenchFailure(f"{what}: {done.stdout[-500:]} {done.stderr[-500:]}")
     return int(found.group(1).replace(",", ""))
+
+
+def per_record(variant: str, small: int, large: int) -> float:
+    """Instructions of one `logger.debug()` call (micro.py's record worker)."""
+    low = _valgrind(["record", variant, str(small)], f"record {variant}")
+    high = _valgrind(["record", variant, str(large)], f"record {variant}")
+    return (high - low) / (large - small)
+
+
+def records_table(small: int, large: int) -> None:
+    """One DEBUG record captured then discarded against the stdlib making its LogRecord."""
+    variants = ["stdlib-disabled", "stdlib-enabled-noop", "hindsight-discarded"]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        found = pool.map(lambda variant: per_record(variant, small, large), variants)
+        counts = dict(zip(variants, found, strict=True))
+    stdlib = counts["stdlib-enabled-noop"]
+    print("| one logger.debug() call | instructions | ratio vs the stdlib's LogRecord |")
+    print("|---|---:|---:|")
+    for variant in variants:
+        print(f"| {variant} | {counts[variant]:,.0f} | {counts[variant] / stdlib:.3f}x |")
+    ratio = counts["hindsight-discarded"] / stdlib
+    verdict = "PASS" if ratio <= 0.25 else "MISS"
+    print(f"\ncaptured then discarded: {ratio:.3f}x of the stdlib (budget <= 0.25x): {verdict}")
 
 
 def per_request(framework: str, variant: str, small: int, large: int) -> float:
@@ -83,10 +110,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="one framework, few requests")
     parser.add_argument("--stores", action="store_true", help="memory, SQLite and Redis stores")
+    parser.add_argument("--records", action="store_true", help="per logger.debug() call")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
+    if args.records:
+        print(machine_line())
+        records_table(*((2000, 4000) if args.smoke else (20_000, 100_000)))
+        return 0
     frameworks = ["asgi"] if args.smoke else FRAMEWORKS
     small, large = (100, 200) if args.smoke else (200, 1000)
     variants = STORE_VARIANTS if args.stores else VARIANTS

@@ -652,7 +652,8 @@ def release_worker(variant: str, n: int) -> dict[str, Any]:
 
 
 def memory_worker(n: int) -> dict[str, Any]:
-    """Bytes held per buffered record, beyond its formatted message string."""
+    """Bytes held per buffered record, and the size of its message formatted (which a
+    buffered record does not hold: it is formatted only if released)."""
     setup_logging()
     import hindsight_web
     from hindsight_web.context import _current
@@ -666,7 +667,11 @@ def memory_worker(n: int) -> dict[str, Any]:
     log_lines(n)
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    message = state.records[-1][2]
+    from hindsight_web.buffer import ARGS, MSG
+    from hindsight_web.messages import text
+
+    last = state.records[-1]
+    message = text(last[MSG], last[ARGS])
     kept = len(state.records)
     _current.reset(token)
     hs.finish(state)
@@ -874,7 +879,13 @@ def main() -> int:
     passed = beyond <= 200
     print("### Memory per buffered record (tracemalloc)")
     print()
-    print("| bytes per record | of which message str | beyond the message | goal | result |")
+    print(
+        "A buffered record holds the call's format string and arguments, not its "
+        "message: that is formatted only if the record is released. The goal is "
+        "counted against the record plus its formatted message."
+    )
+    print()
+    print("| bytes per record | its message formatted | record - message | goal | result |")
     print("|---:|---:|---:|---|---|")
     print(
         f"| {per:.1f} | {msg} (len {mem['message_len']}) | {beyond:.1f} | <= 200 | "
@@ -883,7 +894,7 @@ def main() -> int:
     print()
     verdicts.append(
         (
-            "Memory: bytes kept per buffered record beyond the message",
+            "Memory: bytes kept per buffered record, less its formatted message",
             f"{beyond:.0f} B (<= 200)",
             passed,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 
@@ -38,8 +39,8 @@ def optional_number(name: str, value: object) -> float | None:
 
 
 def positive_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
-        raise ValueError(f"invalid {name!r} {value!r}: expected a number > 0")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"invalid {name!r} {value!r}: expected a finite number > 0")
     return float(value)
 
 

@@ -35,7 +35,7 @@ BUDGET_LINES = (
     "Per record: one logger.debug() call (1000 per request): hindsight, captured then discarded",
     "hindsight: release only (finish)",
     "hindsight: capture + release",
-    "Memory: bytes kept per buffered record beyond the message",
+    "Memory: bytes kept per buffered record, less its formatted message",
 )
 
 
@@ -58,3 +58,20 @@ def test_micro_benchmarks_run_and_every_variant_proves_its_work() -> None:
         assert any(
             line.startswith(("- PASS: ", "- MISS: ")) and budget in line for line in verdicts
         ), f"no verdict for {budget!r}"
+
+
+@pytest.mark.timeout(300)
+def test_storm_benchmark_runs_and_every_variant_proves_its_work() -> None:
+    """Each variant checks its own lines: with the limit, summaries for every request and
+    the records of the releases not held back; without it, every record."""
+    done = subprocess.run(
+        [sys.executable, "benchmarks/storm.py", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=250,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    for label in ("bare (DEBUG off)", "max_releases_per_s=20", "no release limit"):
+        assert label in done.stdout, label
