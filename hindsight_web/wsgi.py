@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from time import perf_counter
@@ -23,10 +22,12 @@ __all__ = ["AdminWSGIApp", "HindsightWSGIMiddleware"]
 class HindsightWSGIMiddleware:
     """WSGI middleware that keeps each request's logs and releases the interesting ones.
 
-    The app call and each chunk of the response run in the request's context;
-    the body is passed through chunk by chunk, never buffered; the request
-    ends when the server closes the response, and the app iterable's
-    `close()` is called exactly once.
+    The app call and each `next()` and `close()` of the response run in the
+    server's own context with the request's state current, and only then: the
+    contextvars the app sets live where they would without the middleware. The
+    body is passed through chunk by chunk, never buffered; the request ends
+    when the server closes the response, and the app iterable's `close()` is
+    called exactly once.
 
     Args:
         app: the WSGI app to wrap.
@@ -58,8 +59,6 @@ class HindsightWSGIMiddleware:
         except Exception as exc:  # fail open: serve the request without hindsight
             errors.report("begin", exc)
             return self.app(environ, start_response)
-        context = contextvars.copy_context()
-        context.run(_current.set, state)
         header_name = self.hindsight.request_id_header
         wanted = header_name.lower()
         header = (header_name, state.request_id)
@@ -88,12 +87,17 @@ class HindsightWSGIMiddleware:
                 return start_response(status, headers, exc_info)
             return start_response(status, headers)
 
+        # Not in a copied context: what the app sets (Flask's request context, which its
+        # test client keeps and pops later) must stay in the server's context.
+        token = _current.set(state)
         try:
-            iterable = context.run(self.app, environ, observing_start_response)
+            iterable = self.app(environ, observing_start_response)
         except BaseException as exc:
-            context.run(self.hindsight.finish, state, exc)
+            self.hindsight.finish(state, exc)
             raise
-        return _Response(iterable, state, context, self.hindsight)
+        finally:
+            _current.reset(token)
+        return _Response(iterable, state, self.hindsight)
 
     def _begin(self, environ: WSGIEnviron) -> RequestState:
         return self.hindsight.begin(
@@ -188,11 +192,16 @@ def _utf8(path: str) -> str:
 
 
 class _Response:
-    """The app's iterable, passed through chunk by chunk in the request's context."""
+    """The app's iterable, passed through chunk by chunk with the request's state current.
+
+    The state is set for each call and reset after it, in the context of whoever calls
+    (like sentry-python's `_ScopedResponse`): a server may call `next()` and `close()`
+    from another thread, or interleave several responses on one thread, and the app's
+    body sets its own contextvars in the server's context, as it would unwrapped.
+    """
 
     __slots__ = (
         "_closed",
-        "_context",
         "_exception",
         "_hindsight",
         "_iterable",
@@ -204,13 +213,11 @@ class _Response:
         self,
         iterable: Iterable[bytes],
         state: RequestState,
-        context: contextvars.Context,
         hindsight: Hindsight,
     ) -> None:
         self._iterable = iterable
         self._iterator: Iterator[bytes] | None = None
         self._state = state
-        self._context = context
         self._hindsight = hindsight
         self._exception: BaseException | None = None
         self._closed = False
@@ -220,10 +227,11 @@ class _Response:
 
     def __next__(self) -> bytes:
         state = self._state
+        token = _current.set(state)
         try:
             if self._iterator is None:
-                self._iterator = self._context.run(iter, self._iterable)
-            chunk: bytes = self._context.run(next, self._iterator)
+                self._iterator = iter(self._iterable)
+            chunk: bytes = next(self._iterator)
         except StopIteration:
             if state.ended is None:
                 state.ended = perf_counter()
@@ -233,6 +241,8 @@ class _Response:
             if state.ended is None:
                 state.ended = perf_counter()
             raise
+        finally:
+            _current.reset(token)
         if state.ttfb is None and chunk:
             state.ttfb = perf_counter()
         return chunk
@@ -244,16 +254,20 @@ class _Response:
         state = self._state
         if state.ended is None:
             state.ended = perf_counter()
+        token = _current.set(state)
         try:
             close = getattr(self._iterable, "close", None)
             if close is not None:
-                self._context.run(close)
+                close()
         except BaseException as exc:
             if self._exception is None:
                 self._exception = exc
             raise
         finally:
-            self._context.run(self._hindsight.finish, state, self._exception)
+            try:
+                self._hindsight.finish(state, self._exception)
+            finally:
+                _current.reset(token)
 
     def __del__(self) -> None:
         # A server that never calls close() breaks PEP 3333; at least give the memory back.

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
+import flask
 import pytest
+from flask import Flask
 
 from hindsight_web import HindsightWSGIMiddleware
+from hindsight_web.context import current
 from hindsight_web.release import flush_all
 
 from .apps import call_wsgi, log
 from .conftest import ListHandler
+
+T = TypeVar("T")
 
 
 class Body:
@@ -214,3 +220,324 @@ def test_response_never_closed_gives_its_memory_back() -> None:
     del response
     gc.collect()
     assert mw.hindsight.budget.used == 0
+
+
+# The app and its iterable run in the server's own context, as without hindsight: a
+# contextvar the app sets lives where it would live bare, and hindsight's request state
+# is current only during the app call and each next() and close() of the response.
+
+APP_VAR: contextvars.ContextVar[str | None] = contextvars.ContextVar("app_var", default=None)
+CHUNK_VAR: contextvars.ContextVar[str | None] = contextvars.ContextVar("chunk_var", default=None)
+SERVER_VAR: contextvars.ContextVar[str | None] = contextvars.ContextVar("server", default=None)
+
+
+def in_fresh_context(scenario: Callable[[], T]) -> T:
+    """Run `scenario` in a copy of the test's context: what it sets stays there."""
+    return contextvars.copy_context().run(scenario)
+
+
+def no_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+    return lambda data: None
+
+
+class ContextBody:
+    """A streamed body that sets a contextvar across next() calls and resets, in close(),
+    the one the app call set."""
+
+    def __init__(self, token: contextvars.Token[str | None]) -> None:
+        self.token = token
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunk_token = CHUNK_VAR.set("streaming")
+        yield b"a"
+        yield b"b"
+        CHUNK_VAR.reset(chunk_token)
+
+    def close(self) -> None:
+        APP_VAR.reset(self.token)
+
+
+def context_app(environ: Any, start_response: Any) -> Any:
+    token = APP_VAR.set(environ["PATH_INFO"])
+    start_response("200 OK", [])
+    return ContextBody(token)
+
+
+def observe_contextvars(app: Any) -> list[tuple[str | None, str | None, bool]]:
+    """What a server sees of the app's contextvars and of hindsight's state between calls."""
+
+    def scenario() -> list[tuple[str | None, str | None, bool]]:
+        seen = []
+
+        def snapshot() -> None:
+            seen.append((APP_VAR.get(), CHUNK_VAR.get(), current() is None))
+
+        response = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/ctx"}, no_start_response)
+        snapshot()
+        iterator = iter(response)
+        for _ in range(2):
+            next(iterator)
+            snapshot()
+        with pytest.raises(StopIteration):
+            next(iterator)
+        snapshot()
+        response.close()
+        snapshot()
+        return seen
+
+    return in_fresh_context(scenario)
+
+
+def test_contextvars_of_the_app_and_its_body_live_in_the_servers_context() -> None:
+    bare = observe_contextvars(context_app)
+    assert bare == [
+        ("/ctx", None, True),  # after the app call
+        ("/ctx", "streaming", True),  # between next() calls
+        ("/ctx", "streaming", True),
+        ("/ctx", None, True),  # the body reset its variable
+        (None, None, True),  # close() reset the app's
+    ]
+    assert observe_contextvars(HindsightWSGIMiddleware(context_app)) == bare
+
+
+def test_contextvar_set_by_a_flask_view_is_seen_after_the_call_as_without_hindsight() -> None:
+    def observe(wrap: bool) -> tuple[str | None, bool]:
+        app = Flask(__name__)
+
+        @app.get("/tenant")
+        def tenant() -> str:
+            APP_VAR.set("acme")  # request state kept in a contextvar, never reset
+            return "ok"
+
+        if wrap:
+            app.wsgi_app = HindsightWSGIMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+
+        def scenario() -> tuple[str | None, bool]:
+            app.test_client().get("/tenant").close()
+            return APP_VAR.get(), current() is None
+
+        return in_fresh_context(scenario)
+
+    assert observe(wrap=False) == ("acme", True)
+    assert observe(wrap=True) == observe(wrap=False)
+
+
+def flask_streaming_app(view: str) -> Flask:
+    app = Flask(__name__)
+
+    def generate() -> Iterator[str]:
+        log.debug("streaming %s", flask.request.path)
+        yield "streamed"
+
+    if view == "sync":
+
+        @app.get("/stream")
+        def stream() -> flask.Response:
+            return flask.Response(flask.stream_with_context(generate()))
+
+    else:
+
+        @app.get("/stream")
+        async def stream() -> flask.Response:
+            return flask.Response(flask.stream_with_context(generate()))
+
+    return app
+
+
+@pytest.mark.parametrize("view", ["sync", "async"])
+def test_flask_client_keeps_a_streamed_request_context_and_pops_it_cleanly(
+    out: ListHandler, view: str
+) -> None:
+    if view == "async":
+        pytest.importorskip("asgiref", reason="Flask's async views need 'flask[async]'")
+    app = flask_streaming_app(view)
+    # slow_ms=0: every request is released, so its records show with their request id.
+    app.wsgi_app = HindsightWSGIMiddleware(app.wsgi_app, slow_ms=0)  # type: ignore[method-assign]
+
+    def scenario() -> str:
+        with app.test_client() as client:
+            with client.get("/stream") as response:
+                assert response.get_data() == b"streamed"
+            assert flask.request.path == "/stream"  # the context the client keeps
+        assert not flask.has_request_context()  # and pops
+        assert current() is None
+        return response.headers["X-Request-ID"]
+
+    rid = in_fresh_context(scenario)
+    flush_all()
+    streamed = [r for r in out.records if r.name == "app"]
+    assert [r.getMessage() for r in streamed] == ["streaming /stream"]
+    assert streamed[0].request_id == rid  # type: ignore[attr-defined]
+
+
+def test_interleaved_responses_run_in_the_servers_context_with_their_own_request_id(
+    out: ListHandler,
+) -> None:
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("500 Internal Server Error", [])
+        path = environ["PATH_INFO"]
+
+        def body() -> Iterator[bytes]:
+            for i in range(2):
+                log.debug("%s chunk %d for %s", path, i, SERVER_VAR.get())
+                yield b"x"
+
+        return body()
+
+    mw = HindsightWSGIMiddleware(app)
+
+    def serve() -> dict[str, str]:
+        """One thread serving two responses a chunk at a time, as an event-driven server
+        does, naming in its own contextvar the connection it is serving."""
+        ids, responses, iterators = {}, {}, {}
+        for name in ("a", "b"):
+            SERVER_VAR.set(f"{name} called")
+
+            def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+                ids[name] = dict(headers)["X-Request-ID"]  # noqa: B023 (called at once)
+
+            responses[name] = mw({"REQUEST_METHOD": "GET", "PATH_INFO": f"/{name}"}, start_response)
+            iterators[name] = iter(responses[name])
+        for step in range(2):
+            for name in ("a", "b"):
+                SERVER_VAR.set(f"{name} step {step}")
+                next(iterators[name])
+                assert current() is None
+        for name in ("b", "a"):
+            responses[name].close()
+            assert current() is None
+        return ids
+
+    ids = in_fresh_context(serve)
+    flush_all()
+    by_request: dict[str, list[str]] = {}
+    for record in out.records:
+        if record.name == "app":
+            by_request.setdefault(record.request_id, []).append(record.getMessage())  # type: ignore[attr-defined]
+    assert by_request == {
+        ids["a"]: ["/a chunk 0 for a step 0", "/a chunk 1 for a step 1"],
+        ids["b"]: ["/b chunk 0 for b step 0", "/b chunk 1 for b step 1"],
+    }
+
+
+def test_close_from_another_thread_runs_in_that_threads_context(out: ListHandler) -> None:
+    class Body:
+        def __init__(self) -> None:
+            self.seen_on_close: list[str | None] = []
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"x"
+
+        def close(self) -> None:
+            log.debug("closing")
+            self.seen_on_close.append(APP_VAR.get())
+
+    def observe(wrap: bool) -> tuple[list[str | None], list[bool], str | None]:
+        body = Body()
+        headers: dict[str, str] = {}
+
+        def app(environ: Any, start_response: Any) -> Any:
+            APP_VAR.set("request")
+            start_response("503 Service Unavailable", [])
+            return body
+
+        def start_response(status: str, response_headers: Any, exc_info: Any = None) -> Any:
+            headers.update(response_headers)
+
+        wsgi_app = HindsightWSGIMiddleware(app) if wrap else app
+        response = in_fresh_context(lambda: wsgi_app({"REQUEST_METHOD": "GET"}, start_response))
+        list(response)
+        current_after: list[bool] = []
+
+        def close() -> None:
+            response.close()
+            current_after.append(current() is None)
+
+        thread = threading.Thread(target=close)
+        thread.start()
+        thread.join()
+        return body.seen_on_close, current_after, headers.get("X-Request-ID")
+
+    seen_bare, current_bare, _ = observe(wrap=False)
+    assert (seen_bare, current_bare) == ([None], [True])  # a thread starts with an empty context
+    seen, current_after, rid = observe(wrap=True)
+    assert (seen, current_after) == (seen_bare, current_bare)
+    flush_all()
+    closing = [r for r in out.records if r.getMessage() == "closing"]
+    assert [r.request_id for r in closing] == [rid]  # type: ignore[attr-defined]
+
+
+def test_exceptions_leave_the_apps_contextvars_as_without_hindsight(out: ListHandler) -> None:
+    def raising_app(environ: Any, start_response: Any) -> Any:
+        APP_VAR.set("before the failure")
+        raise KeyError("app call")
+
+    def raising_body_app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [])
+
+        def body() -> Iterator[bytes]:
+            CHUNK_VAR.set("before the failure")
+            yield b"x"
+            raise RuntimeError("mid-stream")
+
+        return body()
+
+    def observe(app: Any) -> list[tuple[str | None, str | None, bool]]:
+        def scenario() -> list[tuple[str | None, str | None, bool]]:
+            result = call_wsgi(app)
+            assert result["exception"] is not None
+            return [(APP_VAR.get(), CHUNK_VAR.get(), current() is None)]
+
+        return in_fresh_context(scenario)
+
+    for app in (raising_app, raising_body_app):
+        assert observe(HindsightWSGIMiddleware(app)) == observe(app)
+    assert observe(raising_app) == [("before the failure", None, True)]
+    assert observe(raising_body_app) == [(None, "before the failure", True)]
+
+
+def test_close_from_another_thread_while_next_runs_stops_the_body_and_ends_the_request(
+    out: ListHandler,
+) -> None:
+    class Stream:
+        """A body that waits for data until close() tells it to stop, as a server that
+        drops a slow client's stream from another thread would."""
+
+        def __init__(self) -> None:
+            self.waiting = threading.Event()
+            self.stopped = threading.Event()
+
+        def __iter__(self) -> Stream:
+            return self
+
+        def __next__(self) -> bytes:
+            self.waiting.set()
+            if not self.stopped.wait(10):
+                raise TimeoutError("never told to stop")
+            raise StopIteration
+
+        def close(self) -> None:
+            log.debug("closing the stream")
+            self.stopped.set()
+
+    stream = Stream()
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("503 Service Unavailable", [])
+        return stream
+
+    response = HindsightWSGIMiddleware(app)({"REQUEST_METHOD": "GET"}, no_start_response)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.extend(response))
+    reader.start()
+    assert stream.waiting.wait(10)
+    try:
+        response.close()  # type: ignore[attr-defined]
+    finally:
+        stream.stopped.set()
+        reader.join()
+    assert read == []
+    assert current() is None
+    flush_all()
+    assert "-> 503" in out.messages()[0]
+    assert out.messages()[1:] == ["closing the stream"]  # then the request had ended
