@@ -12,8 +12,8 @@ from . import errors
 from ._types import OptExcInfo, StartResponse, WSGIApp, WSGIEnviron
 from .admin import Admin, AdminRequest, admin_segments, too_large
 from .buffer import release_memory
-from .context import RequestState, _current
-from .core import Hindsight, middleware_arguments
+from .context import RequestState, _current, mark_exception
+from .core import Hindsight, adopt_request_id, middleware_arguments
 from .stats import UNMATCHED
 
 __all__ = ["AdminWSGIApp", "HindsightWSGIMiddleware"]
@@ -56,6 +56,8 @@ class HindsightWSGIMiddleware:
                 return serve_admin(self.admin, segments, environ, start_response)
         try:
             state = self._begin(environ)
+            if environ.get(self._environ_key) != state.request_id:
+                environ[self._environ_key] = state.request_id  # the app sees the same id
         except Exception as exc:  # fail open: serve the request without hindsight
             errors.report("begin", exc)
             return self.app(environ, start_response)
@@ -78,9 +80,10 @@ class HindsightWSGIMiddleware:
                 state.route = getattr(rule, "rule", None)
             elif getattr(request, "routing_exception", None) is not None:
                 state.route = UNMATCHED
-            for name, _ in headers:
-                if name.lower() == wanted:
-                    break  # the app set its own request id; keep it
+            for name, value in headers:
+                if name.lower() == wanted:  # the app answered with its own id: the request's
+                    adopt_request_id(state, value)
+                    break
             else:
                 headers = [*headers, header]
             if exc_info is not None:
@@ -94,6 +97,7 @@ class HindsightWSGIMiddleware:
             iterable = self.app(environ, observing_start_response)
         except BaseException as exc:
             self.hindsight.finish(state, exc)
+            mark_exception(exc, state)  # the server's line about it names the request
             raise
         finally:
             _current.reset(token)
@@ -238,6 +242,7 @@ class _Response:
             raise
         except BaseException as exc:
             self._exception = exc
+            mark_exception(exc, state)
             if state.ended is None:
                 state.ended = perf_counter()
             raise
@@ -262,6 +267,7 @@ class _Response:
         except BaseException as exc:
             if self._exception is None:
                 self._exception = exc
+            mark_exception(exc, state)
             raise
         finally:
             try:

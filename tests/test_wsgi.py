@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -202,6 +203,78 @@ def test_incoming_request_id_is_echoed(out: ListHandler) -> None:
         HindsightWSGIMiddleware(body_app(Body())), headers=[("X-Request-ID", "req-42")]
     )
     assert result["headers"]["X-Request-ID"] == "req-42"
+
+
+@pytest.mark.parametrize(
+    "incoming", [None, "req-42", "not a valid id\n"], ids=["none", "valid", "invalid"]
+)
+def test_the_app_sees_the_request_id_it_is_answered_with(
+    out: ListHandler, incoming: str | None
+) -> None:
+    seen: list[str | None] = []
+
+    def app(environ: Any, start_response: Any) -> Any:
+        seen.append(environ.get("HTTP_X_REQUEST_ID"))
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    headers = [] if incoming is None else [("X-Request-ID", incoming)]
+    result = call_wsgi(HindsightWSGIMiddleware(app), headers=headers)
+    assert seen == [result["headers"]["X-Request-ID"]]
+    if incoming == "req-42":
+        assert seen == ["req-42"]
+
+
+def test_an_id_the_app_answers_with_becomes_the_requests(out: ListHandler) -> None:
+    def app(environ: Any, start_response: Any) -> Any:
+        log.debug("before the answer")
+        start_response("500 Internal Server Error", [("x-request-id", "app-7")])
+        log.debug("after the answer")
+        return [b"failed"]
+
+    result = call_wsgi(HindsightWSGIMiddleware(app, slow_ms=None))
+    assert result["headers"] == {"x-request-id": "app-7"}  # not a second header
+    assert "request_id=app-7" in out.messages()[0]
+    assert [r.request_id for r in out.records[1:]] == ["app-7", "app-7"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("where", ["call", "body", "close"])
+def test_the_servers_line_about_an_exception_names_the_request(
+    out: ListHandler, where: str
+) -> None:
+    """A WSGI server logs an exception the app raised once the middleware is done with
+    it (gunicorn: ``log.exception("Error handling request ...")``): that line carries
+    the request's id."""
+
+    class Failing:
+        def __iter__(self) -> Iterator[bytes]:
+            if where == "body":
+                raise RuntimeError("mid-stream")
+            yield b"x"
+
+        def close(self) -> None:
+            if where == "close":
+                raise RuntimeError("in close")
+
+    def app(environ: Any, start_response: Any) -> Any:
+        if where == "call":
+            raise RuntimeError("in the call")
+        start_response("200 OK", [])
+        return Failing()
+
+    try:
+        result = call_wsgi(
+            HindsightWSGIMiddleware(app, slow_ms=None), headers=[("X-Request-ID", "r-1")]
+        )
+        raised = result["exception"]
+    except RuntimeError as exc:  # close() raising escapes call_wsgi
+        raised = exc
+    assert isinstance(raised, RuntimeError)
+    logging.getLogger("gunicorn.error").error("Error handling request /", exc_info=raised)
+    line = out.records[-1]
+    assert line.name == "gunicorn.error"
+    assert line.request_id == "r-1"  # type: ignore[attr-defined]
+    assert "request_id=r-1" in out.messages()[0]
 
 
 @pytest.mark.parametrize("path", ["/caf\xc3\xa9"])
