@@ -290,7 +290,6 @@ def test_per_request_byte_cap(out: ListHandler) -> None:
     assert f"dropped={100 - len(released)}" in out.messages()[0]
 
 
-
 @pytest.mark.parametrize(
     ("limits", "kept_at_most"),
     [({"max_records": 50}, 50), ({"max_bytes": 30_000}, 60)],
@@ -317,15 +316,14 @@ def test_buffer_bytes_are_the_sum_of_its_entries_sizes_through_drops(
                 raise ValueError(i)
             except ValueError:
                 log.debug("failed %d", i, exc_info=True, stack_info=i % 2 == 0)
-            seen.append(
-                (state.nbytes, sum(map(entry_size, state.records)), len(state.records))
-            )
+            seen.append((state.nbytes, sum(map(entry_size, state.records)), len(state.records)))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
     run_asgi(HindsightMiddleware(app, slow_ms=None, **limits))
     assert all(nbytes == total for nbytes, total, _ in seen)
     assert 10 < seen[-1][2] <= kept_at_most  # the limit dropped the oldest
+
 
 def test_process_budget_is_shared_by_live_requests(out: ListHandler) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
