@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,27 @@ def wait_for_requests(server: Server, count: int) -> None:
         lambda: admin(server, "GET", "/stats").json()["requests"] == count,
         f"{count} requests in /stats",
     )
+
+
+def wait_for_published(server: Server, count: int) -> None:
+    """On a shared store, wait until every worker's ``/stats`` counts `count` requests.
+
+    A worker's ``/stats`` merges its own live statistics with the others' as last
+    published (each worker publishes at a tick of its sync thread, every
+    ``stats_flush_s``): the worker that served requests counts them at once, the
+    others only once it has published them. ``/metrics`` counts only what every worker
+    published, whichever answers it: when it counts `count`, so does the ``/stats`` of
+    any worker, the one that answers the page included.
+    """
+    server.wait_for(
+        lambda: published_requests(server) == count, f"{count} published requests in /metrics"
+    )
+
+
+def published_requests(server: Server) -> int:
+    text = admin(server, "GET", "/metrics").text
+    found = re.findall(r"^hindsight_requests_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
+    return sum(int(float(n)) for n in found)
 
 
 def with_env(argv: Callable[[int], list[str]], **env: str) -> Callable[[int], list[str]]:
@@ -394,7 +416,7 @@ def test_wsgi_page_under_gunicorn(
         broken = client.get("/broken", headers={"connection": "close"})
     assert broken.status_code == 500
     served.add(broken.headers["x-pid"])
-    wait_for_requests(server, 4)
+    wait_for_published(server, 4)  # the page's /stats may be answered by any worker
 
     tab = tab_for(server)
     tab.open("/_hindsight")  # no trailing slash: the API base is still /_hindsight
