@@ -69,9 +69,12 @@ class HindsightMiddleware:
             state = hindsight.begin(
                 scope.get("method", "GET"), path, client[0] if client else None, incoming, headers
             )
-            if incoming != state.request_id:  # the app and inner layers see the same id
-                ours = (wanted, state.request_id.encode("latin-1"))
-                scope = {**scope, "headers": [*(h for h in headers if h[0] != wanted), ours]}
+            request_id = state.request_id.encode("latin-1")
+            if incoming is None:  # the app and inner layers see the same id
+                scope = {**scope, "headers": [*headers, (wanted, request_id)]}
+            elif incoming != state.request_id:  # not a valid id: replaced
+                kept = [h for h in headers if h[0] != wanted]
+                scope = {**scope, "headers": [*kept, (wanted, request_id)]}
         except Exception as exc:  # fail open: serve the request without hindsight
             errors.report("begin", exc)
             await self.app(scope, receive, send)
@@ -82,7 +85,7 @@ class HindsightMiddleware:
             if message["type"] == "http.response.start":
                 state.status = message["status"]
                 state.ttfb = perf_counter()
-                message = _with_request_id(message, wanted, state)
+                message = _with_request_id(message, wanted, request_id, state)
             elif not message.get("more_body", False) and state.ended is None:
                 state.ended = perf_counter()  # the last body byte
             await send(message)
@@ -238,9 +241,12 @@ async def _serve_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def _with_request_id(message: Message, name: bytes, state: RequestState) -> Message:
-    """The response start with the request-id header; an id the app answered with
-    itself is kept, and becomes the request's (its summary and records carry it)."""
+def _with_request_id(
+    message: Message, name: bytes, request_id: bytes, state: RequestState
+) -> Message:
+    """The response start with the request-id header (`name`: `request_id`); an id the
+    app answered with itself is kept, and becomes the request's (its summary and
+    records carry it)."""
     headers = message.get("headers", ())
     if not isinstance(headers, (list, tuple)):  # any iterable is allowed: read it once
         headers = list(headers)
@@ -249,4 +255,4 @@ def _with_request_id(message: Message, name: bytes, state: RequestState) -> Mess
         if key.lower() == name:
             adopt_request_id(state, value.decode("latin-1"))
             return message
-    return {**message, "headers": [*headers, (name, state.request_id.encode("latin-1"))]}
+    return {**message, "headers": [*headers, (name, request_id)]}

@@ -529,12 +529,13 @@ def tag(record: logging.LogRecord, state: RequestState | None) -> None:
         d.setdefault("session_id", None)
         return
     d.setdefault("request_id", state.request_id)
-    d.setdefault("user_id", state.shown_user)
-    d.setdefault("session_id", state.shown_session)
-    for key, value in state.shown_fields.items():
+    tags = state.tags
+    if tags is None:
+        d.setdefault("user_id", None)
+        d.setdefault("session_id", None)
+        return
+    for key, value in tags.items():
         d.setdefault(key, value)
-    if state.raw is not None:
-        d.setdefault("hindsight_raw", state.raw)
 
 
 def _would_write(logger: logging.Logger, level: int) -> bool:

@@ -65,7 +65,6 @@ class RequestState:
         "on_identity",
         "path",
         "raised",
-        "raw",
         "reason",
         "records",
         "release_level",
@@ -76,12 +75,10 @@ class RequestState:
         "seen",
         "session_from_cookie",
         "session_id",
-        "shown_fields",
-        "shown_session",
-        "shown_user",
         "slow",
         "started",
         "status",
+        "tags",
         "ttfb",
         "user_id",
     )
@@ -126,15 +123,12 @@ class RequestState:
         self.started = perf_counter()
         self.user_id: str | None = None
         self.session_id: str | None = None
-        # What records show of them: escaped (no forged lines); the raw values, when
-        # they differ, under `hindsight_raw` for structured formatters.
-        self.shown_user: str | None = None
-        self.shown_session: str | None = None
-        self.shown_fields: dict[str, Any] = {}
-        self.raw: dict[str, Any] | None = None
+        # The attributes records get besides `request_id` (see `retag`); None while the
+        # user, the session and the bound fields are unknown.
+        self.tags: dict[str, Any] | None = None
         # True when the session is only a hash of a cookie the client sent.
         self.session_from_cookie = False
-        self.fields: dict[str, Any] = {}
+        self.fields: dict[str, Any] | None = None  # bind()'s
         self.records: deque[tuple[Any, ...]] = deque()
         # The context copy of the last kept record: the next one shares it when the
         # context has not changed meanwhile (see `capture.context_now`).
@@ -180,20 +174,15 @@ class RequestState:
         return None
 
     def retag(self) -> None:
-        """Work out what records show of the user, session and bound fields (escaped)."""
-        self.shown_user = None if self.user_id is None else escape(self.user_id)
-        self.shown_session = None if self.session_id is None else escape(self.session_id)
-        fields = self.fields
-        self.shown_fields = {k: escape(v) if type(v) is str else v for k, v in fields.items()}
-        raw: dict[str, Any] = {}
-        if self.shown_user != self.user_id:
-            raw["user_id"] = self.user_id
-        if self.shown_session != self.session_id:
-            raw["session_id"] = self.session_id
-        for key, value in fields.items():
-            if self.shown_fields[key] is not value:
-                raw[key] = value
-        self.raw = raw or None
+        """Work out the attributes records get besides `request_id`: ``user_id``,
+        ``session_id`` and the bound fields, their texts escaped (no value can forge a
+        line), and the raw values under ``hindsight_raw`` where they differ."""
+        given = {"user_id": self.user_id, "session_id": self.session_id, **(self.fields or {})}
+        tags = {k: escape(v) if type(v) is str else v for k, v in given.items()}
+        raw = {k: v for k, v in given.items() if tags[k] is not v}
+        if raw:
+            tags["hindsight_raw"] = raw
+        self.tags = tags
 
     def mentions(self, needle: str) -> bool:
         """Whether a record of the request, written or buffered, has `needle` in its message
@@ -289,7 +278,8 @@ def bind(**fields: Any) -> None:
     state = _current.get()
     if state is None:
         return
-    state.fields.update(fields)
+    if fields:
+        state.fields = {**(state.fields or {}), **fields}
     if "user_id" in identity:
         state.user_id = uid
     if "session_id" in identity:

@@ -515,7 +515,7 @@ def new_request_id() -> str:
     """A new request id: 32 hex digits, random (a UUID 4), so that ids tell nothing of
     the process or of how many requests came before; accepted by layers that want a
     UUID (asgi-correlation-id)."""
-    return f"{getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return "%032x" % (getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
 
 
 # The version (4) and variant (RFC 4122) bits of a UUID 4.
