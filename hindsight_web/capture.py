@@ -225,7 +225,7 @@ def _level_method(level: int) -> Callable[..., None]:
             self._log(level, msg, args, exc_info, extra, stack_info, stacklevel)
             if state is not None and level >= state.capture_level:
                 kwargs = _kwargs(exc_info, extra, stack_info, stacklevel)
-                _unwritten(self, level, msg, args, kwargs, state)
+                _keep_call(self, level, msg, args, kwargs, state, made=True)
         elif state is not None and level >= state.capture_level:
             kwargs = _kwargs(exc_info, extra, stack_info, stacklevel)
             _keep_call(self, level, msg, args, kwargs, state)
@@ -266,7 +266,7 @@ def _log_method(
     if _makes(self, level):
         self._log(level, msg, args, **kwargs)
         if state is not None and level >= state.capture_level:
-            _unwritten(self, level, msg, args, kwargs, state)
+            _keep_call(self, level, msg, args, kwargs, state, made=True)
     elif state is not None and level >= state.capture_level:
         _keep_call(self, level, msg, args, kwargs, state)
 
@@ -278,49 +278,23 @@ def _keep_call(
     args: tuple[object, ...],
     kwargs: dict[str, Any],
     state: RequestState,
+    made: bool = False,
 ) -> None:
-    """A call the logger makes no record of, in a request: keep it, or in detail mode
-    write it at once. Called by a level method only: its caller is the log call's."""
+    """A call in a request whose record no handler writes, kept (or, in detail mode,
+    written at once) so that a release has it: the logger makes no record of it, or
+    (`made`) made one that no handler it reaches wrote. Called by a level method only:
+    its caller is the log call's."""
     if (
         state.closed
         or self.disabled
-        or self.manager.disable >= level
         or self._hindsight_internal  # type: ignore[attr-defined]
         or delivering()
+        or (_would_write(self, level) if made else self.manager.disable >= level)
     ):
         return
     try:
         # A Logger subclass's own findCaller is called from here: at the depth the
         # stdlib's `_log` calls it from, so a walker by depth finds the same frame.
-        if type(self).findCaller is _orig_find_caller:
-            caller = _caller(_getframe(1), kwargs)
-        else:
-            caller = self.findCaller(bool(kwargs.get("stack_info")), kwargs.get("stacklevel", 1))
-        _take(self, level, msg, args, kwargs, state, caller)
-    except Exception as exc:
-        errors.report("capture", exc)
-
-
-def _unwritten(
-    self: logging.Logger,
-    level: int,
-    msg: object,
-    args: tuple[object, ...],
-    kwargs: dict[str, Any],
-    state: RequestState,
-) -> None:
-    """A record the logger made in a request: if no handler it reaches wrote it, keep a
-    copy (or write it at once in detail mode), so that a release has it too. Called by
-    a level method only."""
-    if (
-        state.closed
-        or self.disabled
-        or self._hindsight_internal  # type: ignore[attr-defined]
-        or delivering()
-        or _would_write(self, level)
-    ):
-        return
-    try:
         if type(self).findCaller is _orig_find_caller:
             caller = _caller(_getframe(1), kwargs)
         else:
@@ -557,7 +531,7 @@ def _would_write(logger: logging.Logger, level: int) -> bool:
 # -- installing -------------------------------------------------------------------------------
 
 # The functions whose frames stand between a log call and its caller's frame.
-_RELOCATED = ("_keep_call", "_unwritten", "_take", "_caller", "context_now")
+_RELOCATED = ("_keep_call", "_take", "_caller", "context_now")
 
 
 def _as_logging(function: Any, namespace: dict[str, Any], name: str) -> Any:

@@ -39,21 +39,27 @@ BUDGET_LINES = (
 )
 
 
-@pytest.mark.timeout(900)
-def test_micro_benchmarks_run_and_every_variant_proves_its_work() -> None:
+def run_smoke(script: str, timeout_s: float) -> str:
+    """`benchmarks/<script> --smoke`, which fails if a variant's own check fails; its output."""
     done = subprocess.run(
-        [sys.executable, "benchmarks/micro.py", "--smoke"],
+        [sys.executable, f"benchmarks/{script}", "--smoke"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=850,
+        timeout=timeout_s,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+@pytest.mark.timeout(900)
+def test_micro_benchmarks_run_and_every_variant_proves_its_work() -> None:
+    out = run_smoke("micro.py", 850)
     for title in TABLES:
-        assert f"### {title}" in done.stdout, title
-    assert "reference: minimal capture middleware" in done.stdout
-    verdicts = done.stdout.split("### Budget lines (micro)", 1)[1].splitlines()
+        assert f"### {title}" in out, title
+    assert "reference: minimal capture middleware" in out
+    verdicts = out.split("### Budget lines (micro)", 1)[1].splitlines()
     for budget in BUDGET_LINES:
         assert any(
             line.startswith(("- PASS: ", "- MISS: ")) and budget in line for line in verdicts
@@ -64,14 +70,6 @@ def test_micro_benchmarks_run_and_every_variant_proves_its_work() -> None:
 def test_storm_benchmark_runs_and_every_variant_proves_its_work() -> None:
     """Each variant checks its own lines: with the limit, summaries for every request and
     the records of the releases not held back; without it, every record."""
-    done = subprocess.run(
-        [sys.executable, "benchmarks/storm.py", "--smoke"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=250,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    out = run_smoke("storm.py", 250)
     for label in ("bare (DEBUG off)", "max_releases_per_s=20", "no release limit"):
-        assert label in done.stdout, label
+        assert label in out, label
