@@ -32,7 +32,7 @@ from hindsight_web import Hindsight, HindsightMiddleware, HindsightWSGIMiddlewar
 from .admin_apps import TOKEN, make_client
 from .apps import call_asgi, call_wsgi, log, run_asgi
 from .conftest import ListHandler
-from .servers import LOG_FORMAT, Server, launch, uvicorn_argv, write_app
+from .servers import LOG_FORMAT, REPO, Server, launch, uvicorn_argv, write_app
 
 __all__ = ["launch"]
 
@@ -677,3 +677,44 @@ def test_uvicorn_access_and_error_lines_carry_the_request_id(
     assert rids_of("uvicorn.access", '"GET /ok HTTP/1.1" 200') == [ok_rid], server.output()
     assert rids_of("uvicorn.access", '"GET /boom HTTP/1.1" 500') == [boom_rid], server.output()
     assert rids_of("uvicorn.error", "Exception in ASGI application") == [boom_rid], server.output()
+
+
+@pytest.mark.server
+@pytest.mark.timeout(60)
+def test_the_shipped_uvicorn_log_config_prints_request_ids_in_every_process(
+    launch: Launch,
+) -> None:
+    """`examples/logging.json` under two workers: the parent process (which imports
+    neither the app nor hindsight) formats its own lines too; the workers' lines carry
+    the request id, a release's records the id of their request."""
+
+    def argv(port: int) -> list[str]:
+        return [
+            *uvicorn_argv(REPO, "examples.fastapi_app.app")(port),
+            "--workers",
+            "2",
+            "--log-config",
+            str(REPO / "examples" / "logging.json"),
+        ]
+
+    server = launch(argv, "uvicorn")
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        server.wait_for_line("Application startup complete")
+        item = client.get("/items/1")
+        failed = client.get("/fail", headers={"X-User": "bob"})
+    assert (item.status_code, failed.status_code) == (200, 500)
+    server.wait_for_line("loyalty service returned an empty body")
+    output = server.output()
+    assert "Logging error" not in output, output
+    lines = [line for line in server.raw_lines() if " pid=" in line]
+    assert any(
+        "uvicorn.error rid=None user=None | Started parent process" in line for line in lines
+    )
+    rid = item.headers["x-request-id"]
+    assert any(f"shop rid={rid} user=None | served item 1" in line for line in lines), output
+    assert any(f"uvicorn.access rid={rid} |" in line for line in lines), output
+    (summary,) = [line for line in lines if "hindsight release: GET /fail" in line]
+    failed_rid = summary.split("request_id=")[1].split()[0]
+    debug = [line for line in lines if " DEBUG " in line]
+    assert len(debug) == 3, output
+    assert all(f"rid={failed_rid} user=bob |" in line for line in debug), output
