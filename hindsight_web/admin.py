@@ -250,9 +250,12 @@ def _health(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     health = hs.health
     try:
         health.checked(hs.store.state)
+        # SQLite: reads go on while another writer holds the file, and this process
+        # may have written nothing for a while (or nothing since a write failed).
+        health.probed(hs.store.probe_write)
     except StoreError:
         pass  # noted in `health`
-    if not health.up:  # this read, or the last write (a SQLite file locked for writes)
+    if not health.up:  # this read, or a write (probed, else the last one)
         answer.update(status="degraded", error=health.error, since=iso(health.since))
         return _json(503, answer)
     return _json(200, answer)

@@ -81,7 +81,9 @@ class Sync:
 
         After a write that failed (a SQLite file locked by another writer), the
         writes wait `flush_s` before they are tried again, so that reading the
-        changes of others is not held up by writes that wait on the lock.
+        changes of others is not held up by writes that wait on the lock; with
+        nothing to write then, a write is probed (`Store.probe_write`), so that
+        the process notes when the store answers again.
         """
         begun = time.thread_time()
         book = self.book
@@ -98,6 +100,10 @@ class Sync:
                         self._next_flush = now + self.flush_s
                         book.flush_hits()
                         self._publish()
+                    if book.health.writes_failing:
+                        # Nothing was written here since a write failed (a refused admin
+                        # change, in a process with nothing else to write): try one.
+                        book.health.probed(book.store.probe_write)
         except StoreError:
             if book.health.writes_failing:
                 self._writes_after = now + self.flush_s

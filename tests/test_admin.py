@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -1145,6 +1146,49 @@ def test_a_store_that_is_down_refuses_changes_answers_stale_and_hides_its_passwo
     everything = [health.text, refused.text, listed.text, stats.text, *out.messages()]
     assert not [text for text in everything if secret in text]
     assert sum("cannot be used" in m for m in out.messages()) == 1
+
+
+def test_a_sqlite_file_locked_by_another_writer_is_degraded_in_a_process_that_wrote_nothing(
+    make: Make, tmp_path: Path
+) -> None:
+    # No request recorded, no change made: this process has no write of its own that
+    # failed (WAL: its reads go on), and GET /health is degraded all the same.
+    path = tmp_path / "locked.db"
+    client = make(store=f"sqlite:///{path}")
+    assert client.admin("GET", "/health").status_code == 200
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        health = client.admin("GET", "/health")
+        assert health.status_code == 503, health.text
+        assert health.json()["status"] == "degraded"
+        assert "locked" in health.json()["error"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert client.admin("GET", "/health").status_code == 200
+
+
+def test_a_process_with_nothing_to_write_notes_that_a_locked_sqlite_file_is_released(
+    make: Make, tmp_path: Path, out: ListHandler
+) -> None:
+    # Its one failed write was a refused change; with no other write to make, it finds out
+    # by itself that the store answers again, and GET /health says so.
+    path = tmp_path / "locked.db"
+    client = make(store=f"sqlite:///{path}", store_sync_s=0.1)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        refused = client.admin("POST", "/rules", json_body={"id": "x", "action": "drop"})
+        assert_error(refused, 503, "store")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    deadline = time.monotonic() + 10
+    while not any("answers again" in m for m in out.messages()):
+        assert time.monotonic() < deadline, out.messages()
+        time.sleep(0.05)
+    assert client.admin("GET", "/health").status_code == 200
 
 
 def test_more_rules_than_max_rules_are_refused_with_a_422_and_nothing_changes(make: Make) -> None:

@@ -124,6 +124,15 @@ def test_url_and_shared(store: Store, url: str) -> None:
     assert store.read_rules(None) == RulesRead(base, True, [], [])
 
 
+def test_a_write_probe_writes_nothing(store: Store, url: str) -> None:
+    store.change(put(rule("a")))
+    before = (store.state(), store.read_rules(None), store.audit(5), store.read_stats())
+    # Only SQLite's writes fail apart from its reads (a file locked by another writer).
+    assert store.probe_write() is url.startswith("sqlite:")
+    assert (store.state(), store.read_rules(None), store.audit(5), store.read_stats()) == before
+    assert store.change(put(rule("b")))[1] == before[0][0] + 1  # nothing left locked
+
+
 def test_each_change_is_one_revision(store: Store) -> None:
     base = store.state()[0]
     change, revision = store.change(put(rule("a", n=1), rule("b", n=2)))
@@ -768,6 +777,10 @@ def test_sqlite_locked_by_another_writer(tmp_path: Path) -> None:
             store.add_hits({"a": 1})
         with pytest.raises(StoreError):
             store.publish_stats(stats_row("p", 1.0), 0)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="locked"):
+            store.probe_write()  # as long as a write would wait
+        assert 0.4 < time.monotonic() - started < 3.0
         # WAL: readers do not wait for the writer.
         started = time.monotonic()
         assert sorted(rules_of(store)) == ["a"]

@@ -214,6 +214,21 @@ class Store(ABC):
     def state(self) -> tuple[int, int]:
         """``(revision, stats epoch)``: cheap, read by every process each sync."""
 
+    def probe_write(self) -> bool:
+        """Whether a write could be made now, found without writing anything.
+
+        Only a store whose writes can fail while its reads go on checks (SQLite:
+        a file locked by another writer); the others answer False at once, and
+        their last read and write tell.
+
+        Returns:
+            True when a write could be made now; False when this store does not check.
+
+        Raises:
+            StoreError: a write would fail now.
+        """
+        return False
+
     @abstractmethod
     def add_hits(self, hits: dict[str, int]) -> None:
         """Add to the hits of these rules (ids no longer held are ignored).

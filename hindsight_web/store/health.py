@@ -61,6 +61,23 @@ class Health:
             self._ok(write)
         return result
 
+    def probed(self, probe: Callable[[], bool]) -> None:
+        """`probe()`, a store's write probe (`Store.probe_write`), its outcome noted as a
+        write's: a process that has written nothing (or nothing since a write failed)
+        learns whether writes fail. A store without a probe (False) leaves the last
+        write's outcome.
+
+        Raises:
+            StoreError: a write would fail now.
+        """
+        try:
+            probed = probe()
+        except StoreError as exc:
+            self._failed(exc, True)
+            raise
+        if probed and self._failing[True]:
+            self._ok(True)
+
     def _ok(self, write: bool) -> None:
         with self._lock:
             self._failing[write] = False

@@ -342,6 +342,17 @@ class SQLiteStore(Store):
             revision, epoch = conn.execute(sql).fetchone()
             return int(revision), int(epoch)
 
+    def probe_write(self) -> bool:
+        """Take the write lock and let it go, writing nothing: a write would wait as long.
+
+        Raises:
+            StoreError: the file stayed locked by other writers for `timeout_s`,
+                or another SQLite error.
+        """
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.execute("ROLLBACK")
+        return True
+
     def add_hits(self, hits: dict[str, int]) -> None:
         """Add to the hits of the rules still held; waits up to `timeout_s` for writers."""
         if not hits:
