@@ -14,12 +14,13 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from . import dashboard, errors, metrics
+from . import audit, dashboard, errors, metrics, search
 from ._version import __version__
 from .rules import RuleError
 from .stats import iso
@@ -200,6 +201,12 @@ def _table(segments: list[str]) -> dict[str, Action] | None:
         return {"POST": _add_detail, "DELETE": _remove_detail}
     if n == 1 and head == "audit":
         return {"GET": _audit}
+    if n == 1 and head == "requests":
+        return {"GET": _search}
+    if n == 2 and head == "requests":
+        return {"GET": _show}
+    if n == 1 and head == "release":
+        return {"POST": _release}
     if (n == 1 and head in ("stats", "metrics")) or (n == 2 and head == "stats"):
         return _stats_table(segments)
     return None
@@ -295,7 +302,7 @@ def _remove_rule(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     return 204, [("cache-control", "no-store")], b""
 
 
-_DETAIL_KEYS = ("ttl_s", "level", "note")
+_DETAIL_KEYS = ("ttl_s", "level", "note", "backfill_s")
 
 
 def _add_detail(hs: Hindsight, request: AdminRequest) -> AdminResponse:
@@ -319,12 +326,84 @@ def _add_detail(hs: Hindsight, request: AdminRequest) -> AdminResponse:
             ],
         )
     user_id = request.segments[1]
+    backfill_s = _backfill_s(body.pop("backfill_s", None))
     rule = {"action": "detail", "match": {"user_id": user_id}, **body}
     try:
         made = hs.book.add(hs.book.parse(rule), by=request.client)
     except RuleError as exc:
         raise AdminError(exc.status, str(exc), exc.details) from None
-    return _json(201, made.to_json())
+    answer = made.to_json()
+    if backfill_s is not None:  # what the user did in the last `backfill_s` seconds
+        since = time.time() - backfill_s
+        spec = search.parse_release({"match": {"user_id": user_id}, "since": since})
+        answer["backfill"] = _release_window(hs, request, spec, note=body.get("note"))
+    return _json(201, answer)
+
+
+def _backfill_s(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86400:
+        raise AdminError(
+            422,
+            f"invalid 'backfill_s' {value!r}: expected a number of seconds from 0 to 86400",
+            [{"field": "backfill_s", "error": "expected a number of seconds > 0, at most 86400"}],
+        )
+    return float(value)
+
+
+# -- the window -------------------------------------------------------------------
+
+
+def _search(hs: Hindsight, request: AdminRequest) -> AdminResponse:
+    spec = _spec(search.parse_search, request.query)
+    answers, processes, complete = hs.ask({"kind": "search", "spec": spec})
+    found = [found for answer in answers for found in answer.get("requests", [])]
+    found.sort(key=lambda facts: facts["at"], reverse=True)
+    return _json(
+        200,
+        {"requests": found[: spec["limit"]], "processes": processes, "complete": complete},
+    )
+
+
+def _show(hs: Hindsight, request: AdminRequest) -> AdminResponse:
+    request_id = request.segments[1]
+    answers, processes, complete = hs.ask({"kind": "show", "request_id": request_id})
+    for answer in answers:
+        if answer.get("request") is not None:
+            return _json(200, {**answer["request"], "processes": processes, "complete": complete})
+    where = "the window" if complete else f"the windows of the {processes} processes that answered"
+    raise AdminError(404, f"no request {request_id!r} in {where}")
+
+
+def _release(hs: Hindsight, request: AdminRequest) -> AdminResponse:
+    spec = _spec(search.parse_release, _body(request))
+    return _json(200, _release_window(hs, request, spec, note=spec.get("note")))
+
+
+def _release_window(
+    hs: Hindsight, request: AdminRequest, spec: dict[str, Any], note: str | None
+) -> dict[str, Any]:
+    """Release what `spec` finds in every window, audited with the query and the count."""
+    answers, processes, complete = hs.ask({"kind": "release", "spec": spec, "reason": "retro"})
+    released = sum(int(answer.get("released", 0)) for answer in answers)
+    query: dict[str, Any] = {"match": spec["match"]}
+    for key in ("since", "until"):
+        moment = spec.get(key)
+        query[key] = None if moment is None else iso(moment)
+    event = audit.released(query, released, note, request.client, time.time())
+    try:
+        hs.book.note(event)
+    except StoreError:
+        audit.log(event)  # released all the same: the line says so, the store cannot
+    return {"released": released, "processes": processes, "complete": complete}
+
+
+def _spec(parse: Callable[[Any], dict[str, Any]], given: Any) -> dict[str, Any]:
+    try:
+        return parse(given)
+    except search.FilterError as exc:
+        raise AdminError(exc.status, str(exc), exc.details) from None
 
 
 def _remove_detail(hs: Hindsight, request: AdminRequest) -> AdminResponse:

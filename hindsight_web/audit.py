@@ -8,7 +8,7 @@ from typing import Any
 from .escaping import escape
 from .stats import iso
 
-__all__ = ["event", "log"]
+__all__ = ["event", "log", "released"]
 
 logger = logging.getLogger("hindsight_web")
 
@@ -19,6 +19,22 @@ def event(action: str, rule: dict[str, Any], by: str | None, now: float) -> dict
     return {"at": iso(now), "action": action, "rule": rule, "by": by}
 
 
+def released(
+    query: dict[str, Any], count: int, note: str | None, by: str | None, now: float
+) -> dict[str, Any]:
+    """The audit event of a release from the window (``POST /release``, a backfill):
+    the `query` asked and the `count` of requests it released."""
+    return {
+        "at": iso(now),
+        "action": "released",
+        "rule": None,
+        "query": query,
+        "count": count,
+        "note": note,
+        "by": by,
+    }
+
+
 def log(event: dict[str, Any]) -> None:
     """Log an event at INFO through the ``hindsight_web`` logger, with the rule's note.
 
@@ -26,7 +42,19 @@ def log(event: dict[str, Any]) -> None:
     note and the author are escaped (no value can forge a line).
     """
     rule = event["rule"]
-    by, note = event["by"], rule.get("note")
+    by = event["by"]
+    if rule is None:  # a release from the window
+        note = event.get("note")
+        logger.info(
+            "hindsight window released: count=%d query=%s by=%s note=%s",
+            event["count"],
+            event["query"],
+            None if by is None else escape(by),
+            None if note is None else escape(note),
+            extra={"rule_event": event["action"], "rule_id": None, "changed_by": by},
+        )
+        return
+    note = rule.get("note")
     logger.info(
         "hindsight rule %s: id=%s action=%s match=%s by=%s note=%s",
         event["action"],

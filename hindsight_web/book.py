@@ -146,6 +146,14 @@ class RuleBook:
         self._commit(plan, {rule.id: rule})
         return rule
 
+    def note(self, event: dict[str, Any]) -> None:
+        """Append an audit event that changes no rule (a release from the window).
+
+        Raises:
+            store.StoreError: the store cannot be used now.
+        """
+        self._commit(lambda view: Change(events=[event]), {})
+
     def remove(self, rule_id: str, by: str | None) -> Rule | None:
         """Take the live rule `rule_id` out of force everywhere; returns it, or None
         when there is none (an expired one is then audited as "expired").

@@ -42,6 +42,7 @@ class RequestState:
     """What hindsight knows of one request while it runs."""
 
     __slots__ = (
+        "at",
         "budget",
         "capture_level",
         "client",
@@ -57,6 +58,7 @@ class RequestState:
         "fields",
         "headers",
         "keep_level",
+        "kept",
         "max_bytes",
         "max_records",
         "method",
@@ -78,12 +80,18 @@ class RequestState:
         "slow",
         "started",
         "status",
+        "suppressed",
         "tags",
         "ttfb",
         "user_id",
     )
 
-    # The outcome, set by `Hindsight.finish` for the statistics (which read it after).
+    # The outcome, set by `Hindsight.finish` for the statistics and the window (which
+    # read it after): `at` is when it ended (epoch seconds), `kept` how many records it
+    # kept, `suppressed` how many of them the release limit held back.
+    at: float
+    kept: int
+    suppressed: int
     duration_ms: float
     errored: bool
     slow: bool

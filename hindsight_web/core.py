@@ -20,15 +20,18 @@ from typing import Any, TypeVar
 from . import capture, errors, options
 from .book import RuleBook
 from .buffer import Budget, Counts, release_memory
-from .context import CLOSED_LEVEL, RequestState
+from .context import CLOSED_LEVEL, RequestState, _current
+from .fanout import Answers, Fanout
 from .release import MAX_QUEUED, RateLimit, Release, Writer, write_now
 from .rules import Rule
+from .search import Search, facts_json, records_json
 from .sources import RulesPoller, load_initial
 from .stats import Stats, hash_session
 from .stats_share import SharedStats
 from .store import StoreError, open_store
 from .store.health import Health
 from .sync import Sync
+from .window import Window
 
 __all__ = ["Hindsight"]
 
@@ -106,6 +109,15 @@ class Hindsight:
         session_cookie: the name of the app's session cookie, to group the
             statistics of requests whose app did not call ``set_user(...,
             session_id=...)``; only a hash of its value is kept.
+        window_s: seconds each process keeps its requests after they end (the
+            hindsight window: their facts, and the records of those not
+            released), to be found (``GET /requests``) and released later
+            (``POST /release``); 0 keeps none.
+        window_bytes: the most bytes (estimated) the window of one process
+            holds; the oldest requests go first, counted as ``window_evicted``;
+            0 keeps none.
+        search_timeout_s: how long a search or a release of the window waits for
+            the other processes sharing the store to answer.
 
     Raises:
         ValueError: a bad option (the message names it and what is allowed).
@@ -149,6 +161,9 @@ class Hindsight:
         max_routes: int = 500,
         max_sessions: int = 10_000,
         session_cookie: str | None = None,
+        window_s: float = 300.0,
+        window_bytes: int = 32_000_000,
+        search_timeout_s: float = 1.0,
     ) -> None:
         self.slow_ms = options.optional_number("slow_ms", slow_ms)
         self.release_on_status = options.optional_status(release_on_status)
@@ -173,6 +188,10 @@ class Hindsight:
         poll_s = options.seconds("rules_poll_s", rules_poll_s)
         max_rules = options.positive_int("max_rules", max_rules)
         self._stats_limits = (max_routes, max_sessions)
+        window_s = options.non_negative_number("window_s", window_s)
+        window_bytes = options.non_negative_int("window_bytes", window_bytes)
+        self.window = Window(window_s, window_bytes) if window_s and window_bytes else None
+        self.search_timeout_s = options.seconds("search_timeout_s", search_timeout_s)
         self.budget = Budget(self.max_total_bytes)
         self.release_handler_level = options.level("release_handler_level", release_handler_level)
         self.max_releases_per_s = options.positive_number("max_releases_per_s", max_releases_per_s)
@@ -211,8 +230,17 @@ class Hindsight:
             on_epoch=self.shared.follow_epoch,
             publish=self.shared.publish,
         )
+        self.fanout = Fanout(
+            self.store,
+            self.health,
+            process=lambda: self.shared.process,
+            window=self.window,
+            answer=self._answer,
+            timeout_s=self.search_timeout_s,
+        )
         capture.install()
         self._sync.start()
+        self.fanout.start()
         if self._poller is not None:
             self._poller.start()
 
@@ -248,6 +276,7 @@ class Hindsight:
     def close(self) -> None:
         """Stop the background work; requests are still served."""
         self._sync.stop()
+        self.fanout.stop()
         if self._poller is not None:
             self._poller.stop()
         self.store.close()
@@ -321,6 +350,7 @@ class Hindsight:
         state.closed = True
         state.keep_level = CLOSED_LEVEL
         reason = None
+        ended = False
         try:
             end = state.ended
             if end is None:
@@ -351,7 +381,9 @@ class Hindsight:
                 reason, limited = self._decide(state, trigger, duration_ms)
             state.reason = reason
             state.released = reason is not None
-            kept = len(state.records)
+            state.at = time.time()
+            state.suppressed = 0
+            state.kept = kept = len(state.records)
             if kept or state.dropped:
                 self._counts.add(
                     records_captured=kept + state.dropped, records_dropped=state.dropped
@@ -362,16 +394,22 @@ class Hindsight:
                 state.session_id = _cookie_session(state, self.session_cookie)
                 state.session_from_cookie = state.session_id is not None
             self.stats.record(state)
+            ended = True
         except Exception as exc:
             errors.report("finish", exc)
         finally:
-            if state.reserved or state.records:
-                release_memory(state)
             # A context copied from the request (a task it started) may keep the state
             # alive: let it pin nothing more.
-            state.headers = None
+            state.headers = state.context = None
             if state.on_identity is not None:
                 state.on_identity = state.seen = None
+            window = self.window
+            if window is not None and ended:
+                if state.reserved:  # the window counts its bytes on its own
+                    self.budget.release(state)
+                window.add(state)
+            elif state.reserved or state.records:
+                release_memory(state)
         return reason
 
     def _decide(
@@ -390,36 +428,117 @@ class Hindsight:
     def _release(self, state: RequestState, reason: str, duration_ms: float, limited: bool) -> None:
         """Hand the summary and the kept records to the writer thread (the records and
         the bytes they hold go with them); beyond `max_releases_per_s`, the summary only."""
-        records, reserved = state.records, state.reserved
-        state.records, state.reserved, state.nbytes = deque(), 0, 0
         suppressed = 0
         if limited and not self._limit.take():
-            suppressed = len(records)
-            records = deque()
-            self.budget.give_back(reserved)
-            reserved = 0
+            # The summary only; the records stay with the request (in the window) for a
+            # release an operator asks for later.
+            state.suppressed = suppressed = len(state.records)
             self._counts.add(releases_suppressed=1, records_suppressed=suppressed)
-        job = Release(
-            request_id=state.request_id,
-            method=state.method,
-            path=state.path,
-            status=state.status,
-            raised=state.raised,
-            duration_ms=duration_ms,
-            reason=reason,
-            entries=records,
-            dropped=state.dropped,
-            suppressed=suppressed,
-            context=contextvars.copy_context(),
-            at=time.time(),
-            budget=self.budget,
-            reserved=reserved,
-            release_level=self.release_handler_level,
+            records: deque[Any] = deque()
+            reserved = 0
+        else:
+            records, reserved = state.records, state.reserved
+            state.records, state.reserved, state.nbytes = deque(), 0, 0
+        self._submit(
+            Release(
+                request_id=state.request_id,
+                method=state.method,
+                path=state.path,
+                status=state.status,
+                raised=state.raised,
+                duration_ms=duration_ms,
+                reason=reason,
+                entries=records,
+                dropped=state.dropped,
+                suppressed=suppressed,
+                context=contextvars.copy_context(),
+                at=state.at,
+                budget=self.budget,
+                reserved=reserved,
+                release_level=self.release_handler_level,
+            )
         )
-        if not self.writer.submit(job):
-            self.budget.give_back(reserved)
-            self._counts.add(releases_dropped=1, records_dropped=len(records))
-            errors.report("release", OverflowError(f"{MAX_QUEUED} releases waiting: dropped"))
+
+    def _submit(self, job: Release) -> bool:
+        """Hand `job` to the writer thread; False (dropped, counted, reported) when its
+        queue is full."""
+        if self.writer.submit(job):
+            return True
+        self.budget.give_back(job.reserved)
+        self._counts.add(releases_dropped=1, records_dropped=len(job.entries))
+        errors.report("release", OverflowError(f"{MAX_QUEUED} releases waiting: dropped"))
+        return False
+
+    # -- the window ----------------------------------------------------------------
+
+    def ask(self, question: dict[str, Any]) -> Answers:
+        """Answer a question about the window here and in every process sharing the
+        store (`fanout.Fanout.ask`): ``{"kind": "search", "spec": ...}``,
+        ``{"kind": "show", "request_id": ...}`` or ``{"kind": "release", "spec": ...,
+        "reason": ...}``, specs as `search.parse_search` and `search.parse_release` make."""
+        return self.fanout.ask(question)
+
+    def _answer(self, question: dict[str, Any]) -> dict[str, Any]:
+        """This process's answer to a question of `ask`."""
+        kind = question.get("kind")
+        if kind == "search":
+            found = self.search_window(Search(question["spec"]))
+            return {"requests": [facts_json(state) for state in found]}
+        if kind == "show":
+            state = None if self.window is None else self.window.find(question["request_id"])
+            if state is None:
+                return {"request": None}
+            return {"request": {**facts_json(state), "records": records_json(state)}}
+        if kind == "release":
+            search = Search(question["spec"])
+            released = self.release_window(search, question.get("reason", "retro"))
+            # Written before the answer: what the process writes after comes after it.
+            self.writer.flush(self.search_timeout_s)
+            return {"released": released}
+        raise ValueError(f"unknown question {kind!r}")
+
+    def search_window(self, search: Search) -> list[RequestState]:
+        """This process's kept requests that `search` finds, newest first, at most its
+        limit (none when the window is off)."""
+        return [] if self.window is None else search.newest(self.window.states())
+
+    def release_window(self, search: Search, reason: str = "retro") -> int:
+        """Release this process's kept requests that `search` finds and that were not
+        released yet, oldest first, each with its summary (`reason`), never held back
+        by the release limit; returns how many were handed to the writer thread."""
+        window = self.window
+        if window is None:
+            return 0
+        released = 0
+        for state in window.states():
+            if not search.matches(state):
+                continue
+            records = window.take(state)
+            if records is None:
+                continue
+            state.reason = reason
+            context = contextvars.Context()  # the records are tagged with their request
+            context.run(_current.set, state)
+            job = Release(
+                request_id=state.request_id,
+                method=state.method,
+                path=state.path,
+                status=state.status,
+                raised=state.raised,
+                duration_ms=state.duration_ms,
+                reason=reason,
+                entries=records,
+                dropped=state.dropped,
+                suppressed=0,
+                context=context,
+                at=state.at,
+                budget=self.budget,
+                reserved=0,
+                release_level=self.release_handler_level,
+            )
+            if self._submit(job):
+                released += 1
+        return released
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every release handed over so far is written (by the background
@@ -473,6 +592,10 @@ class Hindsight:
         counts.update(self._counts.snapshot())
         counts["internal_errors"] = errors.count()
         counts["buffer_bytes"] = self.budget.used
+        window = self.window
+        counts["window_requests"] = 0 if window is None else len(window)
+        counts["window_bytes"] = 0 if window is None else window.used
+        counts["window_evicted"] = 0 if window is None else window.evicted
         return counts
 
 

@@ -13,6 +13,8 @@ __all__ = [
     "cookie_name",
     "header_name",
     "level",
+    "non_negative_int",
+    "non_negative_number",
     "optional_number",
     "optional_status",
     "positive_int",
@@ -48,6 +50,18 @@ def seconds(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"invalid {name!r} {value!r}: expected a number of seconds > 0")
     return float(value)
+
+
+def non_negative_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"invalid {name!r} {value!r}: expected a finite number >= 0")
+    return float(value)
+
+
+def non_negative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"invalid {name!r} {value!r}: expected an integer >= 0")
+    return value
 
 
 def optional_status(value: object) -> int | None:

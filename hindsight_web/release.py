@@ -204,7 +204,8 @@ class Release:
         entries: the kept records, in order (empty when suppressed).
         dropped: records the request's buffer dropped.
         suppressed: records held back by the release limit.
-        context: the request's contextvars context at its end (for the summary).
+        context: the request's contextvars context at its end (for the summary, and
+            for records settled in the window, which no longer hold their own).
         at: when it ended, epoch seconds.
         budget, reserved: the bytes its records hold, given back once written.
         release_level: ``release_handler_level``.
@@ -276,7 +277,9 @@ def write(job: Release, counts: Counts) -> None:
     try:
         job.context.run(_write_summary, job)
         for entry in job.entries:
-            if entry[CONTEXT].run(_write_entry, entry, job.release_level):
+            # A record settled in the window has no context left: its request's stands in.
+            context = entry[CONTEXT] or job.context
+            if context.run(_write_entry, entry, job.release_level):
                 written += 1
     finally:
         job.entries = []

@@ -991,6 +991,15 @@ class Rule:
         """Whether the rule has not expired at `now` (it may not have started yet)."""
         return now < self._until
 
+    def matches(self, facts: RequestFacts, duration_ms: float) -> bool:
+        """Whether every key of the rule's match holds for a request that ended (its
+        time window and sample rate aside): the search of the window uses it."""
+        if self._bucket is not None:
+            kind, keys = self._bucket
+            if _KEY_OF[kind](facts) not in keys:
+                return False
+        return _matches(self, facts, duration_ms)
+
     def to_json(self, now: float | None = None) -> dict[str, object]:
         """The stored form: the rule as a JSON object, with times in ISO 8601 UTC.
 

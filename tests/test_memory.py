@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    mw = HindsightMiddleware(app)
+    mw = HindsightMiddleware(app, window_bytes=2_000_000)
 
     async def receive():
         return {"type": "http.request"}
@@ -46,7 +46,9 @@ SCRIPT = textwrap.dedent(
     last = rss_kb()
     mw.hindsight.flush()  # the queued releases hold their bytes until written
     counts = mw.hindsight.counters()
-    print(first, last, counts["requests"], counts["releases"], counts["buffer_bytes"])
+    newest = mw.hindsight.window.states()[-1]
+    print(first, last, counts["requests"], counts["releases"], counts["buffer_bytes"],
+          counts["window_bytes"], counts["window_evicted"], newest.path, len(newest.records))
     """
 )
 
@@ -55,11 +57,18 @@ def test_memory_is_flat_over_10000_requests_of_50_debug_lines() -> None:
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, check=True
     )
-    first, last, requests, releases, buffer_bytes = map(int, done.stdout.split())
-    assert requests == 10_000
-    assert releases == 1_000
-    assert buffer_bytes == 0
-    assert last - first < 20_000, f"RSS grew by {(last - first) / 1024:.1f} MB"
+    first, last, requests, releases, buffer_bytes, window_bytes, evicted, path, records = (
+        done.stdout.split()
+    )
+    assert int(requests) == 10_000
+    assert int(releases) == 1_000
+    assert int(buffer_bytes) == 0
+    # The window (2 MB) holds the newest requests, records and all; the older ones went.
+    assert 1_500_000 < int(window_bytes) <= 2_000_000
+    assert 9_000 < int(evicted) < 10_000
+    assert (path, records) == ("/r/9999", "50")
+    grew = int(last) - int(first)
+    assert grew < 20_000, f"RSS grew by {grew / 1024:.1f} MB"
 
 
 MESSAGE_RULE_SCRIPT = textwrap.dedent(

@@ -30,7 +30,9 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "AUDIT_KEPT",
+    "BEATS_KEPT_S",
     "CHANGES_KEPT",
+    "QUERIES_KEPT_S",
     "SCHEMA_VERSION",
     "Change",
     "Plan",
@@ -51,6 +53,12 @@ SCHEMA_VERSION = 1
 
 AUDIT_KEPT = 1000
 """Audit events kept in a store; the oldest are forgotten first."""
+
+QUERIES_KEPT_S = 60.0
+"""Seconds a question to every process (and its answers) is kept after it expired."""
+
+BEATS_KEPT_S = 3600.0
+"""Seconds a process's last heartbeat is kept."""
 
 CHANGES_KEPT = 1000
 """Revisions of rule changes a store remembers: a process further behind reloads every rule."""
@@ -265,6 +273,36 @@ class Store(ABC):
         has a row published at exactly that `updated` time, delete those rows
         and write `into`. Returns whether it was done.
         """
+
+    # -- questions to every process's window (see `hindsight_web.fanout`) --------------
+
+    @abstractmethod
+    def post_query(self, body: dict[str, Any], expires: float) -> int:
+        """Post a question (a JSON object) for every process until `expires` (epoch
+        seconds); returns its id (ids only grow). Questions expired for a minute are
+        forgotten, with their answers."""
+
+    @abstractmethod
+    def queries_after(self, after: int | None) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
+        """``(newest id, [(id, question), ...])``: the unexpired questions posted after
+        id `after`, oldest first; none when `after` is None (a reader starting)."""
+
+    @abstractmethod
+    def put_answer(self, query_id: int, process: str, body: dict[str, Any]) -> None:
+        """Write `process`'s answer (a JSON object) to question `query_id`."""
+
+    @abstractmethod
+    def answers(self, query_id: int) -> dict[str, dict[str, Any]]:
+        """The answers to question `query_id` so far, by process."""
+
+    @abstractmethod
+    def beat(self, process: str, at: float) -> None:
+        """Note that `process` is live at `at` (epoch seconds); beats older than an hour
+        are forgotten."""
+
+    @abstractmethod
+    def peers(self, since: float) -> list[str]:
+        """The processes whose last beat is at or after `since`."""
 
     @abstractmethod
     def close(self) -> None:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import replace
 from typing import Any
 
 from .._sync import new_lock
-from . import AUDIT_KEPT, Change, Plan, RulesRead, RulesView, StatsRow, Store, StoredRule
+from . import (
+    AUDIT_KEPT,
+    BEATS_KEPT_S,
+    QUERIES_KEPT_S,
+    Change,
+    Plan,
+    RulesRead,
+    RulesView,
+    StatsRow,
+    Store,
+    StoredRule,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -50,6 +62,10 @@ class MemoryStore(Store):
         self._audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_KEPT)
         self._epoch = 0
         self._stats: dict[str, StatsRow] = {}
+        self._queries: dict[int, tuple[float, dict[str, Any]]] = {}
+        self._last_query = 0
+        self._answers: dict[int, dict[str, dict[str, Any]]] = {}
+        self._beats: dict[str, float] = {}
 
     def change(self, plan: Plan) -> tuple[Change, int]:
         with self._lock:
@@ -123,6 +139,49 @@ class MemoryStore(Store):
                 del rows[process]
             rows[into.process] = into
             return True
+
+    def post_query(self, body: dict[str, Any], expires: float) -> int:
+        with self._lock:
+            now = time.time()
+            for query_id, (until, _) in list(self._queries.items()):
+                if until < now - QUERIES_KEPT_S:
+                    del self._queries[query_id]
+                    self._answers.pop(query_id, None)
+            self._last_query += 1
+            self._queries[self._last_query] = (expires, body)
+            return self._last_query
+
+    def queries_after(self, after: int | None) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
+        with self._lock:
+            if after is None:
+                return self._last_query, []
+            now = time.time()
+            found = [
+                (query_id, body)
+                for query_id, (until, body) in sorted(self._queries.items())
+                if query_id > after and until > now
+            ]
+            return self._last_query, found
+
+    def put_answer(self, query_id: int, process: str, body: dict[str, Any]) -> None:
+        with self._lock:
+            if query_id in self._queries:
+                self._answers.setdefault(query_id, {})[process] = body
+
+    def answers(self, query_id: int) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return dict(self._answers.get(query_id, {}))
+
+    def beat(self, process: str, at: float) -> None:
+        with self._lock:
+            self._beats[process] = at
+            for other, seen in list(self._beats.items()):
+                if seen < at - BEATS_KEPT_S:
+                    del self._beats[other]
+
+    def peers(self, since: float) -> list[str]:
+        with self._lock:
+            return [process for process, at in self._beats.items() if at >= since]
 
     def close(self) -> None:
         pass

@@ -14,6 +14,10 @@ Every key starts with ``{prefix}:`` (``?prefix=name`` in the URL, default
 ``fingerprints``    hash: origin -> fingerprint
 ``epoch``           the statistics epoch
 ``stats``           hash: process -> JSON ``[host, updated]``, newline, body
+``query``           the id of the newest question to every process: INCR by each
+``queries``         hash: id -> JSON ``{"expires": ..., "body": ...}``
+``answers:{id}``    hash: process -> JSON answer (expires with its question)
+``beats``           hash: process -> time of its last heartbeat
 ==================  ==============================================================
 
 A change is an optimistic transaction (WATCH the revision, plan, MULTI/EXEC),
@@ -43,7 +47,9 @@ except ImportError as e:  # pragma: no cover - depends on the installed extras
 from .._sync import new_lock
 from . import (
     AUDIT_KEPT,
+    BEATS_KEPT_S,
     CHANGES_KEPT,
+    QUERIES_KEPT_S,
     SCHEMA_VERSION,
     Change,
     Plan,
@@ -102,6 +108,10 @@ class _Keys:
         self.fingerprints = f"{prefix}:fingerprints"
         self.epoch = f"{prefix}:epoch"
         self.stats = f"{prefix}:stats"
+        self.query = f"{prefix}:query"
+        self.queries = f"{prefix}:queries"
+        self.answers = f"{prefix}:answers:"
+        self.beats = f"{prefix}:beats"
 
 
 def _split_url(url: str) -> tuple[str, str]:
@@ -489,6 +499,71 @@ class RedisStore(Store):
             return True
 
         return self._transact((self._keys.stats, self._keys.epoch), attempt)
+
+    def post_query(self, body: dict[str, Any], expires: float) -> int:
+        """INCR the id, then write the question; forgets those expired for `QUERIES_KEPT_S`."""
+        keys = self._keys
+        with self._guard():
+            client = self._redis()
+            query_id = int(client.incr(keys.query))
+            old = time.time() - QUERIES_KEPT_S
+            held = client.hgetall(keys.queries)
+            gone = [i for i, raw in held.items() if json.loads(raw)["expires"] < old]
+            pipe = client.pipeline(transaction=False)
+            if gone:
+                pipe.hdel(keys.queries, *gone)
+            pipe.hset(keys.queries, query_id, json.dumps({"expires": expires, "body": body}))
+            pipe.execute()
+        return query_id
+
+    def queries_after(self, after: int | None) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
+        """One GET when nothing is new; the newest 100 questions at most."""
+        keys = self._keys
+        with self._guard():
+            client = self._redis()
+            newest = _int(client.get(keys.query))
+            if after is not None and newest < after:  # a Redis that lost its data
+                after = 0
+            if after is None or newest <= after:
+                return newest, []
+            ids = list(range(max(after + 1, newest - 99), newest + 1))
+            held = client.hmget(keys.queries, ids)
+        now = time.time()
+        found = []
+        for query_id, raw in zip(ids, held, strict=True):
+            if raw is not None:
+                question = json.loads(raw)
+                if question["expires"] > now:
+                    found.append((query_id, question["body"]))
+        return newest, found
+
+    def put_answer(self, query_id: int, process: str, body: dict[str, Any]) -> None:
+        key = f"{self._keys.answers}{query_id}"
+        with self._guard():
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.hset(key, process, json.dumps(body))
+            pipe.expire(key, int(QUERIES_KEPT_S) + 60)
+            pipe.execute()
+
+    def answers(self, query_id: int) -> dict[str, dict[str, Any]]:
+        with self._guard():
+            held = self._redis().hgetall(f"{self._keys.answers}{query_id}")
+        return {_text(process): json.loads(body) for process, body in held.items()}
+
+    def beat(self, process: str, at: float) -> None:
+        with self._guard():
+            client = self._redis()
+            client.hset(self._keys.beats, process, repr(at))
+            if random.random() < 0.01:  # now and then: forget processes gone for long
+                held = client.hgetall(self._keys.beats)
+                gone = [p for p, seen in held.items() if float(seen) < at - BEATS_KEPT_S]
+                if gone:
+                    client.hdel(self._keys.beats, *gone)
+
+    def peers(self, since: float) -> list[str]:
+        with self._guard():
+            held = self._redis().hgetall(self._keys.beats)
+        return [_text(process) for process, at in held.items() if float(at) >= since]
 
     def close(self) -> None:
         """Close this process's connections; the next call opens new ones."""

@@ -19,7 +19,9 @@ from typing import Any
 from .._sync import new_lock
 from . import (
     AUDIT_KEPT,
+    BEATS_KEPT_S,
     CHANGES_KEPT,
+    QUERIES_KEPT_S,
     SCHEMA_VERSION,
     Change,
     Plan,
@@ -50,6 +52,15 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sources (origin TEXT PRIMARY KEY, fingerprint TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS stats"
     " (process TEXT PRIMARY KEY, host TEXT NOT NULL, updated REAL NOT NULL, body BLOB NOT NULL)",
+)
+# Questions to every process's window, their answers, and the processes' heartbeats:
+# made in files created before them too.
+_MAILBOX = (
+    "CREATE TABLE IF NOT EXISTS queries"
+    " (id INTEGER PRIMARY KEY AUTOINCREMENT, expires REAL NOT NULL, body TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS answers (query INTEGER NOT NULL, process TEXT NOT NULL,"
+    " body TEXT NOT NULL, PRIMARY KEY (query, process))",
+    "CREATE TABLE IF NOT EXISTS beats (process TEXT PRIMARY KEY, at REAL NOT NULL)",
 )
 _META = (("schema", SCHEMA_VERSION), ("epoch", 0))
 _RULE = "SELECT id, body, origin, hits FROM rules"
@@ -250,6 +261,16 @@ class SQLiteStore(Store):
                 f"store {self.url}: the file {self._path!r} holds schema version {version}; "
                 f"this version of hindsight-web uses schema version {SCHEMA_VERSION}"
             )
+        sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'beats'"
+        if not conn.execute(sql).fetchone()[0]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _MAILBOX:
+                    conn.execute(statement)
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
 
     def _error(self, error: sqlite3.Error) -> StoreError:
         return StoreError(f"store {self.url}: {type(error).__name__}: {error}")
@@ -413,6 +434,47 @@ class SQLiteStore(Store):
             values = (into.process, into.host, into.updated, into.body)
             conn.execute("INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", values)
             return True
+
+    def post_query(self, body: dict[str, Any], expires: float) -> int:
+        """Insert the question, forgetting those expired for `QUERIES_KEPT_S`."""
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            old = time.time() - QUERIES_KEPT_S
+            conn.execute("DELETE FROM queries WHERE expires < ?", (old,))
+            conn.execute("DELETE FROM answers WHERE query NOT IN (SELECT id FROM queries)")
+            sql = "INSERT INTO queries (expires, body) VALUES (?, ?)"
+            query_id = conn.execute(sql, (expires, json.dumps(body))).lastrowid
+            return int(query_id or 0)
+
+    def queries_after(self, after: int | None) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
+        """The newest id (``sqlite_sequence``: ids never come back) and the questions after."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queries'").fetchone()
+            newest = 0 if row is None else int(row[0])
+            if after is None or newest <= after:
+                return newest, []
+            sql = "SELECT id, body FROM queries WHERE id > ? AND expires > ? ORDER BY id"
+            rows = conn.execute(sql, (after, time.time())).fetchall()
+        return newest, [(int(i), json.loads(body)) for i, body in rows]
+
+    def put_answer(self, query_id: int, process: str, body: dict[str, Any]) -> None:
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            sql = "INSERT OR REPLACE INTO answers VALUES (?, ?, ?)"
+            conn.execute(sql, (query_id, process, json.dumps(body)))
+
+    def answers(self, query_id: int) -> dict[str, dict[str, Any]]:
+        with self._connected() as conn:
+            rows = conn.execute("SELECT process, body FROM answers WHERE query = ?", (query_id,))
+            return {process: json.loads(body) for process, body in rows}
+
+    def beat(self, process: str, at: float) -> None:
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.execute("INSERT OR REPLACE INTO beats VALUES (?, ?)", (process, at))
+            conn.execute("DELETE FROM beats WHERE at < ?", (at - BEATS_KEPT_S,))
+
+    def peers(self, since: float) -> list[str]:
+        with self._connected() as conn:
+            rows = conn.execute("SELECT process FROM beats WHERE at >= ?", (since,))
+            return [row[0] for row in rows]
 
     def close(self) -> None:
         """Close this process's connection; the next call opens a new one."""

@@ -1,0 +1,146 @@
+"""The hindsight window: each process's recent requests, kept after they end.
+
+Every request that ends goes into its process's window with its facts (the
+`RequestState`) and, when it was not released, its kept records, so that what
+was discarded can still be found and released a minute later. The window holds
+requests for `window_s` seconds within `window_bytes` (each request counts its
+records' estimated bytes plus `STATE_BYTES`); the oldest go first, and those
+that go before their time for lack of room are counted (`evicted`).
+
+Adding a request costs the request path an append under a lock, nothing more.
+The background thread then *settles* what was added: a kept record's
+contextvars context and ``exc_info`` (which may pin the request's objects, a
+span, a traceback's frames) are let go, its traceback text stays; and it drops
+requests older than `window_s`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+from ._sync import new_lock
+from .buffer import CONTEXT, EXC_INFO, MORE, Entry
+from .context import RequestState
+
+__all__ = ["STATE_BYTES", "Window"]
+
+_FRESH_KEPT = 10_000
+
+STATE_BYTES = 700
+"""Estimated bytes of one request's facts in the window (its state object, request id,
+path and bound fields), besides its records."""
+
+
+class Window:
+    """The recent requests of one process, oldest first; thread-safe.
+
+    Args:
+        window_s: seconds a request is kept after it ended.
+        window_bytes: the most bytes the kept requests may hold together.
+
+    Attributes:
+        used: bytes held now (estimated).
+        evicted: requests dropped for lack of room before `window_s` was up.
+    """
+
+    def __init__(self, window_s: float, window_bytes: int) -> None:
+        self.window_s = window_s
+        self.window_bytes = window_bytes
+        self.used = 0
+        self.evicted = 0
+        self._states: deque[RequestState] = deque()
+        # Added, not settled yet (bounded: a thread held up long leaves the rest as is).
+        self._fresh: deque[RequestState] = deque(maxlen=_FRESH_KEPT)
+        self._lock = new_lock()
+        _windows.add(self)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def add(self, state: RequestState) -> None:
+        """Keep a request that ended (its `at` set), with its records; the request path."""
+        with self._lock:
+            self._states.append(state)
+            self._fresh.append(state)
+            self.used += state.nbytes + STATE_BYTES
+            if self.used > self.window_bytes:
+                self._evict()
+
+    def _evict(self) -> None:
+        states = self._states
+        while self.used > self.window_bytes and states:
+            gone = states.popleft()
+            self.used -= gone.nbytes + STATE_BYTES
+            self.evicted += 1
+
+    def settle(self, now: float | None = None) -> None:
+        """Let go of what the records of newly added requests pin (contexts, tracebacks)
+        and forget requests older than `window_s`; the background thread's work."""
+        with self._lock:
+            fresh, self._fresh = self._fresh, deque(maxlen=_FRESH_KEPT)
+        for state in fresh:
+            records = state.records
+            if not records:
+                continue
+            settled = deque(map(_settled, records))
+            with self._lock:
+                if state.records is records:  # not taken by a release meanwhile
+                    state.records = settled
+        limit = (time.time() if now is None else now) - self.window_s
+        with self._lock:
+            states = self._states
+            while states and states[0].at < limit:
+                gone = states.popleft()
+                self.used -= gone.nbytes + STATE_BYTES
+
+    def states(self) -> list[RequestState]:
+        """The requests kept now, oldest first (a copy: reading it holds no lock)."""
+        with self._lock:
+            return list(self._states)
+
+    def take(self, state: RequestState) -> deque[Entry] | None:
+        """Take the records of `state` to release them, and mark it released; None when it
+        was released already (by its own end, or by another call). A release the limit
+        held back (`suppressed`) was not: its records are taken now."""
+        with self._lock:
+            if state.released and not state.suppressed:
+                return None
+            state.released, state.suppressed = True, 0
+            records, state.records = state.records, deque()
+            self.used -= state.nbytes
+            state.nbytes = 0
+        return records
+
+    def find(self, request_id: str) -> RequestState | None:
+        """The newest kept request with this id, or None."""
+        for state in reversed(self.states()):
+            if state.request_id == request_id:
+                return state
+        return None
+
+
+def _settled(entry: Entry) -> Entry:
+    """`entry` without its context, and without its ``exc_info`` (its text stays)."""
+    more: Any = entry[MORE]
+    if more is not None and more[EXC_INFO] is not None:
+        more = (*more[:EXC_INFO], None)
+    return (*entry[:CONTEXT], None, more)
+
+
+_windows: weakref.WeakSet[Window] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's requests are the parent's: a worker answers for its own only.
+    for window in list(_windows):
+        window._states.clear()
+        window._fresh.clear()
+        window.used = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
