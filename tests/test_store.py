@@ -18,6 +18,7 @@ import redis
 
 from hindsight_web.store import (
     AUDIT_KEPT,
+    QUERIES_KEPT_S,
     CHANGES_KEPT,
     SCHEMA_VERSION,
     Change,
@@ -131,6 +132,50 @@ def test_a_write_probe_writes_nothing(store: Store, url: str) -> None:
     assert store.probe_write() is url.startswith("sqlite:")
     assert (store.state(), store.read_rules(None), store.audit(5), store.read_stats()) == before
     assert store.change(put(rule("b")))[1] == before[0][0] + 1  # nothing left locked
+
+
+def test_questions_reach_readers_that_started_before_them_with_their_answers(
+    store: Store,
+) -> None:
+    newest, none = store.queries_after(None)  # a reader starting: nothing old is handed over
+    assert none == []
+    now = time.time()
+    first = store.post_query({"kind": "search", "n": 1}, now + 5)
+    second = store.post_query({"kind": "release", "n": 2}, now + 5)
+    assert newest < first < second
+    assert store.queries_after(newest) == (
+        second,
+        [(first, {"kind": "search", "n": 1}), (second, {"kind": "release", "n": 2})],
+    )
+    assert store.queries_after(first) == (second, [(second, {"kind": "release", "n": 2})])
+    assert store.queries_after(second) == (second, [])
+    store.put_answer(first, "p1", {"requests": [1]})
+    store.put_answer(first, "p2", {"requests": []})
+    store.put_answer(first, "p1", {"requests": [1, 2]})  # an answer given again replaces
+    assert store.answers(first) == {"p1": {"requests": [1, 2]}, "p2": {"requests": []}}
+    assert store.answers(second) == {}
+
+
+def test_expired_questions_are_not_handed_out_and_are_forgotten(store: Store) -> None:
+    start = store.queries_after(None)[0]
+    now = time.time()
+    old = store.post_query({"n": "old"}, now - QUERIES_KEPT_S - 1)
+    store.put_answer(old, "p1", {"n": 1})
+    late = store.post_query({"n": "late"}, now - 1)
+    live = store.post_query({"n": "live"}, now + 5)
+    assert store.queries_after(start) == (live, [(live, {"n": "live"})])
+    assert store.answers(old) == {}  # forgotten when a question came after its minute
+    assert store.queries_after(late)[0] == live
+
+
+def test_live_processes_are_those_that_beat_lately(store: Store) -> None:
+    now = time.time()
+    store.beat("gone", now - 100)
+    store.beat("a", now - 1)
+    store.beat("b", now)
+    assert sorted(store.peers(now - 5)) == ["a", "b"]
+    store.beat("gone", now)
+    assert sorted(store.peers(now - 5)) == ["a", "b", "gone"]
 
 
 def test_each_change_is_one_revision(store: Store) -> None:

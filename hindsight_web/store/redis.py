@@ -512,6 +512,7 @@ class RedisStore(Store):
             pipe = client.pipeline(transaction=False)
             if gone:
                 pipe.hdel(keys.queries, *gone)
+                pipe.delete(*(f"{keys.answers}{_text(i)}" for i in gone))
             pipe.hset(keys.queries, query_id, json.dumps({"expires": expires, "body": body}))
             pipe.execute()
         return query_id

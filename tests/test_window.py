@@ -1,0 +1,337 @@
+"""The hindsight window in one process, on both adapters: find what was discarded, release it
+later (once), backfill a user's detail, and every bad question refused by name."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from hindsight_web import Hindsight
+
+from .admin_apps import TOKEN, AppClient, make_client
+from .conftest import ListHandler
+
+Make = Callable[..., AppClient]
+
+
+@pytest.fixture(params=["fastapi", "flask"])
+def make(request: pytest.FixtureRequest) -> Iterator[Make]:
+    made: list[AppClient] = []
+
+    def build(**options: Any) -> AppClient:
+        options.setdefault("admin_token", TOKEN)
+        client = make_client(request.param, Hindsight(**options))
+        made.append(client)
+        return client
+
+    yield build
+    for client in made:
+        client.close()
+        if client.hs is not None:
+            client.hs.close()
+
+
+def search(client: AppClient, **query: str) -> dict[str, Any]:
+    params = "&".join(f"{k.replace('__', '.')}={v}" for k, v in query.items())
+    response = client.admin("GET", f"/requests?{params}")
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def release(client: AppClient, body: dict[str, Any]) -> dict[str, Any]:
+    response = client.admin("POST", "/release", json_body=body)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def app_lines(out: ListHandler) -> list[str]:
+    return [r.getMessage() for r in out.records if r.name in ("app", "hindsight_web")]
+
+
+def test_a_discarded_request_is_found_by_user_path_and_time_and_released_once_in_order(
+    make: Make, out: ListHandler
+) -> None:
+    client = make()
+    client.get("/user/alice")
+    client.get("/user/bob")
+    client.get("/fast")
+    out.records.clear()
+    found = search(client, user_id="alice", path="/user/*", since="-1m")
+    assert found["processes"] == 1 and found["complete"] is True
+    (alice,) = found["requests"]
+    assert alice["path"] == "/user/alice" and alice["status"] == 200
+    assert alice["user_id"] == "alice" and alice["released"] is False and alice["records"] == 2
+    assert search(client, user_id="alice", since="now")["requests"] == []
+
+    assert release(client, {"match": {"user_id": "alice"}, "since": "-1m", "note": "ticket 9"}) == {
+        "released": 1,
+        "processes": 1,
+        "complete": True,
+    }
+    summary, *records, audited = [r for r in out.records if r.name in ("app", "hindsight_web")]
+    assert "reason: retro" in summary.getMessage()
+    assert audited.getMessage().startswith("hindsight window released: count=1")
+    assert summary.request_id == alice["request_id"]  # type: ignore[attr-defined]
+    assert [r.getMessage() for r in records] == ["before-set_user alice", "after-set_user alice"]
+    assert {r.request_id for r in records} == {alice["request_id"]}  # type: ignore[attr-defined]
+    assert [r.user_id for r in records] == ["alice", "alice"]  # type: ignore[attr-defined]
+    # Original times and callers: the records the app made a moment ago.
+    assert records[0].created <= records[1].created < summary.created + 60
+    assert records[0].funcName == "log_user_request"
+
+    out.records.clear()
+    assert release(client, {"match": {"user_id": "alice"}, "since": "-1m"})["released"] == 0
+    (line,) = app_lines(out)  # the audit line only
+    assert line.startswith("hindsight window released: count=0 query={'match': {'user_id'")
+    assert search(client, user_id="alice")["requests"][0]["released"] is True
+    released = client.audit()[0]
+    assert released["action"] == "released" and released["count"] == 0
+    assert client.audit()[1]["count"] == 1 and client.audit()[1]["note"] == "ticket 9"
+    assert client.audit()[1]["query"]["match"] == {"user_id": "alice"}
+
+
+def test_search_filters_newest_first_and_limit(make: Make) -> None:
+    client = make(slow_ms=None)
+    for uid in ("a", "b", "c"):
+        client.get(f"/user/{uid}")
+    client.get("/fail")
+    client.get("/fast")
+    paths = [r["path"] for r in search(client)["requests"]]
+    assert paths == ["/fast", "/fail", "/user/c", "/user/b", "/user/a"]
+    assert [r["path"] for r in search(client, limit="2")["requests"]] == ["/fast", "/fail"]
+    assert [r["path"] for r in search(client, status="5xx")["requests"]] == ["/fail"]
+    assert [r["path"] for r in search(client, status="200-299", path="/user/*")["requests"]] == [
+        "/user/c",
+        "/user/b",
+        "/user/a",
+    ]
+    assert [r["path"] for r in search(client, message="after-set_user b")["requests"]] == [
+        "/user/b"
+    ]
+    failed = search(client, released="true")["requests"]
+    assert [(r["path"], r["reason"]) for r in failed] == [("/fail", "status")]
+    assert [
+        r["path"] for r in search(client, method="GET", client_ip="203.0.113.0/24")["requests"]
+    ][:1] == ["/fast"]
+    one = search(client, request_id=failed[0]["request_id"])["requests"]
+    assert [r["path"] for r in one] == ["/fail"]
+    assert search(client, until="-1h")["requests"] == []
+    assert search(client, min_duration_ms="60000")["requests"] == []
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("status=5yy", "status"),
+        ("status=499-400", "status"),
+        ("since=yesterday", "since"),
+        ("until=2026-13-01T00:00:00Z", "until"),
+        ("since=-1m&until=-2m", "until"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("min_duration_ms=-1", "min_duration_ms"),
+        ("client_ip=not-an-address", "client_ip"),
+        ("released=maybe", "released"),
+        ("usr_id=alice", "usr_id"),
+        ("field.1x=a", "field.1x"),
+    ],
+)
+def test_a_bad_filter_is_a_400_that_names_the_parameter(make: Make, query: str, field: str) -> None:
+    client = make()
+    response = client.admin("GET", f"/requests?{query}")
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]
+    assert [d["field"] for d in response.json()["details"]][:1] == [field]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ([], 400, "body"),
+        ({"match": {"pth": "/x"}}, 422, "match.pth"),
+        ({"match": {"status": "five"}}, 400, "match.status"),
+        ({"match": {"status": [500, 9999]}}, 422, "match.status[1]"),
+        ({"match": {}, "since": "soon"}, 400, "since"),
+        ({"match": {}, "note": 5}, 422, "note"),
+        ({"match": {}, "by": "me"}, 422, "by"),
+    ],
+)
+def test_a_bad_release_is_refused_naming_the_field_and_releases_nothing(
+    make: Make, out: ListHandler, body: Any, status: int, field: str
+) -> None:
+    client = make()
+    client.get("/fast")
+    out.records.clear()
+    response = client.admin("POST", "/release", json_body=body)
+    assert response.status_code == status, response.text
+    assert response.json()["details"][0]["field"] == field
+    assert app_lines(out) == []
+    assert search(client)["requests"][0]["released"] is False
+
+
+def test_one_request_with_its_records_as_json(make: Make, out: ListHandler) -> None:
+    client = make()
+    client.get("/user/carol")
+    (found,) = search(client, user_id="carol")["requests"]
+    shown = client.admin("GET", f"/requests/{found['request_id']}")
+    assert shown.status_code == 200, shown.text
+    body = shown.json()
+    assert body["path"] == "/user/carol" and body["processes"] == 1
+    assert [(r["level"], r["logger"], r["message"]) for r in body["records"]] == [
+        ("DEBUG", "app", "before-set_user carol"),
+        ("DEBUG", "app", "after-set_user carol"),
+    ]
+    record = body["records"][0]
+    assert record["func"] == "log_user_request" and record["pathname"].endswith("admin_apps.py")
+    assert record["time"].endswith("Z") and record["exc_text"] is None
+    missing = client.admin("GET", "/requests/no-such-id")
+    assert missing.status_code == 404 and "no-such-id" in missing.json()["error"]
+
+
+def test_backfill_writes_the_users_recent_requests_then_detail_goes_on_live(
+    make: Make, out: ListHandler
+) -> None:
+    client = make()
+    for _ in range(3):
+        client.get("/user/dave")
+    client.get("/user/erin")
+    out.records.clear()
+    made = client.admin("POST", "/users/dave/detail", json_body={"backfill_s": 600})
+    assert made.status_code == 201, made.text
+    assert made.json()["backfill"] == {"released": 3, "processes": 1, "complete": True}
+    client.get("/user/dave")
+    audited = ("hindsight rule added", "hindsight window released")
+    lines = [line for line in app_lines(out) if not line.startswith(audited)]
+    summaries = [i for i, line in enumerate(lines) if "(reason: retro)" in line]
+    assert len(summaries) == 3 and all("reason: retro" in lines[i] for i in summaries)
+    backfilled = [line for line in lines[: summaries[-1] + 3] if "set_user" in line]
+    assert backfilled == ["before-set_user dave", "after-set_user dave"] * 3
+    # then live, after what was backfilled: once the app says who the user is, the request's
+    # DEBUG lines are written at once
+    assert lines[summaries[-1] + 3 :][:4] == [
+        "pre-info dave",
+        "before-set_user dave",
+        "after-set_user dave",
+        "post-info dave",
+    ]
+    assert "erin" not in " ".join(lines)
+
+
+def test_a_backfill_that_cannot_be_made_changes_nothing(make: Make, out: ListHandler) -> None:
+    client = make()
+    client.get("/user/frank")
+    for bad in (0, -5, 86401, "900", True):
+        response = client.admin("POST", "/users/frank/detail", json_body={"backfill_s": bad})
+        assert response.status_code == 422, response.text
+        assert response.json()["details"][0]["field"] == "backfill_s"
+    assert client.rules() == []
+    assert search(client, user_id="frank")["requests"][0]["released"] is False
+
+
+def test_a_release_the_limit_held_back_is_released_later_from_the_window(
+    make: Make, out: ListHandler
+) -> None:
+    client = make(max_releases_per_s=1)  # bursts of 2
+    for _ in range(4):
+        client.get("/fail")
+    held = search(client, status="500", released="false")["requests"]
+    assert len(held) == 2 and all(r["suppressed"] == 1 for r in held)
+    assert sum("suppressed=1" in line for line in app_lines(out)) == 2
+    out.records.clear()
+    assert release(client, {"match": {"status": 500}})["released"] == 2
+    lines = app_lines(out)
+    assert lines.count("fail-debug") == 2 and sum("reason: retro" in x for x in lines) == 2
+    assert search(client, status="500", released="false")["requests"] == []
+
+
+def test_the_window_keeps_window_s_and_window_bytes_and_counts_what_it_evicts(make: Make) -> None:
+    client = make(window_bytes=5_000)  # room for a few requests of ~1 KB
+    for n in range(20):
+        client.get(f"/user/u{n}")
+    hs = client.hs
+    assert hs is not None and hs.window is not None
+    counters = hs.counters()
+    assert counters["window_evicted"] >= 14 and counters["window_bytes"] <= 5_000
+    assert 1 <= counters["window_requests"] <= 6
+    newest = search(client)["requests"]
+    assert newest[0]["path"] == "/user/u19"
+    assert len(newest) == counters["window_requests"]
+    hs.window.settle(now=time.time() + 301)  # window_s later
+    assert search(client)["requests"] == [] and hs.counters()["window_bytes"] == 0
+
+
+def test_no_window_when_it_is_off(make: Make, out: ListHandler) -> None:
+    client = make(window_s=0)
+    client.get("/user/gina")
+    assert search(client)["requests"] == []
+    assert release(client, {"match": {}})["released"] == 0
+    assert client.hs is not None and client.hs.counters()["window_requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("window_s", -1),
+        ("window_s", float("inf")),
+        ("window_bytes", -1),
+        ("window_bytes", 1.5),
+        ("window_bytes", True),
+        ("search_timeout_s", 0),
+    ],
+)
+def test_bad_window_options_are_named(option: str, value: object) -> None:
+    with pytest.raises(ValueError, match=option):
+        Hindsight(**{option: value})
+
+
+def test_settled_records_hold_no_context_nor_traceback_and_still_release(
+    make: Make, out: ListHandler
+) -> None:
+    client = make()
+    client.get("/user/hank")
+    hs = client.hs
+    assert hs is not None and hs.window is not None
+    hs.window.settle()
+    (state,) = hs.window.states()
+    assert all(entry[9] is None for entry in state.records)  # buffer.CONTEXT
+    out.records.clear()
+    assert release(client, {"match": {"user_id": "hank"}})["released"] == 1
+    assert [line for line in app_lines(out) if "set_user" in line] == [
+        "before-set_user hank",
+        "after-set_user hank",
+    ]
+
+
+def test_a_released_exception_keeps_its_traceback_text_in_the_window(
+    make: Make, out: ListHandler
+) -> None:
+    client = make()
+    hs = client.hs
+    assert hs is not None and hs.window is not None
+    log = logging.getLogger("app")
+    state = hs.begin("GET", "/boom", "127.0.0.1")
+    from hindsight_web.context import _current
+
+    token = _current.set(state)
+    try:
+        try:
+            raise RuntimeError("inner detail")
+        except RuntimeError:
+            log.debug("caught", exc_info=True)
+    finally:
+        _current.reset(token)
+    state.status = 200
+    hs.finish(state)
+    hs.window.settle()
+    shown = client.admin("GET", f"/requests/{state.request_id}").json()
+    assert "RuntimeError: inner detail" in shown["records"][0]["exc_text"]
+    out.records.clear()
+    assert release(client, {"match": {"path": "/boom"}})["released"] == 1
+    (written,) = [line for line in out.lines if "caught" in line]
+    assert written.endswith("RuntimeError: inner detail")
