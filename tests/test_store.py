@@ -18,8 +18,8 @@ import redis
 
 from hindsight_web.store import (
     AUDIT_KEPT,
-    QUERIES_KEPT_S,
     CHANGES_KEPT,
+    QUERIES_KEPT_S,
     SCHEMA_VERSION,
     Change,
     RulesRead,

@@ -63,10 +63,14 @@ def test_a_discarded_request_is_found_by_user_path_and_time_and_released_once_in
     client.get("/fast")
     out.records.clear()
     found = search(client, user_id="alice", path="/user/*", since="-1m")
-    assert found["processes"] == 1 and found["complete"] is True
+    assert found["processes"] == 1
+    assert found["complete"] is True
     (alice,) = found["requests"]
-    assert alice["path"] == "/user/alice" and alice["status"] == 200
-    assert alice["user_id"] == "alice" and alice["released"] is False and alice["records"] == 2
+    assert alice["path"] == "/user/alice"
+    assert alice["status"] == 200
+    assert alice["user_id"] == "alice"
+    assert alice["released"] is False
+    assert alice["records"] == 2
     assert search(client, user_id="alice", since="now")["requests"] == []
 
     assert release(client, {"match": {"user_id": "alice"}, "since": "-1m", "note": "ticket 9"}) == {
@@ -91,8 +95,10 @@ def test_a_discarded_request_is_found_by_user_path_and_time_and_released_once_in
     assert line.startswith("hindsight window released: count=0 query={'match': {'user_id'")
     assert search(client, user_id="alice")["requests"][0]["released"] is True
     released = client.audit()[0]
-    assert released["action"] == "released" and released["count"] == 0
-    assert client.audit()[1]["count"] == 1 and client.audit()[1]["note"] == "ticket 9"
+    assert released["action"] == "released"
+    assert released["count"] == 0
+    assert client.audit()[1]["count"] == 1
+    assert client.audit()[1]["note"] == "ticket 9"
     assert client.audit()[1]["query"]["match"] == {"user_id": "alice"}
 
 
@@ -182,16 +188,20 @@ def test_one_request_with_its_records_as_json(make: Make, out: ListHandler) -> N
     shown = client.admin("GET", f"/requests/{found['request_id']}")
     assert shown.status_code == 200, shown.text
     body = shown.json()
-    assert body["path"] == "/user/carol" and body["processes"] == 1
+    assert body["path"] == "/user/carol"
+    assert body["processes"] == 1
     assert [(r["level"], r["logger"], r["message"]) for r in body["records"]] == [
         ("DEBUG", "app", "before-set_user carol"),
         ("DEBUG", "app", "after-set_user carol"),
     ]
     record = body["records"][0]
-    assert record["func"] == "log_user_request" and record["pathname"].endswith("admin_apps.py")
-    assert record["time"].endswith("Z") and record["exc_text"] is None
+    assert record["func"] == "log_user_request"
+    assert record["pathname"].endswith("admin_apps.py")
+    assert record["time"].endswith("Z")
+    assert record["exc_text"] is None
     missing = client.admin("GET", "/requests/no-such-id")
-    assert missing.status_code == 404 and "no-such-id" in missing.json()["error"]
+    assert missing.status_code == 404
+    assert "no-such-id" in missing.json()["error"]
 
 
 def test_backfill_writes_the_users_recent_requests_then_detail_goes_on_live(
@@ -209,7 +219,8 @@ def test_backfill_writes_the_users_recent_requests_then_detail_goes_on_live(
     audited = ("hindsight rule added", "hindsight window released")
     lines = [line for line in app_lines(out) if not line.startswith(audited)]
     summaries = [i for i, line in enumerate(lines) if "(reason: retro)" in line]
-    assert len(summaries) == 3 and all("reason: retro" in lines[i] for i in summaries)
+    assert len(summaries) == 3
+    assert all("reason: retro" in lines[i] for i in summaries)
     backfilled = [line for line in lines[: summaries[-1] + 3] if "set_user" in line]
     assert backfilled == ["before-set_user dave", "after-set_user dave"] * 3
     # then live, after what was backfilled: once the app says who the user is, the request's
@@ -241,12 +252,14 @@ def test_a_release_the_limit_held_back_is_released_later_from_the_window(
     for _ in range(4):
         client.get("/fail")
     held = search(client, status="500", released="false")["requests"]
-    assert len(held) == 2 and all(r["suppressed"] == 1 for r in held)
+    assert len(held) == 2
+    assert all(r["suppressed"] == 1 for r in held)
     assert sum("suppressed=1" in line for line in app_lines(out)) == 2
     out.records.clear()
     assert release(client, {"match": {"status": 500}})["released"] == 2
     lines = app_lines(out)
-    assert lines.count("fail-debug") == 2 and sum("reason: retro" in x for x in lines) == 2
+    assert lines.count("fail-debug") == 2
+    assert sum("reason: retro" in x for x in lines) == 2
     assert search(client, status="500", released="false")["requests"] == []
 
 
@@ -255,15 +268,18 @@ def test_the_window_keeps_window_s_and_window_bytes_and_counts_what_it_evicts(ma
     for n in range(20):
         client.get(f"/user/u{n}")
     hs = client.hs
-    assert hs is not None and hs.window is not None
+    assert hs is not None
+    assert hs.window is not None
     counters = hs.counters()
-    assert counters["window_evicted"] >= 14 and counters["window_bytes"] <= 5_000
+    assert counters["window_evicted"] >= 14
+    assert counters["window_bytes"] <= 5_000
     assert 1 <= counters["window_requests"] <= 6
     newest = search(client)["requests"]
     assert newest[0]["path"] == "/user/u19"
     assert len(newest) == counters["window_requests"]
     hs.window.settle(now=time.time() + 301)  # window_s later
-    assert search(client)["requests"] == [] and hs.counters()["window_bytes"] == 0
+    assert search(client)["requests"] == []
+    assert hs.counters()["window_bytes"] == 0
 
 
 def test_no_window_when_it_is_off(make: Make, out: ListHandler) -> None:
@@ -271,7 +287,8 @@ def test_no_window_when_it_is_off(make: Make, out: ListHandler) -> None:
     client.get("/user/gina")
     assert search(client)["requests"] == []
     assert release(client, {"match": {}})["released"] == 0
-    assert client.hs is not None and client.hs.counters()["window_requests"] == 0
+    assert client.hs is not None
+    assert client.hs.counters()["window_requests"] == 0
 
 
 @pytest.mark.parametrize(
@@ -296,7 +313,8 @@ def test_settled_records_hold_no_context_nor_traceback_and_still_release(
     client = make()
     client.get("/user/hank")
     hs = client.hs
-    assert hs is not None and hs.window is not None
+    assert hs is not None
+    assert hs.window is not None
     hs.window.settle()
     (state,) = hs.window.states()
     assert all(entry[9] is None for entry in state.records)  # buffer.CONTEXT
@@ -313,7 +331,8 @@ def test_a_released_exception_keeps_its_traceback_text_in_the_window(
 ) -> None:
     client = make()
     hs = client.hs
-    assert hs is not None and hs.window is not None
+    assert hs is not None
+    assert hs.window is not None
     log = logging.getLogger("app")
     state = hs.begin("GET", "/boom", "127.0.0.1")
     from hindsight_web.context import _current
