@@ -359,6 +359,12 @@ def _search(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     spec = _spec(search.parse_search, request.query)
     answers, processes, complete = hs.ask({"kind": "search", "spec": spec})
     found = [found for answer in answers for found in answer.get("requests", [])]
+    seen = {facts["request_id"] for facts in found}
+    try:
+        kept = hs.search_retained(search.Search(spec))
+    except StoreError:
+        kept, complete = [], False
+    found += [facts for facts in kept if facts["request_id"] not in seen]
     found.sort(key=lambda facts: facts["at"], reverse=True)
     return _json(
         200,
@@ -372,6 +378,12 @@ def _show(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     for answer in answers:
         if answer.get("request") is not None:
             return _json(200, {**answer["request"], "processes": processes, "complete": complete})
+    try:
+        kept = hs.retained_request(request_id)
+    except StoreError:
+        kept, complete = None, False
+    if kept is not None:
+        return _json(200, {**kept, "processes": processes, "complete": complete})
     where = "the window" if complete else f"the windows of the {processes} processes that answered"
     raise AdminError(404, f"no request {request_id!r} in {where}")
 

@@ -9,6 +9,7 @@ by the background thread of `sync`; none of them is on the request path.
 from __future__ import annotations
 
 import contextvars
+import math
 import os
 import re
 import time
@@ -23,8 +24,9 @@ from .buffer import Budget, Counts, release_memory
 from .context import CLOSED_LEVEL, RequestState, _current
 from .fanout import Answers, Fanout
 from .release import MAX_QUEUED, RateLimit, Release, Writer, write_now
+from .retain import Retainer
 from .rules import Rule
-from .search import Search, facts_json, records_json
+from .search import Search, StoredRequest, facts_json, records_json
 from .sources import RulesPoller, load_initial
 from .stats import Stats, hash_session
 from .stats_share import SharedStats
@@ -118,6 +120,8 @@ class Hindsight:
             0 keeps none.
         search_timeout_s: how long a search or a release of the window waits for
             the other processes sharing the store to answer.
+        retain_max_bytes: the most bytes the requests kept by ``retain`` rules may
+            take in the store, all processes together (the oldest go first).
 
     Raises:
         ValueError: a bad option (the message names it and what is allowed).
@@ -164,6 +168,7 @@ class Hindsight:
         window_s: float = 300.0,
         window_bytes: int = 32_000_000,
         search_timeout_s: float = 1.0,
+        retain_max_bytes: int = 64_000_000,
     ) -> None:
         self.slow_ms = options.optional_number("slow_ms", slow_ms)
         self.release_on_status = options.optional_status(release_on_status)
@@ -192,6 +197,7 @@ class Hindsight:
         window_bytes = options.non_negative_int("window_bytes", window_bytes)
         self.window = Window(window_s, window_bytes) if window_s and window_bytes else None
         self.search_timeout_s = options.seconds("search_timeout_s", search_timeout_s)
+        retain_max_bytes = options.positive_int("retain_max_bytes", retain_max_bytes)
         self.budget = Budget(self.max_total_bytes)
         self.release_handler_level = options.level("release_handler_level", release_handler_level)
         self.max_releases_per_s = options.positive_number("max_releases_per_s", max_releases_per_s)
@@ -230,13 +236,17 @@ class Hindsight:
             on_epoch=self.shared.follow_epoch,
             publish=self.shared.publish,
         )
+        self.retainer = Retainer(self.store, self.health, retain_max_bytes)
+        chores = [self.retainer.write]
+        if self.window is not None:
+            chores.insert(0, self.window.settle)
         self.fanout = Fanout(
             self.store,
             self.health,
             process=lambda: self.shared.process,
-            window=self.window,
             answer=self._answer,
             timeout_s=self.search_timeout_s,
+            chores=chores,
         )
         capture.install()
         self._sync.start()
@@ -384,6 +394,10 @@ class Hindsight:
             state.at = time.time()
             state.suppressed = 0
             state.kept = kept = len(state.records)
+            if not self.rules.empty:
+                kept_by = self.rules.retain_for(state, duration_ms)
+                if kept_by is not None:
+                    self.retainer.keep(state, list(state.records), kept_by)
             if kept or state.dropped:
                 self._counts.add(
                     records_captured=kept + state.dropped, records_dropped=state.dropped
@@ -488,7 +502,7 @@ class Hindsight:
             state = None if self.window is None else self.window.find(question["request_id"])
             if state is None:
                 return {"request": None}
-            return {"request": {**facts_json(state), "records": records_json(state)}}
+            return {"request": {**facts_json(state), "records": records_json(list(state.records))}}
         if kind == "release":
             search = Search(question["spec"])
             released = self.release_window(search, question.get("reason", "retro"))
@@ -496,6 +510,34 @@ class Hindsight:
             self.writer.flush(self.search_timeout_s)
             return {"released": released}
         raise ValueError(f"unknown question {kind!r}")
+
+    def search_retained(self, search: Search) -> list[dict[str, Any]]:
+        """The requests kept by ``retain`` rules that `search` finds, newest first, at
+        most its limit, from the newest `RETAINED_SCANNED` in its time range (facts
+        only, marked ``"retained": true``).
+
+        Raises:
+            store.StoreError: the store cannot be read now.
+        """
+        since = None if search.since == -math.inf else search.since
+        until = None if search.until == math.inf else search.until
+        docs = self.health.checked(lambda: self.store.retained(since, until, RETAINED_SCANNED))
+        found = []
+        for doc in docs:
+            if search.matches(StoredRequest(doc)):
+                found.append(_retained_facts(doc))
+                if len(found) >= search.limit:
+                    break
+        return found
+
+    def retained_request(self, request_id: str) -> dict[str, Any] | None:
+        """A request kept by a ``retain`` rule, with its records, or None.
+
+        Raises:
+            store.StoreError: the store cannot be read now.
+        """
+        doc = self.health.checked(lambda: self.store.retained_one(request_id))
+        return None if doc is None else {**_retained_facts(doc), "records": doc["records"]}
 
     def search_window(self, search: Search) -> list[RequestState]:
         """This process's kept requests that `search` finds, newest first, at most its
@@ -596,7 +638,17 @@ class Hindsight:
         counts["window_requests"] = 0 if window is None else len(window)
         counts["window_bytes"] = 0 if window is None else window.used
         counts["window_evicted"] = 0 if window is None else window.evicted
+        counts.update(self.retainer.counts())
         return counts
+
+
+RETAINED_SCANNED = 10_000
+"""Kept requests a search reads from the store at most (the newest in its time range)."""
+
+
+def _retained_facts(doc: dict[str, Any]) -> dict[str, Any]:
+    facts = {k: v for k, v in doc.items() if k not in ("records", "at_s", "records_kept")}
+    return {**facts, "records": len(doc.get("records", ())), "retained": True}
 
 
 _App = TypeVar("_App")

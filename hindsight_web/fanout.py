@@ -13,7 +13,8 @@ time to the store; one silent for `LIVE_S` seconds counts as gone. A question
 carries its deadline: a process that sees it too late does not act on it (a
 release it would make is left for the next question).
 
-The same thread settles the window (`Window.settle`).
+The same thread does the window's other background work (`chores`): it settles
+the window (`Window.settle`) and writes what ``retain`` rules keep to the store.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from . import errors
 from ._sync import start_thread
 from .store import Store, StoreError
 from .store.health import Health
-from .window import Window
 
 __all__ = ["BEAT_S", "LIVE_S", "POLL_S", "Answers", "Fanout"]
 
@@ -56,9 +56,10 @@ class Fanout:
         store: the store the processes share (``memory://``: this process only).
         health: notes store calls that fail or succeed again.
         process: gives this process's key in the store (a forked child has its own).
-        window: this process's window, settled by the thread (None: no window).
         answer: answers a question from this process's window.
         timeout_s: how long `ask` waits for the other processes (``search_timeout_s``).
+        chores: more background work of the window's, run at every step (settling
+            the window, writing what ``retain`` rules keep).
     """
 
     def __init__(
@@ -67,14 +68,14 @@ class Fanout:
         health: Health,
         *,
         process: Callable[[], str],
-        window: Window | None,
         answer: Callable[[dict[str, Any]], dict[str, Any]],
         timeout_s: float,
+        chores: list[Callable[[], None]],
     ) -> None:
         self.store = store
         self.health = health
         self.process = process
-        self.window = window
+        self.chores = chores
         self._answer = answer
         self.timeout_s = timeout_s
         self._seen: int | None = None  # the newest question looked at
@@ -123,18 +124,18 @@ class Fanout:
         return [own, *answers.values()], 1 + len(answers), peers <= answers.keys()
 
     def _step(self) -> float:
-        try:
-            if self.window is not None:
-                self.window.settle()
-            if self.store.shared:
-                self._answer_others()
-        except StoreError:
-            pass  # noted by `health`; tried again at the next step
-        except Exception as exc:
-            errors.report("window", exc)
+        for chore in (*self.chores, self._answer_others):
+            try:
+                chore()
+            except StoreError:
+                pass  # noted by `health`; tried again at the next step
+            except Exception as exc:
+                errors.report("window", exc)
         return POLL_S
 
     def _answer_others(self) -> None:
+        if not self.store.shared:
+            return
         now = time.time()
         me = self.process()
         if now >= self._next_beat:

@@ -48,7 +48,9 @@ _T = TypeVar("_T")
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-ACTIONS = ("detail", "release", "drop")
+ACTIONS = ("detail", "release", "drop", "retain")
+DEFAULT_RETAIN_S = 30 * 86400
+MAX_RETAIN_S = 10 * 366 * 86400
 _TOP_KEYS = (
     "action",
     "dry_run",
@@ -58,6 +60,7 @@ _TOP_KEYS = (
     "match",
     "note",
     "priority",
+    "retain_s",
     "sample_rate",
     "starts_at",
     "ttl_s",
@@ -728,10 +731,10 @@ def _level_json(level: int) -> str | int:
 
 def _choice(p: _Problems, obj: Mapping[str, object]) -> str:
     """The action, or "" when it is refused (a problem is recorded then)."""
-    expected = "expected one of 'detail', 'release', 'drop'"
+    expected = "expected one of 'detail', 'release', 'drop', 'retain'"
     value = obj.get("action")
     if value is None:
-        p.missing("action", "one of 'detail', 'release', 'drop'")
+        p.missing("action", "one of 'detail', 'release', 'drop', 'retain'")
     elif not isinstance(value, str):
         p.wrong_type("action", value, expected)
     elif value not in ACTIONS:
@@ -880,7 +883,9 @@ class Rule:
 
     Attributes:
         id: the rule's id (given, or 12 random hex digits).
-        action: ``"detail"``, ``"release"`` or ``"drop"``.
+        action: ``"detail"``, ``"release"``, ``"drop"`` or ``"retain"``.
+        retain_s: for a ``retain`` rule, the seconds a matching request is kept in
+            the store; None for the other actions.
         level: the logging level (a number) detail mode writes from.
         priority: higher wins among matching rules.
         sample_rate: the share of matching requests the rule acts on (0 < x <= 1).
@@ -909,6 +914,7 @@ class Rule:
         "level",
         "note",
         "priority",
+        "retain_s",
         "sample_rate",
         "starts_at",
     )
@@ -917,6 +923,7 @@ class Rule:
     action: str
     level: int
     priority: int
+    retain_s: int | None
     sample_rate: float
     dry_run: bool
     note: str | None
@@ -949,6 +956,7 @@ class Rule:
         starts_at: float | None,
         expires_at: float | None,
         hits: int = 0,
+        retain_s: int | None = None,
     ) -> None:
         put = object.__setattr__
         for name, value in (
@@ -962,6 +970,7 @@ class Rule:
             ("created_at", created_at),
             ("starts_at", starts_at),
             ("expires_at", expires_at),
+            ("retain_s", retain_s),
         ):
             put(self, name, value)
         bucket = next((key for key in _INDEX_ORDER if key in match.keys), None)
@@ -1024,6 +1033,7 @@ class Rule:
             "expires_at": _iso(self.expires_at),
             "ttl_s": left,
             "hits": self.hits,
+            **({} if self.retain_s is None else {"retain_s": self.retain_s}),
         }
 
     def _identity(self) -> tuple[object, ...]:
@@ -1142,6 +1152,7 @@ def _parse(
     sample_rate = _parse_sample_rate(p, obj.get("sample_rate"))
     dry_run = _parse_bool(p, "dry_run", obj.get("dry_run"))
     note = _parse_note(p, obj.get("note"))
+    retain_s = _parse_retain_s(p, action, obj.get("retain_s"))
     starts_at, expires_at = _window(
         p,
         obj,
@@ -1170,7 +1181,19 @@ def _parse(
         starts_at=starts_at,
         expires_at=expires_at,
         hits=hits,
+        retain_s=retain_s,
     )
+
+
+def _parse_retain_s(p: _Problems, action: str, value: object) -> int | None:
+    """A retain rule's ``retain_s`` (whole seconds, default 30 days); no other rule has one."""
+    if action != "retain":
+        if value is not None:
+            p.wrong_value("retain_s", value, "only a 'retain' rule has 'retain_s'")
+        return None
+    if value is None:
+        return DEFAULT_RETAIN_S
+    return _parse_int(p, "retain_s", value, 1, MAX_RETAIN_S)
 
 
 # -- the rule set and its index -----------------------------------------------------------
@@ -1272,6 +1295,7 @@ class RuleSet:
         self._by_id: dict[str, Rule] = {}
         self._detail: _Index | None = None
         self._end: _Index | None = None
+        self._retain: _Index | None = None
         # (expires_at, order, rule) of the rules that expire; entries of rules removed
         # since stay until they come up (or the heap is rebuilt when mostly stale).
         self._expiry: list[tuple[float, int, Rule]] = []
@@ -1349,14 +1373,12 @@ class RuleSet:
 
     def _put(self, rule: Rule) -> None:
         self._by_id[rule.id] = rule
-        if rule.action == "detail":
-            if self._detail is None:
-                self._detail = _Index()
-            self._detail.add(rule)
-        else:
-            if self._end is None:
-                self._end = _Index()
-            self._end.add(rule)
+        name = _INDEX_OF[rule.action]
+        index = getattr(self, name)
+        if index is None:
+            index = _Index()
+            setattr(self, name, index)
+        index.add(rule)
         if rule.expires_at is not None:
             # The order (unique) settles ties: rules themselves are never compared.
             entry = (rule._until, int(rule._detail_key[-1]), rule)
@@ -1367,14 +1389,12 @@ class RuleSet:
 
     def _drop(self, rule: Rule) -> None:
         del self._by_id[rule.id]
-        index = self._detail if rule.action == "detail" else self._end
+        name = _INDEX_OF[rule.action]
+        index = getattr(self, name)
         if index is not None:
             index.remove(rule)
             if not index.size:  # the lookups of that kind can be skipped again
-                if rule.action == "detail":
-                    self._detail = None
-                else:
-                    self._end = None
+                setattr(self, name, None)
         for needle in rule._needles:
             left = self._needles[needle] - 1
             if left:
@@ -1444,6 +1464,12 @@ class RuleSet:
         index = self._end
         return None if index is None else self._lookup(index, facts, duration_ms, _DECIDE_ORDER)
 
+    def retain_for(self, facts: RequestFacts, duration_ms: float) -> Rule | None:
+        """The `retain` rule that applies when a request ends (the one keeping it longest,
+        then the highest priority), or None; cheap when no retain rule is held."""
+        index = self._retain
+        return None if index is None else self._lookup(index, facts, duration_ms, _RETAIN_ORDER)
+
     def _lookup(
         self,
         index: _Index,
@@ -1489,6 +1515,14 @@ if hasattr(os, "register_at_fork"):
 
 _DETAIL_ORDER: Callable[[Rule], tuple[float, ...]] = operator.attrgetter("_detail_key")
 _DECIDE_ORDER: Callable[[Rule], tuple[float, ...]] = operator.attrgetter("_decide_key")
+
+
+def _RETAIN_ORDER(rule: Rule) -> tuple[float, ...]:
+    return (rule.retain_s or 0, *rule._decide_key)
+
+
+# The index of the RuleSet each action's rules are looked up in.
+_INDEX_OF = {"detail": "_detail", "release": "_end", "drop": "_end", "retain": "_retain"}
 
 
 def _matches(rule: Rule, facts: RequestFacts, duration_ms: float) -> bool:

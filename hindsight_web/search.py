@@ -14,11 +14,23 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from .buffer import ARGS, FUNC, LEVEL, LINENO, LOGGER, MORE, MSG, NO_MORE, PATHNAME, TIME_NS
+from .buffer import (
+    ARGS,
+    FUNC,
+    LEVEL,
+    LINENO,
+    LOGGER,
+    MORE,
+    MSG,
+    NO_MORE,
+    PATHNAME,
+    TIME_NS,
+    Entry,
+)
 from .context import RequestState
 from .messages import text
 from .rules import Rule, RuleError, parse_rule
@@ -288,8 +300,9 @@ class Search:
         self.released: bool | None = spec.get("released")
         self.limit = int(spec.get("limit") or MAX_LIMIT)
 
-    def matches(self, state: RequestState) -> bool:
-        """Whether the request (ended, in the window) is one the spec asks for."""
+    def matches(self, state: RequestState | StoredRequest) -> bool:
+        """Whether the request (ended: in the window, or kept in the store) is one the
+        spec asks for."""
         if not self.since <= state.at <= self.until:
             return False
         if self.request_id is not None and state.request_id != self.request_id:
@@ -314,7 +327,34 @@ class Search:
         return found
 
 
-def _released_now(state: RequestState) -> bool:
+class StoredRequest:
+    """A request a ``retain`` rule kept in the store (its JSON document, as
+    `facts_json` and `records_json` made it), as a `Search` reads it."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+        self.request_id: str = doc["request_id"]
+        self.method: str = doc["method"]
+        self.path: str = doc["path"]
+        self.route: str | None = doc.get("route")
+        self.user_id: str | None = doc.get("user_id")
+        self.session_id: str | None = doc.get("session_id")
+        self.client: str | None = doc.get("client_ip")
+        self.status: int | None = doc.get("status")
+        self.duration_ms: float = doc.get("duration_ms") or 0.0
+        self.at: float = doc["at_s"]
+        self.released: bool = bool(doc.get("released"))
+        self.suppressed = 0
+        self.fields: dict[str, Any] = doc.get("fields") or {}
+
+    def header(self, name: str) -> str | None:
+        return None  # request headers are not kept
+
+    def mentions(self, needle: str) -> bool:
+        return any(needle in record["message"] for record in self.doc.get("records", ()))
+
+
+def _released_now(state: RequestState | StoredRequest) -> bool:
     """Whether the request's records were written (a release the limit held back, whose
     summary only was written, was not)."""
     return state.released and not state.suppressed
@@ -347,10 +387,10 @@ def facts_json(state: RequestState) -> dict[str, Any]:
     }
 
 
-def records_json(state: RequestState) -> list[dict[str, Any]]:
-    """The records a kept request still holds, oldest first, as JSON objects."""
+def records_json(entries: Iterable[Entry]) -> list[dict[str, Any]]:
+    """Kept records (a request's buffer, oldest first) as JSON objects."""
     shown = []
-    for entry in list(state.records):
+    for entry in entries:
         exc_text, stack, extra, _ = entry[MORE] or NO_MORE
         log: logging.Logger = entry[LOGGER]
         shown.append(

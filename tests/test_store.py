@@ -3,6 +3,7 @@ redis-server), then what only shared stores do, and their faults."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -906,3 +907,49 @@ def test_display_url_hides_passwords() -> None:
     assert display_url("redis://:pw@h:port/0") == "redis://:***@h:port/0"
     assert display_url("redis://h/0?password=pw&prefix=a") == "redis://h/0?password=***&prefix=a"
     assert display_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+# -- requests kept by retain rules ----------------------------------------------------------------
+
+
+def kept_doc(request_id: str, at: float, size: int = 100) -> str:
+    body = json.dumps({"request_id": request_id, "at_s": at, "pad": ""})
+    return body[:-2] + "x" * (size - len(body)) + '"}'
+
+
+def test_retained_requests_newest_first_within_time_and_bytes(store: Store) -> None:
+    now = time.time()
+    for n in range(5):
+        assert (
+            store.retain(
+                f"r{n}", now - 50 + n, now + 3600, kept_doc(f"r{n}", now - 50 + n, 200), 1000
+            )
+            == 0
+        )
+    assert [d["request_id"] for d in store.retained(None, None, 10)] == [
+        "r4",
+        "r3",
+        "r2",
+        "r1",
+        "r0",
+    ]
+    assert [d["request_id"] for d in store.retained(now - 49, now - 47, 10)] == ["r3", "r2", "r1"]
+    assert [d["request_id"] for d in store.retained(None, None, 2)] == ["r4", "r3"]
+    assert store.retained_one("r2") == json.loads(kept_doc("r2", now - 48, 200))
+    assert store.retained_one("nope") is None
+    # Over the bytes: the oldest go first, and the count says how many.
+    assert store.retain("r5", now, now + 3600, kept_doc("r5", now, 300), 1000) == 2
+    assert [d["request_id"] for d in store.retained(None, None, 10)] == ["r5", "r4", "r3", "r2"]
+    # The same id again replaces it; one alone larger than the bytes is refused.
+    assert store.retain("r5", now, now + 3600, kept_doc("r5", now, 100), 1000) == 0
+    assert store.retain("big", now, now + 3600, kept_doc("big", now, 2000), 1000) == -1
+    assert store.retained_one("big") is None
+    assert len(store.retained(None, None, 10)) == 4
+
+
+def test_retained_requests_go_when_their_time_is_up(store: Store) -> None:
+    now = time.time()
+    store.retain("short", now - 10, now - 1, kept_doc("short", now - 10), 10_000)
+    store.retain("long", now - 5, now + 3600, kept_doc("long", now - 5), 10_000)
+    assert [d["request_id"] for d in store.retained(None, None, 10)] == ["long"]
+    assert store.retained_one("short") is None

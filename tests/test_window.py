@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -354,3 +355,90 @@ def test_a_released_exception_keeps_its_traceback_text_in_the_window(
     assert release(client, {"match": {"path": "/boom"}})["released"] == 1
     (written,) = [line for line in out.lines if "caught" in line]
     assert written.endswith("RuntimeError: inner detail")
+
+
+# -- retain rules: kept in the store after the window ---------------------------------------------
+
+
+def wait_retained(client: AppClient, n: int) -> None:
+    hs = client.hs
+    assert hs is not None
+    deadline = time.monotonic() + 5
+    while hs.counters()["retained"] < n:
+        assert time.monotonic() < deadline, hs.counters()
+        time.sleep(0.02)
+
+
+def test_a_retain_rule_keeps_its_requests_in_the_store_after_the_window(
+    make: Make, tmp_path: Path, out: ListHandler
+) -> None:
+    client = make(store=f"sqlite:///{tmp_path / 'kept.db'}")
+    rule = {"id": "audit-users", "action": "retain", "match": {"path": "/user/*"}, "retain_s": 3600}
+    made = client.admin("POST", "/rules", json_body=rule)
+    assert made.status_code == 201, made.text
+    assert made.json()["retain_s"] == 3600
+    client.get("/user/ivy")
+    client.get("/fast")
+    wait_retained(client, 1)
+    hs = client.hs
+    assert hs is not None
+    assert hs.window is not None
+    hs.window.settle(now=time.time() + 301)  # the window has forgotten them
+    (found,) = search(client, user_id="ivy")["requests"]
+    assert found["retained"] is True
+    assert found["retained_by"] == "audit-users"
+    assert (found["path"], found["records"]) == ("/user/ivy", 2)
+    assert search(client, path="/fast")["requests"] == []
+    shown = client.admin("GET", f"/requests/{found['request_id']}").json()
+    assert [r["message"] for r in shown["records"]] == ["before-set_user ivy", "after-set_user ivy"]
+    assert (
+        search(client, message="after-set_user ivy")["requests"][0]["request_id"]
+        == found["request_id"]
+    )
+    assert client.rules()[0]["hits"] == 1
+
+
+def test_a_request_in_the_window_and_kept_is_listed_once(make: Make, tmp_path: Path) -> None:
+    client = make(store=f"sqlite:///{tmp_path / 'kept.db'}")
+    client.admin("POST", "/rules", json_body={"action": "retain", "match": {}})
+    client.get("/user/jay")
+    wait_retained(client, 1)
+    (found,) = search(client, user_id="jay")["requests"]
+    assert "retained" not in found  # the window's (with its records to release)
+
+
+def test_retained_requests_go_when_their_time_is_up_or_for_room(make: Make, tmp_path: Path) -> None:
+    client = make(store=f"sqlite:///{tmp_path / 'kept.db'}", retain_max_bytes=3000, window_s=0.5)
+    client.admin("POST", "/rules", json_body={"action": "retain", "match": {}, "retain_s": 2})
+    for n in range(6):
+        client.get(f"/user/k{n}")
+    wait_retained(client, 6)
+    hs = client.hs
+    assert hs is not None
+    assert hs.counters()["retain_evicted"] >= 2
+    time.sleep(0.6)  # out of the window
+    kept = [r["user_id"] for r in search(client)["requests"]]
+    assert 1 <= len(kept) <= 4
+    assert kept == [f"k{n}" for n in range(5, 5 - len(kept), -1)]  # the newest stayed
+    time.sleep(2)
+    assert search(client)["requests"] == []
+
+
+@pytest.mark.parametrize(
+    ("rule", "status", "field"),
+    [
+        ({"action": "retain", "retain_s": 0}, 422, "retain_s"),
+        ({"action": "retain", "retain_s": 10**10}, 422, "retain_s"),
+        ({"action": "retain", "retain_s": "1d"}, 400, "retain_s"),
+        ({"action": "release", "retain_s": 60}, 422, "retain_s"),
+        ({"action": "keep"}, 422, "action"),
+    ],
+)
+def test_bad_retain_rules_are_refused_by_name(
+    make: Make, rule: dict[str, Any], status: int, field: str
+) -> None:
+    client = make()
+    response = client.admin("POST", "/rules", json_body=rule)
+    assert response.status_code == status, response.text
+    assert response.json()["details"][0]["field"] == field
+    assert client.rules() == []

@@ -304,6 +304,30 @@ class Store(ABC):
     def peers(self, since: float) -> list[str]:
         """The processes whose last beat is at or after `since`."""
 
+    # -- requests kept by `retain` rules ------------------------------------------------
+
+    @abstractmethod
+    def retain(self, request_id: str, at: float, until: float, doc: str, max_bytes: int) -> int:
+        """Keep a request's JSON document (`doc`) from `at` until `until` (epoch seconds),
+        replacing one with its id, within `max_bytes` for every document together: the
+        oldest (by `at`) go first, and those past their time.
+
+        Returns:
+            How many documents were removed for room; -1 when `doc` alone is larger
+            than `max_bytes` (then nothing is kept).
+        """
+
+    @abstractmethod
+    def retained(
+        self, since: float | None, until: float | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The kept documents whose `at` is within ``[since, until]`` (None: no bound) and
+        whose time is not up, newest first, at most `limit`."""
+
+    @abstractmethod
+    def retained_one(self, request_id: str) -> dict[str, Any] | None:
+        """The kept document of this request, or None (none, or its time is up)."""
+
     @abstractmethod
     def close(self) -> None:
         """Close this process's connections (the store's data stays)."""

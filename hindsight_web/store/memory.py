@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections import deque
 from dataclasses import replace
@@ -66,6 +68,8 @@ class MemoryStore(Store):
         self._last_query = 0
         self._answers: dict[int, dict[str, dict[str, Any]]] = {}
         self._beats: dict[str, float] = {}
+        self._retained: dict[str, tuple[float, float, str]] = {}  # id -> (at, until, doc)
+        self._retained_bytes = 0
 
     def change(self, plan: Plan) -> tuple[Change, int]:
         with self._lock:
@@ -182,6 +186,46 @@ class MemoryStore(Store):
     def peers(self, since: float) -> list[str]:
         with self._lock:
             return [process for process, at in self._beats.items() if at >= since]
+
+    def retain(self, request_id: str, at: float, until: float, doc: str, max_bytes: int) -> int:
+        if len(doc) > max_bytes:
+            return -1
+        with self._lock:
+            kept = self._retained
+            now = time.time()
+            for other, (_, ends, _) in list(kept.items()):
+                if ends < now or other == request_id:
+                    self._forget(other)
+            kept[request_id] = (at, until, doc)
+            self._retained_bytes += len(doc)
+            evicted = 0
+            while self._retained_bytes > max_bytes:
+                self._forget(min(kept, key=lambda other: kept[other][0]))
+                evicted += 1
+            return evicted
+
+    def _forget(self, request_id: str) -> None:
+        _, _, doc = self._retained.pop(request_id)
+        self._retained_bytes -= len(doc)
+
+    def retained(
+        self, since: float | None, until: float | None, limit: int
+    ) -> list[dict[str, Any]]:
+        low = -math.inf if since is None else since
+        high = math.inf if until is None else until
+        now = time.time()
+        with self._lock:
+            held = sorted(self._retained.values(), key=lambda kept: kept[0], reverse=True)
+        found = [doc for at, ends, doc in held if low <= at <= high and ends >= now]
+        return [json.loads(doc) for doc in found[:limit]]
+
+    def retained_one(self, request_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            kept = self._retained.get(request_id)
+        if kept is None or kept[1] < time.time():
+            return None
+        found: dict[str, Any] = json.loads(kept[2])
+        return found
 
     def close(self) -> None:
         pass

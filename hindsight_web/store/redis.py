@@ -18,6 +18,10 @@ Every key starts with ``{prefix}:`` (``?prefix=name`` in the URL, default
 ``queries``         hash: id -> JSON ``{"expires": ..., "body": ...}``
 ``answers:{id}``    hash: process -> JSON answer (expires with its question)
 ``beats``           hash: process -> time of its last heartbeat
+``retained``        hash: request id -> JSON document kept by a ``retain`` rule
+``retained:at``     sorted set: request id -> its time (the oldest go first)
+``retained:until``  sorted set: request id -> when its time is up
+``retained:size``   hash: request id -> bytes; ``retained:bytes`` their sum
 ==================  ==============================================================
 
 A change is an optimistic transaction (WATCH the revision, plan, MULTI/EXEC),
@@ -82,6 +86,40 @@ _FORMS = (
     "with an optional '?prefix=name'"
 )
 
+# Keeps one request's document (ARGV: id, at, until, bytes, doc, max bytes, now):
+# forgets those past their time, replaces one with the same id, evicts the oldest
+# while over the bytes; returns how many it evicted.
+_RETAIN = """
+local docs, by_at, by_until, sizes, total = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local function forget(id)
+  local size = redis.call('HGET', sizes, id)
+  if not size then return 0 end
+  redis.call('HDEL', docs, id)
+  redis.call('HDEL', sizes, id)
+  redis.call('ZREM', by_at, id)
+  redis.call('ZREM', by_until, id)
+  redis.call('DECRBY', total, size)
+  return 1
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', by_until, '-inf', '(' .. ARGV[7])) do
+  forget(id)
+end
+forget(ARGV[1])
+redis.call('HSET', docs, ARGV[1], ARGV[5])
+redis.call('HSET', sizes, ARGV[1], ARGV[4])
+redis.call('ZADD', by_at, ARGV[2], ARGV[1])
+redis.call('ZADD', by_until, ARGV[3], ARGV[1])
+local bytes = redis.call('INCRBY', total, ARGV[4])
+local evicted = 0
+while bytes > tonumber(ARGV[6]) do
+  local oldest = redis.call('ZRANGE', by_at, 0, 0)[1]
+  if not oldest then break end
+  evicted = evicted + forget(oldest)
+  bytes = tonumber(redis.call('GET', total))
+end
+return evicted
+"""
+
 # Adds hits only to rules that exist, atomically: a rule deleted meanwhile
 # never gets a hits entry back.
 _ADD_HITS = """
@@ -112,6 +150,11 @@ class _Keys:
         self.queries = f"{prefix}:queries"
         self.answers = f"{prefix}:answers:"
         self.beats = f"{prefix}:beats"
+        self.retained = f"{prefix}:retained"
+        self.retained_at = f"{prefix}:retained:at"
+        self.retained_until = f"{prefix}:retained:until"
+        self.retained_size = f"{prefix}:retained:size"
+        self.retained_bytes = f"{prefix}:retained:bytes"
 
 
 def _split_url(url: str) -> tuple[str, str]:
@@ -565,6 +608,60 @@ class RedisStore(Store):
         with self._guard():
             held = self._redis().hgetall(self._keys.beats)
         return [_text(process) for process, at in held.items() if float(at) >= since]
+
+    def retain(self, request_id: str, at: float, until: float, doc: str, max_bytes: int) -> int:
+        """One atomic script: forget what is past its time, keep `doc`, evict the oldest."""
+        if len(doc) > max_bytes:
+            return -1
+        keys = self._keys
+        with self._guard():
+            script = self._redis().register_script(_RETAIN)
+            evicted = script(
+                keys=[
+                    keys.retained,
+                    keys.retained_at,
+                    keys.retained_until,
+                    keys.retained_size,
+                    keys.retained_bytes,
+                ],
+                args=[request_id, repr(at), repr(until), len(doc), doc, max_bytes, time.time()],
+            )
+        return int(evicted)
+
+    def retained(
+        self, since: float | None, until: float | None, limit: int
+    ) -> list[dict[str, Any]]:
+        keys = self._keys
+        low = "-inf" if since is None else repr(since)
+        high = "+inf" if until is None else repr(until)
+        with self._guard():
+            client = self._redis()
+            found = client.zrevrangebyscore(keys.retained_at, high, low, start=0, num=limit)
+            ids = [_text(i) for i in found if isinstance(i, (bytes, str))]
+            if not ids:
+                return []
+            pipe = client.pipeline(transaction=False)
+            pipe.hmget(keys.retained, ids)
+            pipe.zmscore(keys.retained_until, ids)
+            docs, ends = pipe.execute()
+        now = time.time()
+        return [
+            json.loads(doc)
+            for doc, end in zip(docs, ends, strict=True)
+            if doc is not None and end is not None and end >= now
+        ]
+
+    def retained_one(self, request_id: str) -> dict[str, Any] | None:
+        keys = self._keys
+        with self._guard():
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.hget(keys.retained, request_id)
+            pipe.zscore(keys.retained_until, request_id)
+            doc, end = pipe.execute()
+        if doc is None or end is None or end < time.time():
+            return None
+        found: dict[str, Any] = json.loads(doc)
+        return found
 
     def close(self) -> None:
         """Close this process's connections; the next call opens new ones."""

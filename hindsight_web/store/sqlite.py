@@ -8,6 +8,7 @@ others). Each process opens its own connection when it first needs one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sqlite3
@@ -61,6 +62,10 @@ _MAILBOX = (
     "CREATE TABLE IF NOT EXISTS answers (query INTEGER NOT NULL, process TEXT NOT NULL,"
     " body TEXT NOT NULL, PRIMARY KEY (query, process))",
     "CREATE TABLE IF NOT EXISTS beats (process TEXT PRIMARY KEY, at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS retained (request_id TEXT PRIMARY KEY, at REAL NOT NULL,"
+    " until REAL NOT NULL, nbytes INTEGER NOT NULL, doc TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS retained_at ON retained (at)",
+    "CREATE INDEX IF NOT EXISTS retained_until ON retained (until)",
 )
 _META = (("schema", SCHEMA_VERSION), ("epoch", 0))
 _RULE = "SELECT id, body, origin, hits FROM rules"
@@ -261,7 +266,7 @@ class SQLiteStore(Store):
                 f"store {self.url}: the file {self._path!r} holds schema version {version}; "
                 f"this version of hindsight-web uses schema version {SCHEMA_VERSION}"
             )
-        sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'beats'"
+        sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'retained'"
         if not conn.execute(sql).fetchone()[0]:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -475,6 +480,48 @@ class SQLiteStore(Store):
         with self._connected() as conn:
             rows = conn.execute("SELECT process FROM beats WHERE at >= ?", (since,))
             return [row[0] for row in rows]
+
+    def retain(self, request_id: str, at: float, until: float, doc: str, max_bytes: int) -> int:
+        """Insert, then delete what is past its time and the oldest over `max_bytes`."""
+        nbytes = len(doc)
+        if nbytes > max_bytes:
+            return -1
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.execute("DELETE FROM retained WHERE until < ?", (time.time(),))
+            sql = "INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?)"
+            conn.execute(sql, (request_id, at, until, nbytes, doc))
+            total = conn.execute("SELECT coalesce(sum(nbytes), 0) FROM retained").fetchone()[0]
+            evicted = 0
+            sql = "SELECT request_id, nbytes FROM retained ORDER BY at LIMIT 1000"
+            for other, size in conn.execute(sql).fetchall() if total > max_bytes else ():
+                if total <= max_bytes:
+                    break
+                conn.execute("DELETE FROM retained WHERE request_id = ?", (other,))
+                total -= size
+                evicted += 1
+            return evicted
+
+    def retained(
+        self, since: float | None, until: float | None, limit: int
+    ) -> list[dict[str, Any]]:
+        low = -math.inf if since is None else since
+        high = math.inf if until is None else until
+        with self._connected() as conn:
+            sql = (
+                "SELECT doc FROM retained WHERE at >= ? AND at <= ? AND until >= ?"
+                " ORDER BY at DESC LIMIT ?"
+            )
+            rows = conn.execute(sql, (low, high, time.time(), limit)).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def retained_one(self, request_id: str) -> dict[str, Any] | None:
+        with self._connected() as conn:
+            sql = "SELECT doc FROM retained WHERE request_id = ? AND until >= ?"
+            row = conn.execute(sql, (request_id, time.time())).fetchone()
+        if row is None:
+            return None
+        found: dict[str, Any] = json.loads(row[0])
+        return found
 
     def close(self) -> None:
         """Close this process's connection; the next call opens a new one."""
