@@ -63,6 +63,36 @@ _COUNTERS = {
         "counter",
         "Errors hindsight caught in itself; the requests went on.",
     ),
+    "window_evicted": (
+        "hindsight_window_evicted_total",
+        "counter",
+        "Requests dropped from the window for room before window_s was up.",
+    ),
+    "retained": (
+        "hindsight_retained_total",
+        "counter",
+        "Requests written to the store by retain rules.",
+    ),
+    "retain_dropped": (
+        "hindsight_retain_dropped_total",
+        "counter",
+        "Requests retain rules matched that were not kept (queue full, store down, too large).",
+    ),
+    "retain_evicted": (
+        "hindsight_retain_evicted_total",
+        "counter",
+        "Kept requests removed from the store for room (retain_max_bytes) before their time.",
+    ),
+    "window_requests": (
+        "hindsight_window_requests",
+        "gauge",
+        "Requests held now in the window.",
+    ),
+    "window_bytes": (
+        "hindsight_window_bytes",
+        "gauge",
+        "Bytes (estimated) held now by the window.",
+    ),
     "buffer_bytes": (
         "hindsight_buffer_bytes",
         "gauge",

@@ -77,7 +77,7 @@ _LIMIT_MAX = 1000
 
 # Counters that are gauges: a process that ended holds none of them (`retire` drops
 # them); ``store_up`` merges as the minimum (1 only if every process reaches the store).
-_GAUGES = ("buffer_bytes", "store_up")
+_GAUGES = ("buffer_bytes", "store_up", "window_requests", "window_bytes")
 _REQUEST_TEXT = ("request_id", "method", "path")
 _REQUEST_OPTIONAL_TEXT = ("route", "user_id", "session_id", "reason", "raised")
 _REQUEST_FLAGS = ("errored", "slow", "released")

@@ -4,6 +4,7 @@ later (once), backfill a user's detail, and every bad question refused by name."
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -275,6 +276,11 @@ def test_the_window_keeps_window_s_and_window_bytes_and_counts_what_it_evicts(ma
     assert counters["window_evicted"] >= 14
     assert counters["window_bytes"] <= 5_000
     assert 1 <= counters["window_requests"] <= 6
+    metrics = client.admin("GET", "/metrics").text
+    evicted = re.search(r"^hindsight_window_evicted_total (\d+)", metrics, re.MULTILINE)
+    assert evicted is not None
+    assert int(evicted.group(1)) == counters["window_evicted"]
+    assert re.search(r"^hindsight_window_bytes \d+", metrics, re.MULTILINE)
     newest = search(client)["requests"]
     assert newest[0]["path"] == "/user/u19"
     assert len(newest) == counters["window_requests"]
