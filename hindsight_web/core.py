@@ -247,6 +247,7 @@ class Hindsight:
             answer=self._answer,
             timeout_s=self.search_timeout_s,
             chores=chores,
+            served=lambda: self.stats.totals()["requests"] > 0,
         )
         capture.install()
         self._sync.start()

@@ -9,7 +9,9 @@ or `timeout_s` has passed, and says how many processes answered and whether
 all did: a process that is stopped, busy or gone never holds the call longer.
 
 A process is live while it beats: every `BEAT_S` seconds its thread writes the
-time to the store; one silent for `LIVE_S` seconds counts as gone. A question
+time to the store, once it has served a request (a gunicorn master that imported
+the app, or a worker that has served nothing, has nothing to answer with: it neither
+answers nor is waited for); one silent for `LIVE_S` seconds counts as gone. A question
 carries its deadline: a process that sees it too late does not act on it (a
 release it would make is left for the next question).
 
@@ -60,6 +62,8 @@ class Fanout:
         timeout_s: how long `ask` waits for the other processes (``search_timeout_s``).
         chores: more background work of the window's, run at every step (settling
             the window, writing what ``retain`` rules keep).
+        served: whether this process has served a request (only then does it beat
+            and answer).
     """
 
     def __init__(
@@ -71,11 +75,13 @@ class Fanout:
         answer: Callable[[dict[str, Any]], dict[str, Any]],
         timeout_s: float,
         chores: list[Callable[[], None]],
+        served: Callable[[], bool],
     ) -> None:
         self.store = store
         self.health = health
         self.process = process
         self.chores = chores
+        self._served = served
         self._answer = answer
         self.timeout_s = timeout_s
         self._seen: int | None = None  # the newest question looked at
@@ -134,8 +140,8 @@ class Fanout:
         return POLL_S
 
     def _answer_others(self) -> None:
-        if not self.store.shared:
-            return
+        if not self.store.shared or not self._served():
+            return  # nothing in the window to answer with
         now = time.time()
         me = self.process()
         if now >= self._next_beat:

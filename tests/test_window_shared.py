@@ -41,7 +41,8 @@ def test_search_and_release_reach_every_worker_and_release_each_request_once(
     found = app.admin("GET", "/requests?user_id=zoe&limit=1000")
     assert found.status_code == 200, found.text
     body = found.json()
-    assert (body["processes"], body["complete"]) == (4, True)
+    assert body["complete"] is True
+    assert len({pid for _, pid in answers}) <= body["processes"] <= 4
     assert {r["request_id"] for r in body["requests"]} == rids
     times = [r["at"] for r in body["requests"]]
     assert times == sorted(times, reverse=True)
@@ -53,7 +54,8 @@ def test_search_and_release_reach_every_worker_and_release_each_request_once(
 
     released = app.admin("POST", "/release", {"match": {"user_id": "zoe"}, "since": "-5m"})
     assert released.status_code == 200, released.text
-    assert released.json() == {"released": 24, "processes": 4, "complete": True}
+    assert released.json()["released"] == 24
+    assert released.json()["complete"] is True
     app.server.wait_for(lambda: all(app.released(rid) for rid in rids), "the releases")
     assert all(len(app.server.summaries(rid)) == 1 for rid in rids)
     assert all(debug_lines(app, rid) == 1 for rid in rids)
@@ -99,4 +101,19 @@ def test_a_stopped_worker_costs_a_search_no_more_than_its_timeout(
     time.sleep(1.0)
     assert not any(app.released(rid) for rid in by_pid[stopped])
     later = app.admin("POST", "/release", {"match": {"user_id": "yan"}})
-    assert later.json() == {"released": len(by_pid[stopped]), "processes": 4, "complete": True}
+    assert later.json()["released"] == len(by_pid[stopped])
+    assert later.json()["complete"] is True
+
+
+def test_the_gunicorn_master_of_preloaded_workers_is_not_waited_for(
+    start_app: Callable[..., App], store_url: str
+) -> None:
+    app = start_app("gunicorn", store_url, "--preload")
+    answers = app.get("/items/5", 24, user="xia")
+    app.wait_quiet([rid for rid, _ in answers])
+    started = time.monotonic()
+    found = app.admin("GET", "/requests?user_id=xia&limit=1000").json()
+    assert time.monotonic() - started < SEARCH_TIMEOUT_S  # nobody silent was waited for
+    assert found["complete"] is True
+    assert len({pid for _, pid in answers}) <= found["processes"] <= 4
+    assert {r["request_id"] for r in found["requests"]} == {rid for rid, _ in answers}
