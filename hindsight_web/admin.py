@@ -219,7 +219,7 @@ def _stats_table(segments: list[str]) -> dict[str, Action] | None:
         return {"GET": _metrics}
     if call == "stats":
         return {"GET": _stats, "DELETE": _reset_stats}
-    if call in ("stats/slow", "stats/sessions"):
+    if call in ("stats/slow", "stats/sessions", "stats/timeline"):
         return {"GET": _stats}
     return None
 
@@ -441,6 +441,8 @@ def _stats(hs: Hindsight, request: AdminRequest) -> AdminResponse:
             answer["counters"] = view.counters()
         elif call == "stats/slow":
             answer = view.slowest(_query_int(query, "limit", 20), query.get("window") or "recent")
+        elif call == "stats/timeline":
+            answer = view.timeline()
         else:
             answer = view.sessions(_query_int(query, "limit", 20), query.get("window") or "recent")
     except ValueError as exc:  # "invalid 'limit' 'x': expected an integer"

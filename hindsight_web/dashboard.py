@@ -5,6 +5,13 @@ nothing fetched but the admin API of its own origin, so it works offline and und
 the strict Content-Security-Policy the admin API serves it with (the page repeats
 that policy in a ``<meta>`` tag, so it holds wherever the page is served from).
 
+It shows the statistics of every process (totals, requests and p95 latency per
+minute of the recent window as a chart with a time axis, latency buckets, routes,
+the slowest requests and sessions), the recent errors and releases of the window,
+a search over the window with a view of one request and its records, a button that
+releases what the search found (after a confirmation that says how many), and the
+active rules.
+
 The page holds no data. It asks for the admin token once, keeps it in
 ``sessionStorage`` and sends it as ``Authorization: Bearer`` to the API, whose
 base is the page's own path: it works under any ``admin_path`` and when the admin
@@ -25,7 +32,8 @@ _CSP = (
 )
 
 _STYLE = """
-:root { color-scheme: light dark; --muted: #888; --bar: #4a7fd4; --error: #c0392b; }
+:root { color-scheme: light dark; --muted: #888; --bar: #4a7fd4; --line: #e67e22;
+        --error: #c0392b; }
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5rem 2rem; }
 header { display: flex; gap: 1rem; align-items: center; flex-wrap: wrap; }
 h1 { font-size: 1.3rem; } h2 { font-size: 1.05rem; margin: 1.5rem 0 .4rem; }
@@ -45,6 +53,25 @@ th[aria-sort=ascending]::after { content: " \\25B2"; }
 .col { display: flex; flex-direction: column; align-items: center; flex: 1; font-size: 12px; }
 .track { height: 120px; width: 100%; display: flex; align-items: flex-end; }
 .bar { width: 100%; background: var(--bar); min-height: 1px; }
+#chart { display: block; width: 100%; max-width: 1100px; height: auto; }
+#chart text { fill: currentColor; font-size: 11px; }
+#chart .axis { stroke: currentColor; stroke-opacity: .6; }
+#chart .grid { stroke: #8884; }
+#chart .requests, .legend-requests { fill: var(--bar); color: var(--bar); }
+#chart .p95 { fill: none; stroke: var(--line); stroke-width: 2; }
+#chart .point, .legend-p95 { fill: var(--line); color: var(--line); }
+#search { display: flex; flex-wrap: wrap; gap: .5rem 1rem; align-items: flex-end; }
+#search label { display: flex; flex-direction: column; font-size: 12px; color: var(--muted); }
+#search input { font: inherit; width: 10rem; }
+#search [aria-invalid=true] { outline: 2px solid var(--error); }
+#search-error:empty, #release-answer:empty { display: none; }
+.scroll { max-height: 28rem; overflow: auto; }
+button.link { all: unset; cursor: pointer; text-decoration: underline; font-family: monospace; }
+button.link:focus-visible { outline: 2px solid var(--bar); }
+#request { border: 1px solid #8886; padding: 0 1rem 1rem; margin-top: 1rem; }
+#request-facts { display: grid; grid-template-columns: max-content 1fr; gap: .1rem 1rem; }
+#request-facts dt { color: var(--muted); } #request-facts dd { margin: 0; overflow-wrap: anywhere; }
+pre { white-space: pre-wrap; margin: .2rem 0; font-size: 12px; }
 """
 
 _SCRIPT = """
@@ -52,11 +79,25 @@ _SCRIPT = """
 const BASE = location.pathname.replace(/\\/+$/, "");
 const KEY = "hindsight-token";
 const TEXT_COLUMNS = ["method", "route"];
+const SEARCH_FIELDS = ["user_id", "path", "status", "message", "since", "until"];
+const SEARCH_LIMIT = 1000;
+const RECENT = 20;
+const SVG_NS = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 const state = {sort: "p95_ms", desc: true, routes: [], busy: false, again: false,
-               rulesAsked: 0, rulesShown: 0};
+               rulesAsked: 0, rulesShown: 0, searchAsked: 0, found: null, requestAsked: 0,
+               openId: null};
 
 class Refused extends Error {}
+
+// An answer of the API other than success: its status and the fields it names.
+class Failed extends Error {
+  constructor(message, status, details) {
+    super(message);
+    this.status = status;
+    this.details = Array.isArray(details) ? details : [];
+  }
+}
 
 const token = () => sessionStorage.getItem(KEY);
 
@@ -73,7 +114,7 @@ async function api(method, path, body) {
   try { data = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
   if (!response.ok) {
     const why = (data && data.error) || "HTTP " + response.status;
-    throw new Error(method + " " + path + ": " + why);
+    throw new Failed(method + " " + path + ": " + why, response.status, data && data.details);
   }
   return data;
 }
@@ -85,11 +126,22 @@ function el(tag, text, attrs) {
   return node;
 }
 
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, String(value));
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
 const ms = (v) => v === null || v === undefined ? "\\u2013"
   : v >= 1000 ? (v / 1000).toFixed(2) + " s" : v.toFixed(1) + " ms";
 const bound = (v) => v >= 1000 ? v / 1000 + " s" : v + " ms";
 const time = (iso) => iso ? el("time", new Date(iso).toLocaleTimeString(), {datetime: iso,
   title: iso}) : null;
+const plural = (n, word) => n + " " + (n === 1 ? word : word.endsWith("s") ? word + "es"
+  : word + "s");
+const clock = (date) => date.toLocaleTimeString(undefined, {hour: "numeric",
+  minute: "2-digit"});
 
 function tr(cells, data) {
   const row = el("tr");
@@ -103,12 +155,12 @@ function tr(cells, data) {
   return row;
 }
 
-function fill(id, rows) {
+function fill(id, rows, empty) {
   const table = $(id);
   if (!rows.length) {
     const span = String(table.tHead.rows[0].cells.length);
     rows = [el("tr")];
-    rows[0].append(el("td", "none yet", {colspan: span, class: "muted"}));
+    rows[0].append(el("td", empty || "none yet", {colspan: span, class: "muted"}));
   }
   table.tBodies[0].replaceChildren(...rows);
 }
@@ -117,7 +169,7 @@ function showTotals(stats) {
   for (const name of ["requests", "errors", "slow", "releases"]) {
     $("total-" + name).textContent = String(stats[name]);
   }
-  const processes = stats.processes === 1 ? "1 process" : stats.processes + " processes";
+  const processes = plural(stats.processes, "process");
   $("since").textContent = "window " + stats.window + " since " +
     new Date(stats.since).toLocaleString() + ", " + processes +
     (stats.stale ? " (the store cannot be read: other processes as last seen)" : "");
@@ -151,10 +203,109 @@ function showHistogram(h) {
   }));
 }
 
+// The smallest of 1, 2, 5, 10, 20, 50, ... that is at least `v`: the top of an axis.
+function roundUp(v) {
+  for (let step = 1; ; step *= 10) {
+    for (const f of [1, 2, 5]) if (step * f >= v) return step * f;
+  }
+}
+
+function showTimeline(t) {
+  const slots = t.slots;
+  const per = t.slot_s === 60 ? "minute" : t.slot_s + " s";
+  const span = Math.round(t.slot_s * slots.length / 60);
+  const total = slots.reduce((sum, s) => sum + s.requests, 0);
+  $("chart-caption").replaceChildren(el("span", "Requests", {class: "legend-requests"}),
+    " (bars) and ", el("span", "p95 latency", {class: "legend-p95"}), " (line) per " + per +
+    " over the last " + span + " min: " + plural(total, "request") + " in " +
+    plural(t.processes, "process") + (t.stale ? " (the store cannot be read: other " +
+    "processes as last seen)" : "") + ".");
+  const width = 900, height = 240, left = 56, right = 64, top = 28, bottom = 30;
+  const plotW = width - left - right, plotH = height - top - bottom;
+  const step = plotW / Math.max(1, slots.length);
+  const most = roundUp(Math.max(1, ...slots.map((s) => s.requests)));
+  const p95s = slots.filter((s) => s.p95_ms !== null).map((s) => s.p95_ms);
+  const slowest = roundUp(Math.max(1, ...p95s));
+  const yCount = (n) => top + plotH * (1 - n / most);
+  const yMs = (v) => top + plotH * (1 - v / slowest);
+  const xMid = (i) => left + step * (i + 0.5);
+  const nodes = [];
+  // the value axes: requests on the left, p95 on the right
+  nodes.push(svg("text", {x: left, y: top - 12, "text-anchor": "middle",
+    class: "legend-requests"}, "requests"));
+  nodes.push(svg("text", {x: left + plotW, y: top - 12, "text-anchor": "middle",
+    class: "legend-p95"}, "p95"));
+  for (const f of [0, 0.5, 1]) {
+    const y = top + plotH * (1 - f);
+    nodes.push(svg("line", {x1: left, x2: left + plotW, y1: y, y2: y, class: "grid"}));
+    if (Number.isInteger(most * f)) {
+      nodes.push(svg("text", {x: left - 6, y: y + 4, "text-anchor": "end"}, most * f));
+    }
+    nodes.push(svg("text", {x: left + plotW + 6, y: y + 4}, ms(slowest * f)));
+  }
+  // bars: the requests of each slot
+  slots.forEach((s, i) => {
+    const y = yCount(s.requests);
+    const bar = svg("rect", {x: left + step * (i + 0.15), y, width: step * 0.7,
+      height: top + plotH - y, class: "requests", "data-testid": "chart-bar",
+      "data-requests": s.requests, "data-at": s.at});
+    bar.append(svg("title", {}, clock(new Date(s.at)) + ": " + plural(s.requests, "request") +
+      ", " + plural(s.errors, "error") + (s.p95_ms === null ? "" : ", p95 " + ms(s.p95_ms))));
+    nodes.push(bar);
+  });
+  // the p95 line, broken where a slot had no request, and a point on each slot that had
+  const runs = [[]];
+  slots.forEach((s, i) => {
+    if (s.p95_ms === null) runs.push([]);
+    else runs[runs.length - 1].push(xMid(i).toFixed(1) + "," + yMs(s.p95_ms).toFixed(1));
+  });
+  for (const run of runs.filter((r) => r.length)) {
+    nodes.push(svg("polyline", {points: run.join(" "), class: "p95"}));
+  }
+  slots.forEach((s, i) => {
+    if (s.p95_ms === null) return;
+    const point = svg("circle", {cx: xMid(i), cy: yMs(s.p95_ms), r: 3.5, class: "point",
+      "data-testid": "chart-point", "data-p95": s.p95_ms, "data-at": s.at});
+    point.append(svg("title", {}, clock(new Date(s.at)) + ": p95 " + ms(s.p95_ms)));
+    nodes.push(point);
+  });
+  // the time axis: a tick where each slot starts, a label on every few, the last one always
+  const axis = svg("g", {class: "time-axis", "data-testid": "time-axis"});
+  axis.append(svg("line", {x1: left, x2: left + plotW, y1: top + plotH, y2: top + plotH,
+    class: "axis"}));
+  const every = Math.ceil(slots.length / 8);
+  slots.forEach((s, i) => {
+    const x = left + step * i;
+    axis.append(svg("line", {x1: x, x2: x, y1: top + plotH, y2: top + plotH + 4,
+      class: "axis"}));
+    if ((slots.length - 1 - i) % every === 0) {
+      axis.append(svg("text", {x, y: top + plotH + 18, "text-anchor": "middle",
+        "data-testid": "time-tick", "data-at": s.at}, clock(new Date(s.at))));
+    }
+  });
+  nodes.push(axis);
+  $("chart").replaceChildren(...nodes);
+}
+
+const statusOf = (r) => r.raised ? "raised " + r.raised : r.status;
+
+function releasedOf(r) {
+  if (r.released) return "released (" + r.reason + ")";
+  if (r.suppressed) return "summary only (" + r.reason + ", over the release limit)";
+  return "no";
+}
+
+function requestRow(r) {
+  const open = el("button", r.request_id, {type: "button", class: "link",
+    "data-testid": "open-request", title: "show this request and its records"});
+  open.addEventListener("click", () => openRequest(r.request_id));
+  return tr([time(r.at), open, r.method, r.path, statusOf(r), ms(r.duration_ms), r.user_id,
+    r.records, releasedOf(r)], {requestId: r.request_id});
+}
+
 function showSlow(list) {
   fill("slow", list.map((r) => tr([r.request_id, r.method, r.path, r.route,
-    r.raised ? "raised " + r.raised : r.status,
-    ms(r.duration_ms), ms(r.ttfb_ms), r.user_id, r.session_id, time(r.at),
+    statusOf(r), ms(r.duration_ms), ms(r.ttfb_ms), r.user_id, r.session_id, time(r.at),
     r.released ? "released (" + r.reason + ")" : "no"], {requestId: r.request_id})));
 }
 
@@ -191,16 +342,34 @@ async function loadRules() {
   }
 }
 
+// Errors (5xx) and released requests of the window, newest first: two searches, merged.
+async function loadRecent() {
+  const [errors, released] = await Promise.all([
+    api("GET", "/requests?status=5xx&limit=" + RECENT),
+    api("GET", "/requests?released=true&limit=" + RECENT)]);
+  const seen = new Map();
+  for (const r of [...errors.requests, ...released.requests]) {
+    seen.set(r.request_id + " " + r.at, r);
+  }
+  const list = [...seen.values()].sort((a, b) => a.at < b.at ? 1 : a.at > b.at ? -1 : 0);
+  fill("recent", list.slice(0, RECENT).map(requestRow), "none in the window");
+  const complete = errors.complete && released.complete;
+  $("recent-caption").textContent = "The newest " + RECENT + " errors and releases kept " +
+    "in the window of " + plural(Math.min(errors.processes, released.processes), "process") +
+    (complete ? "." : " (not every process answered: theirs are missing).");
+}
+
 async function refresh() {
   if (!token()) return;
   if (state.busy) { state.again = true; return; }
   state.busy = true;
   const w = "window=" + encodeURIComponent($("window").value);
   try {
-    const [stats, slow, sessions] = await Promise.all([api("GET", "/stats?" + w),
+    const [stats, slow, sessions, timeline] = await Promise.all([api("GET", "/stats?" + w),
       api("GET", "/stats/slow?limit=20&" + w), api("GET", "/stats/sessions?limit=20&" + w),
-      loadRules()]);
+      api("GET", "/stats/timeline"), loadRules(), loadRecent()]);
     showTotals(stats);
+    showTimeline(timeline);
     state.routes = stats.routes;
     showRoutes();
     showHistogram(stats.histogram);
@@ -212,6 +381,201 @@ async function refresh() {
   state.busy = false;
   if (state.again) { state.again = false; refresh(); }
 }
+
+// -- the search over the window, and releasing what it found --------------------------
+
+function searchError(details, message) {
+  const named = new Set(details.map((d) => d.field));
+  for (const name of SEARCH_FIELDS) {
+    const input = $("search-" + name);
+    if (named.has(name)) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
+  }
+  const text = details.length ? details.map((d) => d.field + ": " + d.error).join("; ")
+    : message || "";
+  $("search-error").textContent = text;
+}
+
+function releaseAnswer(text, error) {
+  $("release-answer").textContent = text;
+  $("release-answer").className = error ? "error" : "";
+}
+
+async function search(keepAnswer) {
+  const asked = ++state.searchAsked;
+  const params = new URLSearchParams();
+  for (const name of SEARCH_FIELDS) {
+    const value = $("search-" + name).value.trim();
+    if (value) params.set(name, value);
+  }
+  const query = new URLSearchParams(params);
+  query.set("limit", String(SEARCH_LIMIT));
+  if (!keepAnswer) releaseAnswer("");
+  $("search-summary").textContent = "searching\\u2026";
+  let answer;
+  try {
+    answer = await api("GET", "/requests?" + query);
+  } catch (e) {
+    if (asked !== state.searchAsked) return;
+    state.found = null;
+    showFound();
+    if (e instanceof Failed && e.status === 400) searchError(e.details, e.message);
+    else failed(e);
+    return;
+  }
+  if (asked !== state.searchAsked) return;  // a newer search was asked meanwhile
+  searchError([]);
+  state.found = {params, requests: answer.requests, processes: answer.processes,
+                 complete: answer.complete};
+  showFound();
+}
+
+function showFound() {
+  const found = state.found;
+  const button = $("release");
+  if (!found) {
+    $("search-summary").textContent = "";
+    $("found").tBodies[0].replaceChildren();
+    button.hidden = true;
+    return;
+  }
+  const list = found.requests;
+  const pending = list.filter((r) => !r.released).length;
+  let text = plural(list.length, "request") + " found in the window of " +
+    plural(found.processes, "process");
+  if (!found.complete) text += " (not every process answered: theirs are missing)";
+  if (list.length >= SEARCH_LIMIT) text += ", the newest " + SEARCH_LIMIT + " (more may match)";
+  if (list.length) text += "; " + pending + " not released";
+  $("search-summary").textContent = text + ".";
+  button.hidden = pending === 0;
+  button.textContent = "release " + plural(pending, "request");
+  fill("found", list.map(requestRow), "no request in the window matches");
+}
+
+// A `status` filter (500, 5xx, 400-499, 500,502) as a rule's match value, as the API reads it.
+function statusMatch(text) {
+  const given = text.trim();
+  const klass = /^([1-9])xx$/.exec(given);
+  if (klass) return {gte: klass[1] * 100, lte: klass[1] * 100 + 99};
+  const span = /^(\\d{3})-(\\d{3})$/.exec(given);
+  if (span) return {gte: Number(span[1]), lte: Number(span[2])};
+  const numbers = given.split(",").map(Number);
+  return numbers.length === 1 ? numbers[0] : numbers;
+}
+
+// The search as a release: the same filters, and the time from the oldest request found
+// to the newest (1 ms more: "at" is shown to the millisecond), so that requests that
+// arrive after the search are left alone.
+function releaseBody(found) {
+  const match = {};
+  for (const name of ["user_id", "path", "message"]) {
+    if (found.params.has(name)) match[name] = found.params.get(name);
+  }
+  if (found.params.has("status")) match.status = statusMatch(found.params.get("status"));
+  const times = found.requests.map((r) => Date.parse(r.at));
+  return {match, since: new Date(Math.min(...times)).toISOString(),
+          until: new Date(Math.max(...times) + 1).toISOString(),
+          note: "dashboard: released what a search of the window found"};
+}
+
+async function releaseFound() {
+  const found = state.found;
+  if (!found) return;
+  const pending = found.requests.filter((r) => !r.released).length;
+  if (!pending) return;
+  const already = found.requests.length - pending;
+  const question = "Release " + plural(pending, "request") + " that this search found? " +
+    "Their records are written to the application's log now" +
+    (already ? " (" + plural(already, "request") + " found were released already)" : "") +
+    ".";
+  if (!confirm(question)) return;
+  const button = $("release");
+  button.disabled = true;
+  try {
+    const answer = await api("POST", "/release", releaseBody(found));
+    releaseAnswer("released " + answer.released + " in " +
+      plural(answer.processes, "process") +
+      (answer.complete ? "" : " (incomplete: not every process answered)"), false);
+    await search(true);  // the requests found now show as released
+    if (!$("request").hidden) openRequest(state.openId);
+    refresh();
+  } catch (e) {
+    if (e instanceof Refused) failed(e);
+    else releaseAnswer(String(e && e.message || e), true);
+  }
+  button.disabled = false;
+}
+
+// -- one request and its records ---------------------------------------------------
+
+async function openRequest(id) {
+  const asked = ++state.requestAsked;
+  const segment = id !== "." && id !== "..";  // the URL parser folds those away
+  let found = null;
+  try {
+    if (segment) found = await api("GET", "/requests/" + encodeURIComponent(id));
+  } catch (e) {
+    if (!(e instanceof Failed && e.status === 404)) { failed(e); return; }
+  }
+  if (found === null && (!segment || id.includes("/"))) {
+    // no path (here) carries this id: its facts from a search, without its records
+    try {
+      const answer = await api("GET", "/requests?limit=1&request_id=" +
+        encodeURIComponent(id));
+      found = answer.requests.length ? {...answer.requests[0], records: null} : null;
+    } catch (e) { failed(e); return; }
+  }
+  if (asked === state.requestAsked) showRequest(id, found);
+}
+
+const recordTime = (iso) => el("time", new Date(iso).toLocaleTimeString(undefined,
+  {hour: "numeric", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3}),
+  {datetime: iso, title: iso});
+
+function showRequest(id, r) {
+  state.openId = id;
+  $("request").hidden = false;
+  $("request-title").textContent = "Request " + id;
+  const facts = [];
+  let note = "";
+  if (r === null) {
+    note = "It is not in the window (any more): the window keeps a request for a while " +
+      "after it ended.";
+  } else {
+    const shown = [["method", r.method], ["path", r.path], ["route", r.route],
+      ["status", statusOf(r)], ["duration", ms(r.duration_ms)], ["user", r.user_id],
+      ["session", r.session_id], ["client", r.client_ip], ["started", time(r.at)],
+      ["released", releasedOf(r)]];
+    if (r.fields && Object.keys(r.fields).length) shown.push(["fields", JSON.stringify(r.fields)]);
+    for (const [name, value] of shown) {
+      const dd = el("dd", value instanceof Node ? null : value === null ? "\\u2013" : value);
+      if (value instanceof Node) dd.append(value);
+      facts.push(el("dt", name), dd);
+    }
+    if (r.records === null) {
+      note = "Its records cannot be shown: its id cannot be part of a path to this server.";
+    } else if (!r.records.length) {
+      note = r.released ? "The window no longer holds its records: they were written to " +
+        "the application's log when it was released." : "It kept no records.";
+    }
+  }
+  $("request-facts").replaceChildren(...facts);
+  $("request-note").textContent = note;
+  const records = r && r.records ? r.records : [];
+  $("records").hidden = !records.length;
+  $("records").tBodies[0].replaceChildren(...records.map((rec) => {
+    const message = el("div");
+    message.append(el("span", rec.message));
+    for (const more of [rec.exc_text, rec.stack_info]) if (more) message.append(el("pre", more));
+    const fields = rec.fields && Object.keys(rec.fields).length
+      ? JSON.stringify(rec.fields) : null;
+    return tr([recordTime(rec.time), rec.level, rec.logger, message,
+      rec.pathname + ":" + rec.lineno + " in " + rec.func, fields], {level: rec.level});
+  }));
+  $("request").scrollIntoView({block: "nearest"});
+}
+
+// -- actions, the token -------------------------------------------------------------
 
 function notice(text, error) {
   $("notice").textContent = text;
@@ -262,6 +626,17 @@ function askToken(message, refused) {
   showDashboard(false);
   for (const table of document.querySelectorAll("main table")) table.tBodies[0].replaceChildren();
   $("histogram").replaceChildren();
+  $("chart").replaceChildren();
+  $("chart-caption").replaceChildren();
+  $("recent-caption").textContent = "";
+  state.found = null;
+  state.searchAsked++;
+  state.requestAsked++;
+  showFound();
+  searchError([]);
+  releaseAnswer("");
+  $("request").hidden = true;
+  $("request-facts").replaceChildren();
   notice("");
   $("status").textContent = "";
   $("token-message").textContent = message;
@@ -293,6 +668,12 @@ $("routes").tHead.addEventListener("click", (ev) => {
   state.sort = key;
   showRoutes();
 });
+$("search").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  search(false);
+});
+$("release").addEventListener("click", releaseFound);
+$("request-close").addEventListener("click", () => { $("request").hidden = true; });
 setInterval(() => { if (!document.hidden) refresh(); }, 5000);
 if (token()) {
   $("token-form").hidden = true;
@@ -302,6 +683,21 @@ if (token()) {
   askToken("Enter the admin token to see the dashboard.", false);
 }
 """
+
+_REQUEST_COLUMNS = "".join(
+    f"<th>{name}</th>"
+    for name in (
+        "time",
+        "request id",
+        "method",
+        "path",
+        "status",
+        "duration",
+        "user",
+        "records",
+        "released",
+    )
+)
 
 _PAGE = f"""<!doctype html>
 <html lang="en">
@@ -343,6 +739,54 @@ _PAGE = f"""<!doctype html>
     <div><dt>releases</dt><dd id="total-releases" data-testid="total-releases"></dd></div>
   </dl>
   <p id="since" class="muted" data-testid="since"></p>
+  <h2>Requests per minute</h2>
+  <p id="chart-caption" class="muted" data-testid="chart-caption"></p>
+  <svg id="chart" data-testid="chart" viewBox="0 0 900 240" role="img"
+    aria-labelledby="chart-caption"></svg>
+  <h2>Recent errors and releases</h2>
+  <p id="recent-caption" class="muted" data-testid="recent-caption"></p>
+  <div class="scroll">
+    <table id="recent" data-testid="recent">
+      <thead><tr>{_REQUEST_COLUMNS}</tr></thead>
+      <tbody></tbody>
+    </table>
+  </div>
+  <h2>Search the window</h2>
+  <form id="search" autocomplete="off" data-testid="search">
+    <label>user <input id="search-user_id" data-testid="search-user_id"></label>
+    <label>path (* matches anything)
+      <input id="search-path" data-testid="search-path" placeholder="/checkout/*"></label>
+    <label>status
+      <input id="search-status" data-testid="search-status" placeholder="500, 5xx, 400-499">
+    </label>
+    <label>message contains <input id="search-message" data-testid="search-message"></label>
+    <label>since
+      <input id="search-since" data-testid="search-since" placeholder="-15m, 2026-11-30T14:00Z">
+    </label>
+    <label>until <input id="search-until" data-testid="search-until" placeholder="now"></label>
+    <button type="submit" data-testid="search-submit">search</button>
+  </form>
+  <p id="search-error" class="error" role="alert" data-testid="search-error"></p>
+  <p><span id="search-summary" role="status" data-testid="search-summary"></span>
+    <button type="button" id="release" data-testid="release" hidden>release</button></p>
+  <p id="release-answer" role="status" data-testid="release-answer"></p>
+  <div class="scroll">
+    <table id="found" data-testid="found">
+      <thead><tr>{_REQUEST_COLUMNS}</tr></thead>
+      <tbody></tbody>
+    </table>
+  </div>
+  <section id="request" data-testid="request" hidden>
+    <h2><span id="request-title" data-testid="request-title"></span>
+      <button type="button" id="request-close" data-testid="request-close">close</button></h2>
+    <dl id="request-facts" data-testid="request-facts"></dl>
+    <p id="request-note" class="muted" data-testid="request-note"></p>
+    <table id="records" data-testid="records">
+      <thead><tr><th>time</th><th>level</th><th>logger</th><th>message</th><th>where</th>
+        <th>fields</th></tr></thead>
+      <tbody></tbody>
+    </table>
+  </section>
   <h2>Latency</h2>
   <div id="histogram" data-testid="histogram"></div>
   <h2>Routes</h2>

@@ -40,6 +40,7 @@ from .histogram import PAIR_BUCKETS, RouteStats
 from .stats_view import (
     OTHER,
     SESSIONS_EXPORTED,
+    SLOTS,
     Export,
     Part,
     SessionCounts,
@@ -76,7 +77,7 @@ METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
 SESSION_RELATIVE_ERROR = 1 / 16
 """The bound on the relative error of a session's ``p95_ms`` (6.25 %)."""
 
-_SLOTS = 15
+_SLOTS = SLOTS
 _MAX_METHOD_KEPT = 16  # characters of the method kept with a slow request
 _MAX_ROUTE = 300  # a longer route template is counted under (other)
 _MAX_FOLDED = 200  # route_of() folds at most this many characters of a path
@@ -177,7 +178,7 @@ _Kept = tuple[float, int, RequestRecord]  # (duration_ms, sequence, record), a m
 class _Slot:
     """What the requests of one slot of the window left: routes, slowest, reasons."""
 
-    __slots__ = ("floor", "number", "reasons", "routes", "slowest")
+    __slots__ = ("floor", "number", "reasons", "routes", "slowest", "total")
 
     def __init__(self, number: int) -> None:
         self.number = number
@@ -186,6 +187,8 @@ class _Slot:
         self.routes: dict[tuple[str, str], RouteStats] = {}
         self.slowest: list[_Kept] = []
         self.reasons: dict[str, int] = {}
+        # Its routes merged, made once it is closed (nothing records into it then).
+        self.total: RouteStats | None = None
 
     def view(self) -> _Slot:
         """A copy for a reader of a slot that records no longer write to: its routes
@@ -300,9 +303,10 @@ class Stats:
     requested once, 62 KB for one requested every minute. The worst case is
     ``16 * (max_routes + 18) + 2 * max_routes`` histograms (36 MB with 500 routes
     all requested every minute), plus the slots that left the window and are being
-    merged (usually one). A session costs about 770 bytes (a 434-byte array of
-    16-bit counters, its object and its table entry) plus its id strings: 10,000
-    sessions take about 8 MB. The cache of folded paths holds at most 4096 paths of
+    merged (usually one), plus one histogram per slot with all its routes merged
+    (what ``GET /stats/timeline`` shows). A session costs about 770 bytes (a
+    434-byte array of 16-bit counters, its object and its table entry) plus its id
+    strings: 10,000 sessions take about 8 MB. The cache of folded paths holds at most 4096 paths of
     at most 200 characters.
 
     Example::
@@ -629,6 +633,7 @@ class Stats:
             # The current slot first, a copy (see `_part`).
             window = [self._slot.frozen(routes), *(slot.view() for slot in self._slots)]
             window.pop()
+            closed = list(self._slots)[:-1]
             older = [slot.view() for slot in (self._retired, *self._leaving)]
             tracked = len(self._sessions) + len(self._cookies)
             routes_tracked, evicted = len(self._registry), self._evicted
@@ -638,6 +643,8 @@ class Stats:
             for slot in (*window, *older):
                 slot.routes = {}
         recent = self._part(since, window)
+        if routes:
+            recent = recent._replace(slots=self._slot_totals(window[0], closed, window[1:]))
         if since_start:
             everything = self._part(self._started, older, recent)
         else:
@@ -674,6 +681,21 @@ class Stats:
         if base is not None:
             slowest = heapq.nlargest(self.slow_kept, base.slowest + slowest, key=_duration)
         return Part(since, merge_routes(tables, first_owned=base is None), reasons, slowest)
+
+    def _slot_totals(
+        self, current: _Slot, closed: list[_Slot], views: list[_Slot]
+    ) -> tuple[tuple[float, RouteStats], ...]:
+        """Per slot of the window that counted requests, oldest first: its start and its
+        routes merged (outside the lock: `current` is a frozen copy, `views` are the
+        views of the `closed` slots). A closed slot is merged once and keeps its total."""
+        totals = []
+        for slot, view in zip(closed, views, strict=True):
+            total = slot.total
+            if total is None:
+                slot.total = total = _merged(view.routes)
+            totals.append((slot.number * self._slot_s, total))
+        totals.append((current.number * self._slot_s, _merged(current.routes)))
+        return tuple((start, total) for start, total in totals if total.count)
 
     def _slowest_sessions(self, horizon: float, recent: int, overall: int) -> list[SessionCounts]:
         """Copies of the `recent` slowest sessions seen after `horizon` and of the
@@ -814,6 +836,14 @@ def _kept(r: Finished, route: str, now: float) -> RequestRecord:
         reason=r.reason,
         raised=r.raised,
     )
+
+
+def _merged(routes: Mapping[tuple[str, str], RouteStats]) -> RouteStats:
+    """Every route of a slot in one (a new entry: the slot's are left as they are)."""
+    total = RouteStats()
+    for entry in routes.values():
+        total.merge(entry)
+    return total
 
 
 def _seen_since(table: list[_Session], horizon: float) -> Iterator[_Session]:

@@ -3,10 +3,11 @@
 Every process publishes its statistics as an *export* (`Stats.export`): a JSON-ready
 dict that says when it was made, since when it counts, and per route the latency
 histogram and the error, slow and release counts of two windows (since start, and
-the recent window), the slowest requests of both, its slowest sessions, the sizes of
-its tables and the core's counters. `encode` and `decode` carry an export through a
-store; `StatsView` merges any number of exports and answers the admin API's
-``/stats`` calls; `retire` folds the exports of processes that ended into one.
+the recent window, also slot by slot), the slowest requests of both, its slowest
+sessions, the sizes of its tables and the core's counters. `encode` and `decode`
+carry an export through a store; `StatsView` merges any number of exports and answers
+the admin API's ``/stats`` calls; `retire` folds the exports of processes that ended
+into one.
 
 Merging is exact for counts and histograms: the merged export of two processes gives
 the same routes, counts and percentiles as one `Stats` that recorded both request
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_ENCODED",
     "OTHER",
     "SESSIONS_EXPORTED",
+    "SLOTS",
     "Export",
     "Part",
     "SessionCounts",
@@ -71,6 +73,9 @@ SESSIONS_EXPORTED = 1000
 
 MAX_ENCODED = 64 * 1024 * 1024
 """The most bytes `decode` inflates an export to; a larger one is refused."""
+
+SLOTS = 15
+"""The recent window is this many slots of ``window_s / SLOTS`` seconds (a minute by default)."""
 
 _WINDOWS = ("all", "recent")
 _LIMIT_MAX = 1000
@@ -118,12 +123,16 @@ class Part(NamedTuple):
         releases_by_reason: releases per reason.
         slowest: the slowest requests, slowest first, as JSON-ready dicts (the fields
             of `RequestRecord` but ``session_from_cookie``; ``at`` in epoch seconds).
+        slots: the recent part only: per slot of the window that requests were counted
+            in, oldest first, its start (epoch seconds) and every route of it merged
+            (never changed once in a `Part`); empty in the since-start part.
     """
 
     since: float
     routes: dict[tuple[str, str], RouteStats]
     releases_by_reason: dict[str, int]
     slowest: list[dict[str, Any]]
+    slots: tuple[tuple[float, RouteStats], ...] = ()
 
 
 class SessionCounts:
@@ -480,6 +489,37 @@ class StatsView:
             "processes": sum(e.processes for e in exports),
         }
 
+    def timeline(self) -> dict[str, Any]:
+        """The recent window slot by slot, oldest first (``GET /stats/timeline``).
+
+        Each of the `SLOTS` slots of ``slot_s`` seconds (a minute by default) up to the
+        one of `now` gives when it starts (``at``) and its ``requests``, ``errors``,
+        ``slow``, ``p50_ms``, ``p95_ms`` and ``max_ms`` (null when it has no request),
+        the slots of every export merged bucket for bucket, as `overview` merges
+        routes. A slot that no process counted a request in is there with zeros.
+        """
+        exports = self.covered("recent")
+        window_s = max((e.window_s for e in exports or self.exports), default=900.0)
+        slot_s = window_s / SLOTS
+        # Slot n starts at n * slot_s in every process (`Stats`): the same float.
+        last = math.floor(self.now / slot_s)
+        numbers = range(last - SLOTS + 1, last + 1)
+        first = numbers[0] * slot_s
+        merged = {n * slot_s: RouteStats() for n in numbers}
+        for export in exports:
+            for start, entry in _part_of(export, "recent").slots:
+                # (A process with another window_s has slots of its own starts; one whose
+                # clock is ahead may have one that starts after `now`.)
+                if start >= first:
+                    merged.setdefault(start, RouteStats()).merge(entry)
+        return {
+            "window": "recent",
+            "since": iso(first),
+            "slot_s": slot_s,
+            "slots": [_slot_row(start, merged[start]) for start in sorted(merged)],
+            "processes": sum(e.processes for e in exports),
+        }
+
     def sessions(self, limit: int = 20, window: str = "recent") -> dict[str, Any]:
         """The `limit` slowest sessions of `window`, by ``max_ms``, slowest first
         (``GET /stats/sessions``).
@@ -663,6 +703,7 @@ def _part_json(part: Part) -> dict[str, Any]:
         ],
         "releases_by_reason": dict(part.releases_by_reason),
         "slowest": [dict(r) for r in part.slowest],
+        "slots": [{"start": start, **entry.to_dict()} for start, entry in part.slots],
     }
 
 
@@ -692,7 +733,21 @@ def _parse_part(value: object, where: str) -> Part:
             _parse_request(item, f"{where}.slowest[{i}]")
             for i, item in enumerate(_array(data.get("slowest"), f"{where}.slowest"))
         ],
+        # An export of a version that kept no slots has none.
+        slots=tuple(
+            _parse_slot(item, f"{where}.slots[{i}]")
+            for i, item in enumerate(_array(data.get("slots", []), f"{where}.slots"))
+        ),
     )
+
+
+def _parse_slot(value: object, where: str) -> tuple[float, RouteStats]:
+    data = _object(value, where)
+    start = _number(data.get("start"), f"{where}.start")
+    try:
+        return start, RouteStats.from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"invalid export {where!r}: {exc}") from None
 
 
 def _parse_request(value: object, where: str) -> dict[str, Any]:
@@ -838,6 +893,19 @@ def _route_row(key: tuple[str, str], entry: RouteStats) -> dict[str, Any]:
         "p99_ms": _ms(entry.quantile(0.99)),
         "max_ms": _ms(entry.max),
         "mean_ms": _ms(entry.sum / count if count else 0.0),
+    }
+
+
+def _slot_row(start: float, entry: RouteStats) -> dict[str, Any]:
+    count = entry.count
+    return {
+        "at": iso(start),
+        "requests": count,
+        "errors": entry.errors,
+        "slow": entry.slow,
+        "p50_ms": _ms(entry.quantile(0.5)) if count else None,
+        "p95_ms": _ms(entry.quantile(0.95)) if count else None,
+        "max_ms": _ms(entry.max) if count else None,
     }
 
 

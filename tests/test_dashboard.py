@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, Request, expect, sync_playwright
+
+from hindsight_web.stats import RequestRecord, Stats
+from hindsight_web.stats_view import StatsView, decode, encode
 
 from .servers import REPO, Server, free_port, gunicorn_argv, launch, uvicorn_argv, write_app
 
@@ -32,6 +37,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT = REPO / "tests" / "artifacts" / "dashboard.png"
+SCREENSHOT_WINDOW = REPO / "tests" / "artifacts" / "dashboard-window.png"
 HOSTILE_USER = '<img src=x onerror="document.title=1">'
 FAST = 5  # fast /items/1 requests; plus one slow /checkout and one failing /fail
 FAST_USERS = [HOSTILE_USER, ".."]  # ".." cannot be a path segment: the page must cope
@@ -73,14 +79,75 @@ def broken():
 """
 
 
+ORDERS_APP = """
+import logging
+import sys
+
+from fastapi import FastAPI, Header
+from fastapi.responses import PlainTextResponse
+
+from hindsight_web import HindsightMiddleware, set_user
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format={FORMAT})
+log = logging.getLogger("orders")
+
+app = FastAPI()
+
+
+@app.get("/orders/{order_id}")
+async def order(order_id: int, x_user: str | None = Header(default=None)) -> PlainTextResponse:
+    if x_user:
+        set_user(x_user)
+    log.debug("loading order %d for %s", order_id, x_user)
+    log.debug("order %d has 3 lines", order_id)
+    return PlainTextResponse("ok")
+
+
+@app.get("/pay")
+async def pay(x_user: str | None = Header(default=None)) -> PlainTextResponse:
+    if x_user:
+        set_user(x_user)
+    log.debug("card declined by the bank")
+    return PlainTextResponse("declined", status_code=500)
+
+
+app.add_middleware(HindsightMiddleware, admin_token={TOKEN}, slow_ms=5000)
+"""
+# The traffic the orders server has when its tests start: (user, path, status).
+ORDERS_TRAFFIC = [
+    ("carol", "/orders/1", 200),
+    ("carol", "/orders/2", 200),
+    ("dave", "/orders/7", 200),
+    ("erin", "/pay", 500),
+    (None, "/orders/3", 200),
+    (None, "/orders/4", 200),
+]
+
+
 @dataclass
 class Tab:
-    """A browser page and what it did: the URLs it requested, its errors."""
+    """A browser page and what it did: the URLs it requested, its errors, its dialogs.
+
+    A dialog is an error unless `answer` says how to answer it (True: accept, False:
+    dismiss); then its text is kept in `dialogs`.
+    """
 
     page: Page
     base_url: str
     requests: list[Request] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+    answer: bool | None = None
+
+    def on_dialog(self, dialog: Dialog) -> None:
+        if self.answer is None:
+            self.errors.append(f"dialog: {dialog.message}")
+        else:
+            self.dialogs.append(dialog.message)
+        if self.answer:
+            dialog.accept()
+        else:
+            dialog.dismiss()
 
     def open(self, path: str = "/_hindsight/") -> None:
         response = self.page.goto(self.base_url + path)
@@ -181,12 +248,14 @@ def tab_for(browser: Browser) -> Iterator[Callable[[Server], Tab]]:
     contexts = []
 
     def make(server: Server) -> Tab:
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context = browser.new_context(
+            viewport={"width": 1400, "height": 1000}, locale="en-GB", timezone_id="UTC"
+        )
         contexts.append(context)
         tab = Tab(context.new_page(), server.base_url)
         tab.page.on("request", lambda request: tab.requests.append(request))
         tab.page.on("pageerror", lambda exc: tab.errors.append(f"page error: {exc}"))
-        tab.page.on("dialog", lambda dialog: tab.errors.append(f"dialog: {dialog.message}"))
+        tab.page.on("dialog", tab.on_dialog)
         tab.page.on(
             "console",
             lambda msg: tab.errors.append(msg.text) if "Security Policy" in msg.text else None,
@@ -431,4 +500,448 @@ def test_wsgi_page_under_gunicorn(
     expect(page.locator("#slow tbody tr")).to_have_count(4)
     covered = "1 process" if len(served) == 1 else f"{len(served)} processes"
     expect(page.get_by_test_id("since")).to_contain_text(covered)
+
+    # the chart merges the minutes of every worker that served requests
+    expect(page.get_by_test_id("chart-caption")).to_contain_text(f": 4 requests in {covered}.")
+    counts = page.get_by_test_id("chart-bar").evaluate_all(
+        "bars => bars.map(b => Number(b.dataset.requests))"
+    )
+    assert sum(counts) == 4
+    expect(page.get_by_test_id("chart-point")).not_to_have_count(0)
+
+    # the window of every worker: the recent 500, a search, its release
+    broken_row = page.locator("#recent tbody tr").filter(has_text="/broken")
+    expect(broken_row).to_contain_text("500")
+    expect(broken_row).to_contain_text("released (status)")
+    search(page, path="/hello/*")
+    expect(page.locator("#found tbody tr")).to_have_count(3)
+    expect(page.get_by_test_id("search-summary")).to_have_text(
+        "3 requests found in the window of 3 processes; 3 not released."
+    )
+    hello = window_requests(server, path="/hello/*")
+    page.locator("#found [data-testid=open-request]").first.click()
+    expect(page.locator("#records tbody td:nth-child(4)")).to_have_text(["hello 2"])
+    tab.answer = True
+    page.get_by_test_id("release").click()
+    expect(page.get_by_test_id("release-answer")).to_have_text("released 3 in 3 processes")
+    assert tab.dialogs == [
+        "Release 3 requests that this search found? "
+        "Their records are written to the application's log now."
+    ]
+    wanted = {r["request_id"]: "DEBUG app hello " + r["path"].rsplit("/", 1)[1] for r in hello}
+    server.wait_for(
+        lambda: all(line in texts(server, rid) for rid, line in wanted.items()),
+        "the records of the requests released",
+    )
     tab.check_clean()
+
+
+# -- the window: search, one request, release, recent errors, the chart ----------------
+
+
+def window_requests(server: Server, **filters: str) -> list[dict[str, Any]]:
+    """What ``GET /requests`` finds in the window with `filters`, newest first."""
+    response = admin(server, "GET", "/requests", params={**filters, "limit": "1000"})
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["requests"]
+    return found
+
+
+def wait_in_window(server: Server, count: int, **filters: str) -> list[dict[str, Any]]:
+    """A request is in the window once it ended, just after its answer was sent."""
+    server.wait_for(
+        lambda: len(window_requests(server, **filters)) == count,
+        f"{count} requests in the window with {filters}",
+    )
+    return window_requests(server, **filters)
+
+
+def texts(server: Server, rid: str) -> list[str]:
+    """The lines of the app's log format the server wrote for request `rid`."""
+    return [line.text for line in server.lines_of(rid)]
+
+
+def get_as(
+    server: Server, path: str, user: str | None, request_id: str | None = None
+) -> httpx.Response:
+    headers = {"X-User": user} if user is not None else {}
+    if request_id is not None:
+        headers["X-Request-ID"] = request_id
+    return httpx.get(server.base_url + path, headers=headers, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def orders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A FastAPI app under uvicorn whose window holds `ORDERS_TRAFFIC`."""
+    workdir = tmp_path_factory.mktemp("orders")
+    write_app(workdir, "orders_app", ORDERS_APP.replace("{TOKEN}", repr(TOKEN)))
+    port = free_port()
+    server = Server(uvicorn_argv(workdir, "orders_app")(port), workdir, "uvicorn")
+    try:
+        server.start(port)
+        for user, path, status in ORDERS_TRAFFIC:
+            assert get_as(server, path, user).status_code == status
+        wait_in_window(server, len(ORDERS_TRAFFIC))
+        yield server
+    finally:
+        server.stop()
+
+
+def search(page: Page, **filters: str) -> None:
+    """Fill the search form (fields not given are emptied) and submit it."""
+    for name in ("user_id", "path", "status", "message", "since", "until"):
+        page.get_by_test_id(f"search-{name}").fill(filters.pop(name, ""))
+    assert not filters, f"no such search field: {filters}"
+    page.get_by_test_id("search-submit").click()
+
+
+def row_cells(page: Page, row: str) -> dict[str, str]:
+    """The cells of a row of the found or recent requests, by column."""
+    columns = ["time", "request id", "method", "path", "status", "duration", "user", "records"]
+    texts = page.locator(f"{row} td").all_text_contents()
+    return dict(zip([*columns, "released"], texts, strict=True))
+
+
+def test_search_by_user_finds_the_request_and_shows_its_records(
+    orders: Server, tab_for: Callable[[Server], Tab]
+) -> None:
+    (dave,) = window_requests(orders, user_id="dave")
+    tab = tab_for(orders)
+    tab.open()
+    tab.log_in()
+    page = tab.page
+    search(page, user_id="dave")
+    expect(page.get_by_test_id("search-summary")).to_have_text(
+        "1 request found in the window of 1 process; 1 not released."
+    )
+    rows = page.locator("#found tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-request-id", dave["request_id"])
+    cells = row_cells(page, "#found tbody tr")
+    assert cells["path"] == "/orders/7"
+    assert cells["status"] == "200"
+    assert cells["user"] == "dave"
+    assert cells["records"] == "2"
+    assert cells["released"] == "no"
+    expect(page.get_by_test_id("release")).to_have_text("release 1 request")
+    assert any("/_hindsight/requests?user_id=dave&" in r.url for r in tab.requests)
+
+    rows.first.get_by_test_id("open-request").click()
+    expect(page.get_by_test_id("request-title")).to_have_text(f"Request {dave['request_id']}")
+    facts = page.get_by_test_id("request-facts")
+    expect(facts).to_contain_text("/orders/{order_id}")
+    expect(facts).to_contain_text("dave")
+    records = page.locator("#records tbody tr")
+    expect(records).to_have_count(2)
+    messages = page.locator("#records tbody td:nth-child(4)").all_text_contents()
+    assert messages == ["loading order 7 for dave", "order 7 has 3 lines"]
+    assert page.locator("#records tbody td:nth-child(2)").all_text_contents() == ["DEBUG"] * 2
+    assert page.locator("#records tbody td:nth-child(3)").all_text_contents() == ["orders"] * 2
+    where = page.locator("#records tbody td:nth-child(5)").all_text_contents()
+    assert all(re.fullmatch(r".*orders_app\.py:\d+ in order", w) for w in where), where
+
+    # the other filters: a glob path and a status class, a substring of a message
+    search(page, path="/orders/*", status="2xx", since="-10m")
+    orders_found = window_requests(orders, path="/orders/*", status="2xx", since="-10m")
+    assert len(orders_found) >= 4
+    expect(page.locator("#found tbody tr")).to_have_count(len(orders_found))
+    search(page, message="order 7 has")
+    expect(page.locator("#found tbody tr")).to_have_count(1)
+    expect(page.locator("#found tbody tr").first).to_have_attribute(
+        "data-request-id", dave["request_id"]
+    )
+    search(page, user_id="nobody")
+    expect(page.get_by_test_id("search-summary")).to_have_text(
+        "0 requests found in the window of 1 process."
+    )
+    expect(page.locator("#found tbody td")).to_have_text("no request in the window matches")
+    expect(page.get_by_test_id("release")).to_be_hidden()
+
+    search(page, user_id="dave")
+    page.locator("#found [data-testid=open-request]").click()
+    expect(records).to_have_count(2)
+    SCREENSHOT_WINDOW.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT_WINDOW), full_page=True)
+    tab.check_clean()
+
+
+def test_a_request_whose_id_is_no_plain_path_segment_opens_too(
+    orders: Server, tab_for: Callable[[Server], Tab]
+) -> None:
+    # X-Request-ID is trusted: a client may send an id with "/" in it, or ".."
+    assert get_as(orders, "/orders/11", "frank", request_id="trace/11").status_code == 200
+    assert get_as(orders, "/orders/12", "gina", request_id="..").status_code == 200
+    wait_in_window(orders, 1, user_id="frank")
+    wait_in_window(orders, 1, user_id="gina")
+    tab = tab_for(orders)
+    tab.open()
+    tab.log_in()
+    page = tab.page
+
+    search(page, user_id="frank")  # "/" travels escaped in one segment (uvicorn keeps it)
+    page.locator('#found tr[data-request-id="trace/11"] [data-testid=open-request]').click()
+    expect(page.get_by_test_id("request-title")).to_have_text("Request trace/11")
+    expect(page.locator("#records tbody td:nth-child(4)")).to_have_text(
+        ["loading order 11 for frank", "order 11 has 3 lines"]
+    )
+
+    search(page, user_id="gina")  # ".." cannot be a path segment: the facts only
+    page.locator('#found tr[data-request-id=".."] [data-testid=open-request]').click()
+    expect(page.get_by_test_id("request-title")).to_have_text("Request ..")
+    expect(page.get_by_test_id("request-facts")).to_contain_text("/orders/12")
+    expect(page.get_by_test_id("request-note")).to_have_text(
+        "Its records cannot be shown: its id cannot be part of a path to this server."
+    )
+    expect(page.get_by_test_id("records")).to_be_hidden()
+    tab.check_clean()
+
+
+def test_release_button_releases_what_the_search_found(
+    orders: Server, tab_for: Callable[[Server], Tab]
+) -> None:
+    found = window_requests(orders, user_id="carol")
+    assert [r["path"] for r in found] == ["/orders/2", "/orders/1"]
+    tab = tab_for(orders)
+    tab.open()
+    tab.log_in()
+    page = tab.page
+    search(page, user_id="carol")
+    expect(page.get_by_test_id("search-summary")).to_have_text(
+        "2 requests found in the window of 1 process; 2 not released."
+    )
+    # a request of carol's after the search is not one that the search found
+    assert get_as(orders, "/orders/9", "carol").status_code == 200
+    (late, *_) = wait_in_window(orders, 3, user_id="carol")
+    assert late["path"] == "/orders/9"
+
+    tab.answer = True
+    page.get_by_test_id("release").click()
+    expect(page.get_by_test_id("release-answer")).to_have_text("released 2 in 1 process")
+    assert tab.dialogs == [
+        "Release 2 requests that this search found? "
+        "Their records are written to the application's log now."
+    ]
+
+    # each one's records and its summary (reason: retro) in the server's output
+    rids = [request["request_id"] for request in found]
+    orders.wait_for(lambda: all(orders.summaries(rid) for rid in rids), "the summaries")
+    for request in found:
+        rid = request["request_id"]
+        (summary,) = orders.summaries(rid)
+        assert summary["reason"] == "retro"
+        assert summary["path"] == request["path"]
+        number = request["path"].rsplit("/", 1)[1]
+        lines = texts(orders, rid)
+        assert f"DEBUG orders loading order {number} for carol" in lines
+        assert f"DEBUG orders order {number} has 3 lines" in lines
+    assert orders.lines_of(late["request_id"]) == []
+    assert [r["released"] for r in window_requests(orders, user_id="carol")] == [
+        False,
+        True,
+        True,
+    ]
+    (event, *_) = admin(orders, "GET", "/audit").json()["events"]
+    assert event["action"] == "released"
+    assert event["count"] == 2
+    assert event["query"]["match"] == {"user_id": "carol"}
+
+    # the search, asked again, shows them released, and the later one not
+    expect(page.get_by_test_id("search-summary")).to_have_text(
+        "3 requests found in the window of 1 process; 1 not released."
+    )
+    released = page.locator("#found tbody td:nth-child(9)")
+    expect(released).to_have_text(["no", "released (retro)", "released (retro)"])
+    expect(page.get_by_test_id("release")).to_have_text("release 1 request")
+    expect(page.locator("#recent tbody tr").filter(has_text="/orders/1")).to_contain_text(
+        "released (retro)"
+    )
+    post = [r for r in tab.requests if r.method == "POST" and r.url.endswith("/release")]
+    assert len(post) == 1
+    tab.check_clean()
+
+
+def test_release_can_be_called_off(orders: Server, tab_for: Callable[[Server], Tab]) -> None:
+    tab = tab_for(orders)
+    tab.open()
+    tab.log_in()
+    page = tab.page
+    search(page, path="/orders/3")
+    expect(page.get_by_test_id("release")).to_have_text("release 1 request")
+    tab.answer = False
+    page.get_by_test_id("release").click()
+    expect(page.get_by_test_id("release")).to_be_enabled()
+    expect(page.get_by_test_id("release-answer")).to_have_text("")
+    assert tab.dialogs == [
+        "Release 1 request that this search found? "
+        "Their records are written to the application's log now."
+    ]
+    (request,) = window_requests(orders, path="/orders/3")
+    assert request["released"] is False
+    assert not any(r.method == "POST" for r in tab.requests)
+    tab.check_clean()
+
+
+def test_bad_filter_shows_the_error_next_to_the_form(
+    orders: Server, tab_for: Callable[[Server], Tab]
+) -> None:
+    tab = tab_for(orders)
+    tab.open()
+    tab.log_in()
+    page = tab.page
+    error = page.get_by_test_id("search-error")
+    search(page, status="abc")
+    expect(error).to_have_text(
+        "status: expected a status (500), a class (5xx) or a range (400-499)"
+    )
+    expect(page.get_by_test_id("search-status")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_test_id("search-user_id")).not_to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_test_id("release")).to_be_hidden()
+    expect(page.locator("#found tbody tr")).to_have_count(0)
+
+    search(page, since="yesterday")
+    expect(error).to_contain_text("since: expected ISO 8601")
+    expect(page.get_by_test_id("search-since")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_test_id("search-status")).not_to_have_attribute("aria-invalid", "true")
+
+    search(page, since="-5m", until="-10m")
+    expect(error).to_have_text("until: earlier than 'since'")
+
+    search(page, user_id="dave", since="-5m")
+    expect(error).to_have_text("")
+    expect(page.locator("#found tbody tr")).to_have_count(1)
+    expect(page.get_by_test_id("search-since")).not_to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_test_id("notice")).to_have_text("")
+    tab.check_clean()
+
+
+def test_recent_errors_and_releases_list_the_500(
+    orders: Server, tab_for: Callable[[Server], Tab]
+) -> None:
+    (pay,) = window_requests(orders, path="/pay")
+    tab = tab_for(orders)
+    tab.open()
+    tab.log_in()
+    page = tab.page
+    row = page.locator(f'#recent tr[data-request-id="{pay["request_id"]}"]')
+    expect(row).to_have_count(1)
+    cells = row_cells(page, f'#recent tr[data-request-id="{pay["request_id"]}"]')
+    assert cells["path"] == "/pay"
+    assert cells["status"] == "500"
+    assert cells["user"] == "erin"
+    assert cells["released"] == "released (status)"
+    expect(page.get_by_test_id("total-errors")).to_have_text("1")
+    # the requests that went well and were not released are not in the list
+    expect(page.locator("#recent tbody tr").filter(has_text="/orders/4")).to_have_count(0)
+
+    row.get_by_test_id("open-request").click()
+    expect(page.get_by_test_id("request-title")).to_have_text(f"Request {pay['request_id']}")
+    expect(page.get_by_test_id("request-facts")).to_contain_text("released (status)")
+    expect(page.get_by_test_id("request-note")).to_have_text(
+        "The window no longer holds its records: they were written to the application's log "
+        "when it was released."
+    )
+    expect(page.get_by_test_id("records")).to_be_hidden()
+    page.get_by_test_id("request-close").click()
+    expect(page.get_by_test_id("request")).to_be_hidden()
+    tab.check_clean()
+
+
+def test_chart_shows_requests_and_p95_per_minute_on_a_time_axis(
+    orders: Server, tab_for: Callable[[Server], Tab]
+) -> None:
+    tab = tab_for(orders)
+    tab.open()
+    tab.log_in()
+    page = tab.page
+    bars = page.get_by_test_id("chart-bar")
+    expect(bars).to_have_count(15)
+    now = time.time()
+    recent = admin(orders, "GET", "/stats", params={"window": "recent"}).json()["requests"]
+    counts = [int(n or 0) for n in bars.evaluate_all("bars => bars.map(b => b.dataset.requests)")]
+    assert sum(counts) == recent
+    expect(page.get_by_test_id("chart-caption")).to_have_text(
+        f"Requests (bars) and p95 latency (line) per minute over the last 15 min: "
+        f"{recent} requests in 1 process."
+    )
+
+    # the time axis: minutes, oldest first, ending with the minute of now (or the one before)
+    ticks = page.get_by_test_id("time-tick")
+    starts = ticks.evaluate_all("ticks => ticks.map(t => t.dataset.at)")
+    labels = ticks.all_text_contents()
+    assert len(labels) == 8
+    moments = [datetime.fromisoformat(at.replace("Z", "+00:00")) for at in starts]
+    assert moments == sorted(moments)
+    assert all(m.second == 0 and m.microsecond == 0 for m in moments)
+    assert [m.strftime("%H:%M") for m in moments] == labels  # the page shows UTC here
+    minute = datetime.fromtimestamp(now - now % 60, timezone.utc)
+    assert (minute - moments[-1]).total_seconds() in (0, 60)
+    assert (moments[-1] - moments[0]).total_seconds() == 14 * 60
+
+    # a p95 point on every minute that had requests, none on the others
+    points = page.get_by_test_id("chart-point")
+    busy = sum(1 for n in counts if n)
+    expect(points).to_have_count(busy)
+    p95 = [float(v) for v in points.evaluate_all("ps => ps.map(p => p.dataset.p95)")]
+    assert all(v > 0 for v in p95)
+    timeline = admin(orders, "GET", "/stats/timeline").json()
+    assert [s["p95_ms"] for s in timeline["slots"] if s["p95_ms"] is not None][-busy:] == p95
+    tab.check_clean()
+
+
+def test_chart_data_merges_every_process_minute_by_minute() -> None:
+    """What the chart draws (``GET /stats/timeline``): the minutes of two processes,
+    through the store's encoding, are those of one process that served both."""
+    start = 60.0 * 29_000_000  # a minute starts here
+    now = [start]
+    first, second, both = (Stats(clock=lambda: now[0]) for _ in range(3))
+    traffic = [  # (minute, process, duration_ms, status)
+        (0, first, 12.0, 200),
+        (0, second, 40.0, 500),
+        (0, first, 18.0, 200),
+        (2, second, 250.0, 200),
+        (2, first, 7.0, 200),
+        (5, first, 90.0, 200),
+    ]
+    for i, (minute, stats, ms, status) in enumerate(traffic):
+        now[0] = start + 60 * minute + 10 + i
+        for recorder in (stats, both):
+            recorder.record(
+                RequestRecord(
+                    request_id=f"r{i}",
+                    method="GET",
+                    path="/x",
+                    route="/x",
+                    status=status,
+                    duration_ms=ms,
+                    at=now[0],
+                    errored=status >= 500,
+                )
+            )
+    now[0] = start + 60 * 6 + 30  # in the 7th minute, which has no request yet
+    exports = [decode(encode(stats.export())) for stats in (first, second)]
+    merged = StatsView(exports, now=now[0]).timeline()
+    alone = StatsView([both.export()], now=now[0]).timeline()
+    assert merged["slots"] == alone["slots"]
+    assert merged["processes"] == 2
+    assert merged["slot_s"] == 60.0
+
+    slots = merged["slots"]
+    assert len(slots) == 15
+    moments = [datetime.fromisoformat(s["at"].replace("Z", "+00:00")).timestamp() for s in slots]
+    assert moments == [start + 60 * (m - 8) for m in range(15)]  # 14 minutes back, then now's
+    assert merged["since"] == slots[0]["at"]
+    assert [s["requests"] for s in slots[8:]] == [3, 0, 2, 0, 0, 1, 0]
+    assert [s["errors"] for s in slots[8:]] == [1, 0, 0, 0, 0, 0, 0]
+    p95 = [s["p95_ms"] for s in slots]
+    assert p95[:8] == [None] * 8
+    assert [p95[i] is None for i in range(8, 15)] == [False, True, False, True, True, False, True]
+    assert p95[8] == pytest.approx(40.0, rel=1 / 32)
+    assert p95[10] == pytest.approx(250.0, rel=1 / 32)
+    assert slots[13]["max_ms"] == 90.0
+
+    # an export of a version that kept no minutes: still covered, no minutes of its own
+    older = decode(encode(first.export()))
+    del older["recent"]["slots"]
+    without = StatsView([older, exports[1]], now=now[0]).timeline()
+    assert without["processes"] == 2
+    assert [s["requests"] for s in without["slots"][8:]] == [1, 0, 1, 0, 0, 0, 0]
