@@ -1,4 +1,5 @@
-"""The ``hindsight-web`` command: manage a running app's rules through its admin API.
+"""The ``hindsight-web`` command: manage a running app's rules, and find and release its
+recent requests, through its admin API.
 
 Usage::
 
@@ -8,14 +9,19 @@ Usage::
     hindsight-web rules add rules.json          # one rule, a list, or {"rules": [...]}; - is stdin
     hindsight-web rules rm checkout-slow
     hindsight-web detail alice --ttl 30m        # alice's requests write from DEBUG, live
+    hindsight-web detail alice --backfill 15m   # ... and release hers of the last 15 minutes
     hindsight-web undetail alice
     hindsight-web audit --limit 20
     hindsight-web stats [--slow | --sessions] [--limit N]
+    hindsight-web requests --user-id alice --status 5xx --since -15m   # the window, newest first
+    hindsight-web show 6cf5e022f83c427895fd405f17114c34                 # one request's records
+    hindsight-web release --path '/checkout*' --since -10m --note 'ticket 4711' [--yes]
 
 The options ``--url``, ``--token``, ``--json`` and ``--timeout`` go before or after
 the command. ``--json`` prints the admin API's answer as is (indented, keys
 sorted); the calls that answer nothing (``rules rm``, ``undetail``) print what
-they removed.
+they removed. ``release`` asks before it releases (on stderr, the answer read from
+stdin) unless ``--yes`` is given.
 
 The exit codes are listed by ``hindsight-web --help`` (`EXIT_CODES` below).
 """
@@ -27,7 +33,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
@@ -38,22 +44,57 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-OK, API_ERROR, USAGE, UNREACHABLE, TOKEN_REFUSED, READ_ONLY, BAD_ANSWER = range(7)
+OK, API_ERROR, USAGE, UNREACHABLE, TOKEN_REFUSED, READ_ONLY, BAD_ANSWER, NOT_CONFIRMED = range(8)
 
 EXIT_CODES = """\
 exit codes:
   0  done
   1  the admin refused the call: bad input (400, 422: the fields are named),
-     no such rule or user (404), an id already taken (409)
+     no such rule, user or request (404), an id already taken (409)
   2  usage: bad arguments, no URL or token, rule input that cannot be read
   3  the app cannot be reached: connection refused, timeout, unknown host
   4  the admin refused the token (401)
   5  the read-only token was used for a change (403)
   6  the answer is not the admin API's (not JSON, wrong URL) or the admin failed (5xx)
+  7  a release was not confirmed (no "y" answered, and no --yes)
 """
 URL_HINT = "--url should be the admin's base URL, e.g. http://127.0.0.1:8000/_hindsight"
 TTL_FORMS = "seconds (90) or a number with s, m, h or d (90s, 30m, 2h, 1d)"
 _TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+TIME_FORMS = "ISO 8601 (2026-11-30T14:00:00Z), now, or a time ago: -30s, -15m, -2h, -1d"
+STATUS_FORMS = "a status (500), a class (5xx), a range (400-499) or a list (500,502)"
+_AGO = re.compile(r"-?\s*\d+(?:\.\d+)?\s*[smhd]")
+_STATUS = re.compile(r"([1-9])xx|(\d{3})-(\d{3})|\d{3}(?:,\d{3})*")
+MAX_LIMIT = 1000
+"""The most requests one ``GET /requests`` answers with."""
+DEFAULT_LIMIT = 50
+"""How many it answers with when no ``limit`` is given."""
+# The filters of `requests` and `release` by their name in the API, and the options that
+# give them (a refusal names the API's field; the error names the option too).
+_MATCH_FILTERS = (
+    "user_id",
+    "session_id",
+    "client_ip",
+    "method",
+    "path",
+    "route",
+    "status",
+    "min_duration_ms",
+    "message",
+)
+_OPTIONS = {
+    **{name: "--" + name.replace("_", "-") for name in _MATCH_FILTERS},
+    "duration_ms": "--min-duration-ms",
+    "since": "--since",
+    "until": "--until",
+    "limit": "--limit",
+    "released": "--released/--not-released",
+    "note": "--note",
+    "field": "--field",
+    "backfill_s": "--backfill",
+    "ttl_s": "--ttl",
+    "level": "--level",
+}
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -98,9 +139,17 @@ class Api:
         self._client.close()
 
     def call(
-        self, method: str, path: str, body: object = None, params: dict[str, int] | None = None
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        params: Mapping[str, str | int | float | None] | None = None,
+        options: Mapping[str, str] | None = None,
     ) -> Any:
-        """Make one call (`path` below the base URL, segments quoted); None for a 204."""
+        """Make one call (`path` below the base URL, segments quoted); None for a 204.
+
+        `options` names the command's option for each field of the API a refusal may name.
+        """
         import httpx
 
         what = f"{method} {path}"
@@ -119,10 +168,10 @@ class Api:
             raise CliError(
                 f"cannot reach {self.url}: {str(exc) or type(exc).__name__}", UNREACHABLE
             ) from None
-        return _answer(what, response)
+        return _answer(what, response, options or {})
 
 
-def _answer(what: str, response: httpx.Response) -> Any:
+def _answer(what: str, response: httpx.Response, options: Mapping[str, str]) -> Any:
     """The decoded answer to a successful call (None for 204), else the CliError it means."""
     status = response.status_code
     if status == 204:
@@ -140,10 +189,10 @@ def _answer(what: str, response: httpx.Response) -> Any:
         body = None
     if status < 400:
         return body
-    raise _refusal(what, status, body)
+    raise _refusal(what, status, body, options)
 
 
-def _refusal(what: str, status: int, body: object) -> CliError:
+def _refusal(what: str, status: int, body: object, options: Mapping[str, str]) -> CliError:
     """The error for an answer of `status` >= 400, naming the API's message and fields."""
     error = body.get("error") if isinstance(body, dict) else None
     if status == 401:
@@ -160,7 +209,7 @@ def _refusal(what: str, status: int, body: object) -> CliError:
         return CliError(message, BAD_ANSWER, status)
     details = body.get("details")
     fields = "; ".join(
-        f"{d.get('field')}: {d.get('error')}"
+        _detail(str(d.get("field")), str(d.get("error")), error, options)
         for d in (details if isinstance(details, list) else [])
         if isinstance(d, dict)
     )
@@ -168,6 +217,19 @@ def _refusal(what: str, status: int, body: object) -> CliError:
     message = f"the admin {verb} {what} (HTTP {status}): {error}"
     code = BAD_ANSWER if status >= 500 else API_ERROR
     return CliError(message + (f" [{fields}]" if fields else ""), code, status)
+
+
+def _detail(field: str, problem: str, error: str, options: Mapping[str, str]) -> str:
+    """One field a refusal names, as ``field: problem``; with the command's option that
+    gave it when there is one: ``--status`` alone when `error` already says the problem,
+    else ``status (--status): problem``."""
+    key = "field" if field.startswith("field.") else field.removeprefix("match.")
+    option = options.get(key.split(".")[0].split("[")[0])
+    if option is None:
+        return f"{field}: {problem}"
+    if problem in error:
+        return option
+    return f"{field} ({option}): {problem}"
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -219,13 +281,15 @@ def rules_rm(api: Api, args: argparse.Namespace) -> int:
 
 def detail(api: Api, args: argparse.Namespace) -> int:
     """``detail USER``: write the user's requests from `--level` up, live, for `--ttl`."""
-    body = {
-        key: value
-        for key, value in (("ttl_s", args.ttl), ("level", args.level), ("note", args.note))
-        if value is not None
-    }
-    rule = api.call("POST", f"/users/{_segment(args.user)}/detail", body)
-    return _emit(args, rule, _detail_text)
+    given = (
+        ("ttl_s", args.ttl),
+        ("level", args.level),
+        ("note", args.note),
+        ("backfill_s", args.backfill),
+    )
+    body = {key: value for key, value in given if value is not None}
+    rule = api.call("POST", f"/users/{_segment(args.user)}/detail", body, options=_OPTIONS)
+    return _emit(args, rule, lambda rule: _detail_text(rule, args.backfill))
 
 
 def undetail(api: Api, args: argparse.Namespace) -> int:
@@ -261,6 +325,97 @@ def stats(api: Api, args: argparse.Namespace) -> int:
             ) from None
         raise
     return _emit(args, answer, render)
+
+
+def requests(api: Api, args: argparse.Namespace) -> int:
+    """``requests``: the requests of every process's window that match, newest first."""
+    params = _search_params(args)
+    params["limit"] = args.limit
+    if args.released is not None:
+        params["released"] = "true" if args.released else "false"
+    answer = api.call("GET", "/requests", params=params, options=_OPTIONS)
+    limit = args.limit or DEFAULT_LIMIT
+    return _emit(args, answer, lambda answer: _requests_text(answer, limit))
+
+
+def show(api: Api, args: argparse.Namespace) -> int:
+    """``show REQUEST_ID``: one request of the window, its facts and the records it holds."""
+    answer = api.call("GET", f"/requests/{_segment(args.request_id)}")
+    return _emit(args, answer, _request_text)
+
+
+def release(api: Api, args: argparse.Namespace) -> int:
+    """``release``: write the records of the window's requests that match, once each.
+
+    Unless ``--yes`` is given, the same search is made first and the count it finds is
+    put to the user, who answers on stdin.
+    """
+    if not args.yes:
+        params = {**_search_params(args), "released": "false", "limit": MAX_LIMIT}
+        found = api.call("GET", "/requests", params=params, options=_OPTIONS)
+        count = len(found["requests"])
+        if not count:
+            nothing = {
+                "released": 0,
+                "processes": found["processes"],
+                "complete": found["complete"],
+            }
+            return _emit(args, nothing, _nothing_to_release_text)
+        many = "at least " if count >= MAX_LIMIT else ""
+        question = (
+            f"release the records of {many}{count} request{_s(count)} ({_answered(found)})? [y/N] "
+        )
+        _confirm(question)
+    body: dict[str, Any] = {"match": _release_match(args)}
+    body.update(
+        (key, value)
+        for key, value in (("since", args.since), ("until", args.until), ("note", args.note))
+        if value is not None
+    )
+    answer = api.call("POST", "/release", body, options=_OPTIONS)
+    return _emit(args, answer, _released_text)
+
+
+def _search_params(args: argparse.Namespace) -> dict[str, str | int | float | None]:
+    """The query parameters of the filters given to `requests` or `release`."""
+    params: dict[str, str | int | float | None] = {
+        name: getattr(args, name) for name in _MATCH_FILTERS
+    }
+    if args.min_duration_ms is not None:
+        params["min_duration_ms"] = f"{args.min_duration_ms:g}"
+    params["since"] = args.since
+    params["until"] = args.until
+    for name, value in getattr(args, "field", None) or []:
+        params[f"field.{name}"] = value
+    return params
+
+
+def _release_match(args: argparse.Namespace) -> dict[str, Any]:
+    """The rule ``match`` of the filters given to `release`."""
+    match: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in _MATCH_FILTERS
+        if name not in ("status", "min_duration_ms") and getattr(args, name) is not None
+    }
+    if args.status is not None:
+        match["status"] = status_match(args.status)
+    if args.min_duration_ms is not None:
+        match["duration_ms"] = {"gte": args.min_duration_ms}
+    return match
+
+
+def _confirm(question: str) -> None:
+    """Ask `question` on stderr; return if the answer on stdin is yes, else raise CliError."""
+    print(question, end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    if not answer or not sys.stdin.isatty():  # a terminal echoed the answer and its newline
+        print(file=sys.stderr)
+    if not answer:
+        raise CliError(
+            "not released: no answer on stdin (--yes releases without asking)", NOT_CONFIRMED
+        )
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CliError("not released", NOT_CONFIRMED)
 
 
 # -- input ---------------------------------------------------------------------------------
@@ -307,6 +462,69 @@ def parse_ttl(text: str) -> float:
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {TTL_FORMS}")
     return int(seconds) if seconds.is_integer() else seconds
+
+
+def parse_moment(text: str) -> str:
+    """A ``--since`` / ``--until`` value as the admin API takes it: ``15m`` is ``-15m``
+    (15 minutes ago); ISO 8601 and ``now`` go as they are, checked by the API."""
+    given = text.strip()
+    if _AGO.fullmatch(given):
+        return given if given.startswith("-") else "-" + given
+    if not given:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {TIME_FORMS}")
+    return given
+
+
+def parse_status(text: str) -> str:
+    """A ``--status`` value: ``500``, ``5xx``, ``400-499`` or ``500,502``."""
+    given = text.strip()
+    m = _STATUS.fullmatch(given)
+    if not m or (m[2] is not None and int(m[2]) > int(m[3])):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {STATUS_FORMS}")
+    return given
+
+
+def status_match(text: str) -> Any:
+    """A ``--status`` value (checked by `parse_status`) as a rule's ``match`` value.
+
+    Example::
+
+        status_match("5xx")  # {'gte': 500, 'lte': 599}
+    """
+    m = _STATUS.fullmatch(text)
+    if m and m[1] is not None:
+        return {"gte": int(m[1]) * 100, "lte": int(m[1]) * 100 + 99}
+    if m and m[2] is not None:
+        return {"gte": int(m[2]), "lte": int(m[3])}
+    numbers = [int(part) for part in text.split(",")]
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
+def _field(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected NAME=VALUE, NAME a field given to bind()"
+        )
+    return name, value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number >= 0")
+    return value
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected an integer from 1 to {MAX_LIMIT}"
+        )
+    return int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -367,13 +585,22 @@ def _rules_table(rules: list[dict[str, Any]]) -> str:
 
 
 def _audit_table(events: list[dict[str, Any]]) -> str:
+    """Rule changes; when there are releases from the window, their count and query too."""
     if not events:
         return "no rule changes"
-    rows = [
-        [e["at"], e["action"], e["rule"].get("id"), e.get("by"), e["rule"].get("note")]
-        for e in events
-    ]
-    return table(["at", "action", "rule id", "by", "note"], rows)
+    headers = ["at", "action", "rule id", "by", "note"]
+    rows: list[list[object]] = []
+    for e in events:
+        rule = e.get("rule")
+        if rule is None:  # a release from the window
+            rows.append([e["at"], e["action"], None, e.get("by"), e.get("note")])
+        else:
+            rows.append([e["at"], e["action"], rule.get("id"), e.get("by"), rule.get("note")])
+    if any(e.get("rule") is None for e in events):
+        headers += ["count", "query"]
+        for row, e in zip(rows, events, strict=True):
+            row += [e.get("count"), e.get("query")]
+    return table(headers, rows)
 
 
 def _stats_text(answer: dict[str, Any], limit: int | None) -> str:
@@ -411,13 +638,124 @@ def _sessions_table(answer: dict[str, Any]) -> str:
     return table(headers, rows)
 
 
-def _detail_text(rule: dict[str, Any]) -> str:
+def _detail_text(rule: dict[str, Any], backfill_s: float | None = None) -> str:
     user = rule["match"]["user_id"]
     expires = _expires_in(rule.get("ttl_s"))
-    return (
+    text = (
         f"detail on for user {_clean(str(user))!r} from {rule.get('level')}, "
         f"expires in {expires} (rule {rule['id']})"
     )
+    backfill = rule.get("backfill")
+    if isinstance(backfill, dict):
+        count = backfill["released"]
+        text += (
+            f"\nreleased {count} request{_s(count)} of the last {_span(backfill_s)} "
+            f"from the window ({_answered(backfill)})"
+        )
+    return text
+
+
+def _requests_text(answer: dict[str, Any], limit: int) -> str:
+    found = answer["requests"]
+    notes = [_answered(answer)]
+    if len(found) >= limit:
+        notes.insert(0, f"the newest {limit} shown (--limit, at most {MAX_LIMIT}, for more)")
+    if not found:
+        return "no requests found\n\n" + "; ".join(notes)
+    rows = [
+        [
+            r["at"],
+            r.get("duration_ms"),
+            _status(r),
+            r.get("method"),
+            r.get("path"),
+            r.get("user_id"),
+            r.get("records"),
+            _released(r),
+            r["request_id"],
+        ]
+        for r in found
+    ]
+    headers = ["at", "ms", "status", "method", "path", "user", "records", "released", "request id"]
+    return table(headers, rows) + "\n\n" + "; ".join(notes)
+
+
+def _request_text(answer: dict[str, Any]) -> str:
+    facts = [
+        ("request", answer["request_id"]),
+        ("at", answer.get("at")),
+        ("method", answer.get("method")),
+        ("path", answer.get("path")),
+        ("route", answer.get("route")),
+        ("status", _status(answer)),
+        ("duration", f"{_cell(answer.get('duration_ms'))} ms"),
+        ("user", answer.get("user_id")),
+        ("session", answer.get("session_id")),
+        ("client", answer.get("client_ip")),
+        ("released", _released(answer)),
+    ]
+    if answer.get("fields"):
+        facts.append(("fields", answer["fields"]))
+    width = max(len(name) for name, _ in facts)
+    lines = [f"{name.ljust(width)}  {_cell(value)}" for name, value in facts]
+    records = answer["records"]
+    if records:
+        lines += ["", f"{len(records)} record{_s(len(records))} kept:"]
+        lines += [line for record in records for line in _record_lines(record)]
+    elif answer.get("released"):
+        lines += ["", "no records kept: they were written to the app's logs"]
+    else:
+        lines += ["", "no records kept"]
+    return "\n".join(lines)
+
+
+def _record_lines(record: dict[str, Any]) -> list[str]:
+    """One record as ``time level logger message``, then its traceback and stack, indented."""
+    message, *more = str(record.get("message")).splitlines() or [""]
+    head = f"{record.get('time')} {record.get('level')} {record.get('logger')} {message}"
+    if record.get("fields"):
+        head += "  " + _compact(record["fields"])
+    lines = [_clean(head)] + [_clean("    " + line) for line in more]
+    for extra in (record.get("exc_text"), record.get("stack_info")):
+        if extra:
+            lines += [_clean("    " + line) for line in str(extra).splitlines()]
+    return lines
+
+
+def _status(facts: dict[str, Any]) -> object:
+    if facts.get("status") is None and facts.get("raised"):
+        return f"raised {facts['raised']}"
+    return facts.get("status")
+
+
+def _released(facts: dict[str, Any]) -> str:
+    if facts.get("released"):
+        return f"yes ({facts.get('reason')})"
+    if facts.get("suppressed"):
+        return "summary only"
+    return "no"
+
+
+def _released_text(answer: dict[str, Any]) -> str:
+    count = answer["released"]
+    return f"released {count} request{_s(count)} ({_answered(answer)})"
+
+
+def _nothing_to_release_text(answer: dict[str, Any]) -> str:
+    return f"nothing to release: no request found that was not released ({_answered(answer)})"
+
+
+def _answered(answer: dict[str, Any]) -> str:
+    """``2 processes answered``, and whether some did not."""
+    processes = answer["processes"]
+    text = f"{processes} process{'es' if processes != 1 else ''} answered"
+    if answer.get("complete") is False:
+        text += " (incomplete: some processes did not answer in time)"
+    return text
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
 
 
 def _removed_text(answer: dict[str, list[str]]) -> str:
@@ -488,6 +826,17 @@ def _expires_in(ttl_s: object) -> str:
     return f"{minutes}m{s:02d}s" if minutes else f"{s}s"
 
 
+def _span(seconds: float | None) -> str:
+    """A length of time as ``15m``, ``1h30m``, ``90s``, ``1d``."""
+    left = int(seconds or 0)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or f"{seconds or 0:g}s"
+
+
 def _segment(text: str) -> str:
     return quote(text, safe="")
 
@@ -521,7 +870,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog="hindsight-web",
-        description="Manage the runtime rules of an app that runs hindsight-web.",
+        description=(
+            "Manage the runtime rules of an app that runs hindsight-web, and find and release "
+            "its recent requests."
+        ),
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
@@ -529,8 +881,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(group: Any, name: str, run: Callable[..., int], text: str) -> Any:
-        sub = group.add_parser(name, parents=[common], help=text, description=text)
+    def command(
+        group: Any,
+        name: str,
+        run: Callable[..., int],
+        text: str,
+        parents: Sequence[argparse.ArgumentParser] = (),
+    ) -> Any:
+        sub = group.add_parser(name, parents=[common, *parents], help=text, description=text)
         sub.set_defaults(run=run)
         return sub
 
@@ -552,16 +910,97 @@ def _parser() -> argparse.ArgumentParser:
     )
     on.add_argument("--level", help="lowest level written (default DEBUG)")
     on.add_argument("--note", help="a note kept with the rule and in the audit trail")
+    on.add_argument(
+        "--backfill",
+        type=parse_ttl,
+        metavar="TIME",
+        help=f"also release the user's requests of the last TIME from the window: {TTL_FORMS}",
+    )
     off = command(commands, "undetail", undetail, "remove a user's detail rules")
     off.add_argument("user", metavar="USER")
-    trail = command(commands, "audit", audit, "rule changes, newest first")
+    trail = command(
+        commands, "audit", audit, "rule changes and releases from the window, newest first"
+    )
     trail.add_argument("--limit", type=_positive_int, metavar="N", help="at most N events")
     numbers = command(commands, "stats", stats, "request statistics per route")
     which = numbers.add_mutually_exclusive_group()
     which.add_argument("--slow", action="store_true", help="the slowest requests")
     which.add_argument("--sessions", action="store_true", help="the slowest sessions")
     numbers.add_argument("--limit", type=_positive_int, metavar="N", help="at most N rows")
+
+    filters = argparse.ArgumentParser(add_help=False)
+    match = filters.add_argument_group("what to find (all given must match)")
+    match.add_argument("--user-id", metavar="USER", help="the user given to set_user()")
+    match.add_argument("--session-id", metavar="SESSION", help="the session given to set_user()")
+    match.add_argument("--client-ip", metavar="IP", help="an address or a network (10.0.0.0/8)")
+    match.add_argument("--method", metavar="METHOD", help="GET, POST, ...")
+    match.add_argument("--path", metavar="GLOB", help="the path, or a glob: '/checkout*'")
+    match.add_argument("--route", metavar="ROUTE", help="the route template: /items/{item_id}")
+    match.add_argument("--status", type=parse_status, metavar="STATUS", help=STATUS_FORMS)
+    match.add_argument(
+        "--min-duration-ms", type=_non_negative_float, metavar="MS", help="at least MS long"
+    )
+    match.add_argument("--message", metavar="TEXT", help="a record's message contains TEXT")
+    match.add_argument("--since", type=parse_moment, metavar="TIME", help=TIME_FORMS)
+    match.add_argument("--until", type=parse_moment, metavar="TIME", help=TIME_FORMS)
+
+    found = command(
+        commands, "requests", requests, "find requests in the window, newest first", [filters]
+    )
+    found.add_argument(
+        "--field",
+        type=_field,
+        action="append",
+        metavar="NAME=VALUE",
+        help="a field given to bind() has this value (repeatable)",
+    )
+    done = found.add_mutually_exclusive_group()
+    done.add_argument(
+        "--released",
+        action="store_const",
+        const=True,
+        help="only requests whose records were written",
+    )
+    done.add_argument(
+        "--not-released",
+        dest="released",
+        action="store_const",
+        const=False,
+        help="only requests whose records were not written",
+    )
+    found.add_argument(
+        "--limit",
+        type=_limit,
+        metavar="N",
+        help=f"at most N (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})",
+    )
+    one = command(commands, "show", show, "one request of the window and its records")
+    one.add_argument("request_id", metavar="REQUEST_ID")
+    out = command(
+        commands,
+        "release",
+        release,
+        "write the records of the requests in the window that match, each once",
+        [filters],
+    )
+    out.add_argument("--note", help="a note kept in the audit trail")
+    out.add_argument(
+        "--yes", action="store_true", help="release without asking (and without searching first)"
+    )
     return parser
+
+
+def _times_ago(argv: Sequence[str]) -> list[str]:
+    """`argv` with ``--since -15m`` as ``--since=-15m`` (argparse takes a value that starts
+    with a dash for an option)."""
+    joined: list[str] = []
+    for arg in argv:
+        previous = joined[-1] if joined else None
+        if previous in ("--since", "--until") and _AGO.fullmatch(arg.strip()):
+            joined[-1] = f"{previous}={arg}"
+        else:
+            joined.append(arg)
+    return joined
 
 
 def _connect(args: argparse.Namespace) -> Api:
@@ -584,7 +1023,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         main(["--url", "http://127.0.0.1:8000/_hindsight", "rules", "list"])
     """
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_times_ago(sys.argv[1:] if argv is None else argv))
     args.json = getattr(args, "json", False)
     try:
         api = _connect(args)

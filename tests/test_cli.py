@@ -2,7 +2,8 @@
 
 Each test asserts what a user sees: the command's stdout, stderr and exit code, and the lines
 the app writes to its log. One server serves the module (each test uses its own rule ids and
-users); the test of empty answers starts a fresh one.
+users); the test of empty answers starts a fresh one, the test of records with a traceback
+an app of its own, and the test of several workers two workers sharing a SQLite store.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .servers import REPO, Server, free_port, launch, uvicorn_argv
+from .servers import REPO, Server, free_port, launch, uvicorn_argv, write_app
 
 __all__ = ["launch"]
 
@@ -65,11 +68,11 @@ def env(app: Server) -> dict[str, str]:
     return {"HINDSIGHT_URL": app.base_url + ADMIN, "HINDSIGHT_ADMIN_TOKEN": TOKEN}
 
 
-def run(
-    *args: str, env: Mapping[str, str], stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the installed hindsight-web script; whatever happens, it prints no traceback."""
+def run(*args: str, env: Mapping[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run the installed hindsight-web script on this tree's package, `stdin` its input;
+    whatever happens, it prints no traceback."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("HINDSIGHT_")}
+    clean["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), clean.get("PYTHONPATH")) if p)
     done = subprocess.run(
         [str(CLI), *args],
         input=stdin,
@@ -153,6 +156,8 @@ def test_add_inline_rule_then_list_it_as_a_table_and_as_json(env: dict[str, str]
     assert stored["match"] == rule["match"]
     assert stored["note"] == "ticket 4711"
     assert stored["expires_at"] is None
+    # Removed again: later tests make slow checkouts that this rule would release.
+    assert run("rules", "rm", "cli-inline", env=env).returncode == 0
 
 
 def test_add_rules_from_a_file_holding_a_list(env: dict[str, str], tmp_path: Path) -> None:
@@ -343,6 +348,411 @@ def test_empty_answers_say_so(launch: Callable[..., Server]) -> None:
     assert run("stats", "--sessions", env=env).stdout == "no sessions recorded\n"
 
 
+# -- the window: find, show and release what was discarded ---------------------------------
+
+
+def get_as(app: Server, path: str, user: str, rid: str) -> None:
+    """Ask the app for `path` as `user`, with `rid` as the request id; it answers 200."""
+    headers = {"X-User": user, "X-Request-ID": rid}
+    response = httpx.get(app.base_url + path, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == rid
+
+
+def search(env: Mapping[str, str], *filters: str, count: int) -> dict[str, Any]:
+    """`requests --json` with `filters`, asked again until it finds `count` requests (a
+    request joins the window when it ends, which may be just after its answer was sent)."""
+    deadline = time.monotonic() + 10
+    while True:
+        done = run("requests", *filters, "--limit", "1000", "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        answer: dict[str, Any] = json.loads(done.stdout)
+        if len(answer["requests"]) == count or time.monotonic() > deadline:
+            assert len(answer["requests"]) == count, answer
+            return answer
+        time.sleep(0.1)
+
+
+def debug_of(app: Server, rid: str) -> list[str]:
+    """The messages of the request's DEBUG lines in the app's log, in order."""
+    return [line.split(" | ", 1)[1] for line in lines_of(app, rid) if " DEBUG " in line]
+
+
+def summaries_of(app: Server, rid: str) -> list[str]:
+    return [line for line in lines_of(app, rid) if "| hindsight release: " in line]
+
+
+def wait_released(app: Server, rid: str, debug: list[str]) -> None:
+    app.wait_for(lambda: debug_of(app, rid) == debug, f"the DEBUG lines of {rid}")
+
+
+ITEM_DEBUG = {
+    1: ["cache lookup item=1", "cache hit item=1 price=12.50"],
+    2: ["cache lookup item=2", "cache hit item=2 price=89.00"],
+    3: ["cache lookup item=3", "cache hit item=3 price=35.00"],
+}
+
+
+def item_debug(user: str, item: int) -> list[str]:
+    """The DEBUG lines the example writes for GET /items/{item} as `user`, in order."""
+    return [f"authenticated user {user} from X-User header", *ITEM_DEBUG[item]]
+
+
+def test_requests_finds_a_users_discarded_requests_newest_first(
+    app: Server, env: dict[str, str]
+) -> None:
+    user = "win-find"
+    get_as(app, "/items/1", user, "win-find-1")
+    get_as(app, "/items/2", user, "win-find-2")
+    get_as(app, "/checkout?delay_ms=300", user, "win-find-3")
+    get_as(app, "/items/1", "win-find-someone-else", "win-find-other")
+    search(env, "--user-id", user, count=3)
+
+    done = run("requests", "--user-id", user, env=env)
+    assert done.returncode == 0, done.stderr
+    listed, _, footer = done.stdout.partition("\n\n")
+    assert footer == "1 process answered\n"
+    found = rows(listed)
+    assert [
+        (
+            r["request id"],
+            r["method"],
+            r["path"],
+            r["status"],
+            r["user"],
+            r["records"],
+            r["released"],
+        )
+        for r in found
+    ] == [
+        ("win-find-3", "GET", "/checkout", "200", user, "4", "no"),
+        ("win-find-2", "GET", "/items/2", "200", user, "3", "no"),
+        ("win-find-1", "GET", "/items/1", "200", user, "3", "no"),
+    ]
+    assert float(found[0]["ms"]) >= 300
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["at"]) for r in found)
+    assert not debug_of(app, "win-find-1")  # found, not released
+
+    def ids(*filters: str) -> list[str]:
+        done = run("requests", "--user-id", user, *filters, env=env)
+        assert done.returncode == 0, done.stderr
+        return [r["request id"] for r in rows(done.stdout.partition("\n\n")[0])]
+
+    assert ids("--path", "/items/*", "--status", "2xx", "--since", "-5m") == [
+        "win-find-2",
+        "win-find-1",
+    ]
+    assert ids("--min-duration-ms", "250") == ["win-find-3"]
+    assert ids("--message", "price=89.00") == ["win-find-2"]
+    assert ids("--until", "-5m") == []
+    assert ids("--limit", "1") == ["win-find-3"]
+    newest = run("requests", "--user-id", user, "--limit", "2", env=env).stdout
+    assert newest.endswith(
+        "\n\nthe newest 2 shown (--limit, at most 1000, for more); 1 process answered\n"
+    )
+    nothing = run("requests", "--user-id", "win-find-nobody", env=env)
+    assert nothing.stdout == "no requests found\n\n1 process answered\n"
+
+
+def test_show_prints_the_facts_and_the_records_of_a_request(
+    app: Server, env: dict[str, str]
+) -> None:
+    user = "win-show"
+    get_as(app, "/items/2", user, "win-show-1")
+    search(env, "--user-id", user, count=1)
+
+    done = run("show", "win-show-1", env=env)
+    assert done.returncode == 0, done.stderr
+    facts_text, _, records_text = done.stdout.partition("\n\n")
+    facts = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in facts_text.splitlines())
+    assert re.fullmatch(r"\d+(\.\d+)? ms", facts.pop("duration"))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", facts.pop("at"))
+    assert facts == {
+        "request": "win-show-1",
+        "method": "GET",
+        "path": "/items/2",
+        "route": "/items/{item_id}",
+        "status": "200",
+        "user": user,
+        "session": "-",
+        "client": "127.0.0.1",
+        "released": "no",
+    }
+    heading, *records = records_text.splitlines()
+    assert heading == "3 records kept:"
+    record = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+Z DEBUG shop (?P<message>.+)")
+    matched = [record.fullmatch(line) for line in records]
+    assert [m["message"] if m else line for m, line in zip(matched, records, strict=True)] == (
+        item_debug(user, 2)
+    )
+
+    as_json = json.loads(run("show", "win-show-1", "--json", env=env).stdout)
+    assert [r["message"] for r in as_json["records"]] == item_debug(user, 2)
+    assert as_json["records"][1]["func"] == "get_item"
+    assert as_json["records"][1]["pathname"].endswith("app.py")
+
+    missing = run("show", "win-show-missing", env=env)
+    assert missing.returncode == 1
+    assert "(HTTP 404)" in missing.stderr
+    assert "no request 'win-show-missing' in the window" in missing.stderr
+
+
+TRACEBACK_APP = """
+    import logging
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    import hindsight_web
+    from hindsight_web import HindsightMiddleware
+
+    logging.basicConfig(level=logging.INFO, format={FORMAT})
+    log = logging.getLogger("app")
+
+
+    async def order(request):
+        hindsight_web.set_user("win-trace")
+        hindsight_web.bind(tenant="acme")
+        try:
+            {}["coupon"]
+        except KeyError:
+            log.debug("no coupon on order %s", request.path_params["order_id"], exc_info=True)
+        return PlainTextResponse("ok")
+
+
+    app = HindsightMiddleware(
+        Starlette(routes=[Route("/orders/{order_id}", order)]),
+        admin_token="trace-admin-token",
+        slow_ms=60000,
+    )
+"""
+
+
+def test_show_prints_a_records_traceback_and_requests_finds_bound_fields(
+    launch: Callable[..., Server], tmp_path: Path
+) -> None:
+    write_app(tmp_path, "trace_app", TRACEBACK_APP)
+    server = launch(uvicorn_argv(tmp_path, "trace_app"), "trace")
+    env = {"HINDSIGHT_URL": server.base_url + ADMIN, "HINDSIGHT_ADMIN_TOKEN": "trace-admin-token"}
+    response = httpx.get(
+        f"{server.base_url}/orders/7", headers={"X-Request-ID": "win-trace-1"}, timeout=10
+    )
+    assert response.status_code == 200
+    search(env, "--field", "tenant=acme", count=1)
+    assert search(env, "--field", "tenant=other", count=0)["requests"] == []
+
+    done = run("show", "win-trace-1", env=env)
+    assert done.returncode == 0, done.stderr
+    facts, _, records = done.stdout.partition("\n\n")
+    assert 'fields    {"tenant":"acme"}' in facts.splitlines()
+    heading, first, *traceback = records.splitlines()
+    assert heading == "1 record kept:"
+    assert re.fullmatch(r"\S+Z DEBUG app no coupon on order 7", first), first
+    assert traceback[0] == "    Traceback (most recent call last):"
+    assert any(line.endswith('{}["coupon"]') for line in traceback), traceback
+    assert traceback[-1] == "    KeyError: 'coupon'"
+    assert all(line.startswith("    ") for line in traceback)
+
+
+def test_release_writes_the_records_once_and_a_second_release_writes_nothing(
+    app: Server, env: dict[str, str]
+) -> None:
+    user = "win-release"
+    get_as(app, "/items/1", user, "win-release-1")
+    get_as(app, "/items/3", user, "win-release-2")
+    search(env, "--user-id", user, count=2)
+    question = "release the records of 2 requests (1 process answered)? [y/N] "
+
+    unanswered = run("release", "--user-id", user, "--since", "-5m", env=env)
+    assert unanswered.returncode == 7
+    assert unanswered.stdout == ""
+    assert unanswered.stderr == (
+        f"{question}\nhindsight-web: not released: no answer on stdin (--yes releases without "
+        "asking)\n"
+    )
+    declined = run("release", "--user-id", user, env=env, stdin="n\n")
+    assert declined.returncode == 7
+    assert declined.stderr == f"{question}\nhindsight-web: not released\n"
+    assert not debug_of(app, "win-release-1")
+
+    done = run(
+        "release", "--user-id", user, "--since", "-5m", "--note", "ticket 9", env=env, stdin="y\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == question + "\n"
+    assert done.stdout == "released 2 requests (1 process answered)\n"
+    wait_released(app, "win-release-1", item_debug(user, 1))
+    wait_released(app, "win-release-2", item_debug(user, 3))
+
+    again = run("release", "--user-id", user, "--yes", env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "released 0 requests (1 process answered)\n"
+    asked = run("release", "--user-id", user, env=env)
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout == (
+        "nothing to release: no request found that was not released (1 process answered)\n"
+    )
+    # Releases are written in order: once this later one is out, the second wrote nothing.
+    get_as(app, "/items/2", "win-release-later", "win-release-later")
+    search(env, "--user-id", "win-release-later", count=1)
+    assert run("release", "--user-id", "win-release-later", "--yes", env=env).returncode == 0
+    wait_released(app, "win-release-later", item_debug("win-release-later", 2))
+
+    for rid, item in (("win-release-1", 1), ("win-release-2", 3)):
+        assert debug_of(app, rid) == item_debug(user, item)
+        [summary] = summaries_of(app, rid)
+        assert f"hindsight release: GET /items/{item} -> 200 in " in summary
+        assert "(reason: retro)" in summary
+    listed = rows(run("requests", "--user-id", user, env=env).stdout.partition("\n\n")[0])
+    assert [r["released"] for r in listed] == ["yes (retro)", "yes (retro)"]
+
+    trail = rows(run("audit", "--limit", "50", env=env).stdout)
+    [mine] = [r for r in trail if r["action"] == "released" and r["note"] == "ticket 9"]
+    assert mine["count"] == "2"
+    assert mine["by"] == "127.0.0.1"
+    assert mine["rule id"] == "-"
+    assert json.loads(mine["query"])["match"] == {"user_id": user}
+
+
+def test_detail_with_backfill_writes_the_users_recent_requests(
+    app: Server, env: dict[str, str]
+) -> None:
+    user = "win-backfill"
+    get_as(app, "/items/1", user, "win-backfill-1")
+    get_as(app, "/items/2", user, "win-backfill-2")
+    get_as(app, "/items/3", "win-backfill-other", "win-backfill-other")
+    search(env, "--user-id", user, count=2)
+
+    done = run("detail", user, "--backfill", "15m", "--ttl", "10m", env=env)
+    assert done.returncode == 0, done.stderr
+    made, backfilled = done.stdout.splitlines()
+    assert re.fullmatch(
+        rf"detail on for user '{user}' from DEBUG, expires in (10m00s|9m59s) \(rule \S+\)", made
+    )
+    assert backfilled == "released 2 requests of the last 15m from the window (1 process answered)"
+    wait_released(app, "win-backfill-1", item_debug(user, 1))
+    wait_released(app, "win-backfill-2", item_debug(user, 2))
+    assert all(len(summaries_of(app, f"win-backfill-{i}")) == 1 for i in (1, 2))
+
+    get_as(app, "/items/3", user, "win-backfill-3")  # detail now goes on live
+    assert debug_of(app, "win-backfill-3") == item_debug(user, 3)
+    other = json.loads(run("show", "win-backfill-other", "--json", env=env).stdout)
+    assert other["released"] is False
+    assert not debug_of(app, "win-backfill-other")
+    assert run("undetail", user, env=env).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "named", "option"),
+    [
+        (["requests", "--since", "yesterday"], 400, "invalid 'since' 'yesterday'", "--since"),
+        (["requests", "--client-ip", "nope"], 400, "invalid 'client_ip'", "--client-ip"),
+        (
+            ["release", "--client-ip", "nope", "--yes"],
+            422,
+            "invalid 'match.client_ip' \"nope\"",
+            "--client-ip",
+        ),
+        (
+            ["release", "--since", "-1m", "--until", "-2m", "--yes"],
+            400,
+            "invalid 'until': earlier than 'since'",
+            "--until",
+        ),
+    ],
+)
+def test_a_bad_filter_is_refused_naming_the_option(
+    env: dict[str, str], args: list[str], status: int, named: str, option: str
+) -> None:
+    done = run(*args, env=env)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert f"(HTTP {status}): {named}" in done.stderr
+    assert done.stderr.endswith(f" [{option}]\n"), done.stderr
+
+
+def test_a_backfill_beyond_a_day_is_refused_and_makes_no_rule(env: dict[str, str]) -> None:
+    done = run("detail", "win-backfill-long", "--backfill", "2d", env=env)
+    assert done.returncode == 1
+    assert "(HTTP 422): invalid 'backfill_s' 172800" in done.stderr
+    assert "[backfill_s (--backfill): expected a number of seconds > 0, at most 86400]" in (
+        done.stderr
+    )
+    rules = rules_by_id(env).values()
+    assert not [r for r in rules if r["match"].get("user_id") == "win-backfill-long"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["requests", "--status", "5yy"], "argument --status: invalid value '5yy'"),
+        (["requests", "--status", "599-500"], "argument --status: invalid value '599-500'"),
+        (["requests", "--field", "tenant"], "argument --field: invalid value 'tenant'"),
+        (["requests", "--limit", "1001"], "argument --limit: invalid value '1001'"),
+        (["release", "--min-duration-ms", "-5"], "argument --min-duration-ms: invalid value"),
+    ],
+)
+def test_a_filter_of_the_wrong_form_is_a_usage_error(
+    env: dict[str, str], args: list[str], message: str
+) -> None:
+    done = run(*args, env=env)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_the_window_of_every_worker(launch: Callable[..., Server], tmp_path: Path) -> None:
+    """Two uvicorn workers on one SQLite store: each search and release reaches both."""
+    store = f"sqlite:///{tmp_path}/hindsight.db"
+
+    def argv(port: int) -> list[str]:
+        workers = [*example_argv(port), "--workers", "2"]
+        return [*workers[:1], f"HINDSIGHT_STORE={store}", *workers[1:]]
+
+    server = launch(argv, "workers")
+    started = re.compile(r"Started server process \[(\d+)\]")
+    server.wait_for(
+        lambda: len({m[1] for m in map(started.search, server.raw_lines()) if m}) == 2,
+        "two workers",
+        timeout=20,
+    )
+    env = {"HINDSIGHT_URL": server.base_url + ADMIN, "HINDSIGHT_ADMIN_TOKEN": TOKEN}
+    user = "win-workers"
+    served_by: dict[str, str] = {}
+    while len(set(served_by.values())) < 2 and len(served_by) < 100:
+        rid = f"win-workers-{len(served_by)}"
+        get_as(server, "/items/1", user, rid)
+        server.wait_for_line(f"rid={rid} user={user} | served item 1")
+        [line] = [line for line in lines_of(server, rid) if "served item" in line]
+        served_by[rid] = line.split("pid=")[1].split()[0]
+    assert len(set(served_by.values())) == 2, served_by
+
+    answer = search(env, "--user-id", user, count=len(served_by))
+    assert (answer["processes"], answer["complete"]) == (2, True)
+    listed = run("requests", "--user-id", user, "--limit", "1000", env=env).stdout
+    assert listed.endswith("\n\n2 processes answered\n")
+
+    done = run("release", "--user-id", user, "--yes", env=env)
+    assert done.stdout == f"released {len(served_by)} requests (2 processes answered)\n"
+    for rid, pid in served_by.items():
+        wait_released(server, rid, item_debug(user, 1))
+        assert all(f" pid={pid} " in line for line in lines_of(server, rid))
+
+    stopped = next(iter(served_by.values()))
+    os.kill(int(stopped), signal.SIGSTOP)  # alive in the store, answering nothing
+    try:
+        partial = run("requests", "--user-id", user, "--limit", "1000", env=env)
+    finally:
+        os.kill(int(stopped), signal.SIGCONT)
+    assert partial.returncode == 0, partial.stderr
+    assert partial.stdout.endswith(
+        "\n\n1 process answered (incomplete: some processes did not answer in time)\n"
+    )
+    shown = rows(partial.stdout.partition("\n\n")[0])
+    others = {rid for rid, pid in served_by.items() if pid != stopped}
+    assert {r["request id"] for r in shown} == others
+
+
 # -- errors --------------------------------------------------------------------------------
 
 
@@ -393,5 +803,7 @@ def test_a_missing_url_or_token_is_a_usage_error(
 def test_help_lists_the_commands_and_exit_codes() -> None:
     done = run("--help", env={})
     assert done.returncode == 0
-    for word in ("rules", "detail", "undetail", "audit", "stats", "exit codes:", "401", "403"):
+    for word in ("rules", "detail", "undetail", "audit", "stats", "requests", "show", "release"):
+        assert word in done.stdout
+    for word in ("exit codes:", "401", "403", "not confirmed"):
         assert word in done.stdout
