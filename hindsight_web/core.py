@@ -404,7 +404,7 @@ class Hindsight:
                     records_captured=kept + state.dropped, records_dropped=state.dropped
                 )
             if reason is not None:
-                self._release(state, reason, duration_ms, limited)
+                self._release(state, reason, limited)
             if self.session_cookie is not None and state.session_id is None:
                 state.session_id = _cookie_session(state, self.session_cookie)
                 state.session_from_cookie = state.session_id is not None
@@ -440,7 +440,7 @@ class Hindsight:
             return trigger or f"rule:{state.detail_rule}", False
         return trigger, True
 
-    def _release(self, state: RequestState, reason: str, duration_ms: float, limited: bool) -> None:
+    def _release(self, state: RequestState, reason: str, limited: bool) -> None:
         """Hand the summary and the kept records to the writer thread (the records and
         the bytes they hold go with them); beyond `max_releases_per_s`, the summary only."""
         suppressed = 0
@@ -454,24 +454,35 @@ class Hindsight:
         else:
             records, reserved = state.records, state.reserved
             state.records, state.reserved, state.nbytes = deque(), 0, 0
-        self._submit(
-            Release(
-                request_id=state.request_id,
-                method=state.method,
-                path=state.path,
-                status=state.status,
-                raised=state.raised,
-                duration_ms=duration_ms,
-                reason=reason,
-                entries=records,
-                dropped=state.dropped,
-                suppressed=suppressed,
-                context=contextvars.copy_context(),
-                at=state.at,
-                budget=self.budget,
-                reserved=reserved,
-                release_level=self.release_handler_level,
-            )
+        job = self._job(state, reason, records, suppressed, contextvars.copy_context())
+        job.reserved = reserved  # the bytes go with the records: given back once written
+        self._submit(job)
+
+    def _job(
+        self,
+        state: RequestState,
+        reason: str,
+        entries: deque[Any],
+        suppressed: int,
+        context: contextvars.Context,
+    ) -> Release:
+        """The release of `state` (ended) with `entries`, for the writer thread."""
+        return Release(
+            request_id=state.request_id,
+            method=state.method,
+            path=state.path,
+            status=state.status,
+            raised=state.raised,
+            duration_ms=state.duration_ms,
+            reason=reason,
+            entries=entries,
+            dropped=state.dropped,
+            suppressed=suppressed,
+            context=context,
+            at=state.at,
+            budget=self.budget,
+            reserved=0,
+            release_level=self.release_handler_level,
         )
 
     def _submit(self, job: Release) -> bool:
@@ -562,23 +573,7 @@ class Hindsight:
             state.reason = reason
             context = contextvars.Context()  # the records are tagged with their request
             context.run(_current.set, state)
-            job = Release(
-                request_id=state.request_id,
-                method=state.method,
-                path=state.path,
-                status=state.status,
-                raised=state.raised,
-                duration_ms=state.duration_ms,
-                reason=reason,
-                entries=records,
-                dropped=state.dropped,
-                suppressed=0,
-                context=context,
-                at=state.at,
-                budget=self.budget,
-                reserved=0,
-                release_level=self.release_handler_level,
-            )
+            job = self._job(state, reason, records, 0, context)
             if self._submit(job):
                 released += 1
         return released

@@ -34,6 +34,7 @@ from .buffer import (
 from .context import RequestState
 from .messages import text
 from .rules import Rule, RuleError, parse_rule
+from .stats import iso
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -97,9 +98,9 @@ def parse_time(name: str, value: object, now: float) -> float:
     relative = _RELATIVE.fullmatch(given)
     if relative:
         return now - float(relative.group(1)) * _UNIT_S[relative.group(2)]
-    iso = given[:-1] + "+00:00" if given[-1:] in ("Z", "z") else given
+    written = given[:-1] + "+00:00" if given[-1:] in ("Z", "z") else given
     try:
-        moment = datetime.fromisoformat(iso)
+        moment = datetime.fromisoformat(written)
     except ValueError:
         raise _bad(name, value, expected) from None
     if moment.tzinfo is None:
@@ -360,11 +361,6 @@ def _released_now(state: RequestState | StoredRequest) -> bool:
     return state.released and not state.suppressed
 
 
-def _iso(seconds: float) -> str:
-    moment = datetime.fromtimestamp(seconds, timezone.utc)
-    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
-
-
 def facts_json(state: RequestState) -> dict[str, Any]:
     """What ``GET /requests`` shows of a kept request."""
     return {
@@ -377,7 +373,7 @@ def facts_json(state: RequestState) -> dict[str, Any]:
         "user_id": state.user_id,
         "session_id": state.session_id,
         "client_ip": state.client,
-        "at": _iso(state.at),
+        "at": iso(state.at),
         "records": state.kept,
         "released": _released_now(state),
         "reason": state.reason,
@@ -395,7 +391,7 @@ def records_json(entries: Iterable[Entry]) -> list[dict[str, Any]]:
         log: logging.Logger = entry[LOGGER]
         shown.append(
             {
-                "time": _iso(entry[TIME_NS] / 1e9),
+                "time": iso(entry[TIME_NS] / 1e9),
                 "level": logging.getLevelName(entry[LEVEL]),
                 "logger": log.name,
                 "message": text(entry[MSG], entry[ARGS]),
