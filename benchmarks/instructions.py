@@ -18,7 +18,17 @@ With ``--stores``, the table compares hindsight on a SQLite file and on a Redis
 (a redis-server started for the run on 127.0.0.1) with ``memory://``: the request
 path reads no store, so the three should cost the same.
 
-Usage: python benchmarks/instructions.py [--smoke] [--stores | --records]
+With ``--window``, the tables compare keeping each request in the hindsight window
+with freeing it when it ends (``window_s=0``), with no and with 5 DEBUG lines per
+request. The window `full` has the defaults (300 s, 32 MB) and was filled up to
+its bytes before the run: each new request evicts the oldest one, the steady state
+of a process that has served for a while, and the goal (within 5 % of window off)
+is read on it. `filling` has the defaults too, from empty (nothing leaves it during
+the run); `small` holds about 100 requests (full, evicting, in a small heap). The
+window's settling, the background thread's work, is counted: the driver settles
+every 100 requests (see `micro.py`). Each count is the median of ``--runs`` runs.
+
+Usage: python benchmarks/instructions.py [--smoke] [--stores | --records | --window] [--runs N]
 """
 
 from __future__ import annotations
@@ -28,14 +38,22 @@ import contextlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from common import HERE, BenchFailure, machine_line, redis_server
+from micro import SMALL_WINDOW, WINDOW_KINDS, WINDOW_LABELS
 
 VARIANTS = ["bare", "minimal", "hindsight", "hindsight-nostats"]
+WINDOW_LINES = (0, 5)
+WINDOW_VARIANTS = [
+    "bare",
+    *(f"hindsight-window-{kind}-{lines}" for lines in WINDOW_LINES for kind in WINDOW_KINDS),
+]
+WINDOW_GOAL = 1.05  # per request, window kept against window off
 STORE_VARIANTS = ["bare", "hindsight", "hindsight-sqlite", "hindsight-redis"]
 FRAMEWORKS = ["asgi", "starlette", "fastapi", "flask"]
 LABELS = {
@@ -106,11 +124,69 @@ def per_request(framework: str, variant: str, small: int, large: int) -> float:
     return (high - low) / (requests_made(large) - requests_made(small))
 
 
+def window_tables(frameworks: list[str], small: int, large: int, runs: int) -> None:
+    """Window kept against window off, per framework and DEBUG lines per request."""
+    jobs = [(f, v, r) for f in frameworks for v in WINDOW_VARIANTS for r in range(runs)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        found = list(pool.map(lambda job: per_request(job[0], job[1], small, large), jobs))
+    counts: dict[tuple[str, str], list[float]] = {}
+    for (framework, variant, _), n in zip(jobs, found, strict=True):
+        counts.setdefault((framework, variant), []).append(n)
+    median = {key: statistics.median(values) for key, values in counts.items()}
+    for framework in frameworks:
+        print(f"### {framework}")
+        print()
+        print(
+            f"| variant | instructions/request (median of {runs}) | min-max of the runs "
+            "| vs window off | added by the window |"
+        )
+        print("|---|---:|---:|---:|---:|")
+        values = counts[(framework, "bare")]
+        bare = median[(framework, "bare")]
+        print(f"| bare | {bare:,.0f} | {min(values):,.0f}-{max(values):,.0f} | | |")
+        for lines in WINDOW_LINES:
+            off = median[(framework, f"hindsight-window-off-{lines}")]
+            for kind, label in WINDOW_LABELS.items():
+                variant = f"hindsight-window-{kind}-{lines}"
+                n, values = median[(framework, variant)], counts[(framework, variant)]
+                ratio, added = (
+                    ("", "") if kind == "off" else (f"{n / off:.4f}x", f"{n - off:+,.0f}")
+                )
+                print(
+                    f"| hindsight, {lines} DEBUG lines, {label} | {n:,.0f} "
+                    f"| {min(values):,.0f}-{max(values):,.0f} | {ratio} | {added} |"
+                )
+        print()
+    print(
+        f"### Keeping each request in the window, against freeing it: instructions per "
+        f"request (goal: window full <= {WINDOW_GOAL}x window off)"
+    )
+    print()
+    print(
+        "| framework | DEBUG lines | window off | filling | full (32 MB) "
+        f"| {SMALL_WINDOW} requests | goal |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for framework in frameworks:
+        for lines in WINDOW_LINES:
+            off = median[(framework, f"hindsight-window-off-{lines}")]
+            cells = []
+            for kind in ("filling", "full", "small"):
+                n = median[(framework, f"hindsight-window-{kind}-{lines}")]
+                cells.append(f"{n:,.0f} ({n / off:.3f}x)")
+            full = median[(framework, f"hindsight-window-full-{lines}")] / off
+            verdict = "PASS" if full <= WINDOW_GOAL else "MISS"
+            print(f"| {framework} | {lines} | {off:,.0f} | {' | '.join(cells)} | {verdict} |")
+    print()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="one framework, few requests")
     parser.add_argument("--stores", action="store_true", help="memory, SQLite and Redis stores")
     parser.add_argument("--records", action="store_true", help="per logger.debug() call")
+    parser.add_argument("--window", action="store_true", help="the window kept against off")
+    parser.add_argument("--runs", type=int, default=3, help="runs per count (--window)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -121,6 +197,16 @@ def main() -> int:
         return 0
     frameworks = ["asgi"] if args.smoke else FRAMEWORKS
     small, large = (100, 200) if args.smoke else (200, 1000)
+    if args.window:
+        runs = 1 if args.smoke else args.runs
+        print(machine_line())
+        print(
+            f"instructions: valgrind cachegrind, requests {requests_made(small)} and "
+            f"{requests_made(large)} per variant, difference per request, median of {runs} runs"
+        )
+        print()
+        window_tables(frameworks, small, large, runs)
+        return 0
     variants = STORE_VARIANTS if args.stores else VARIANTS
     print(machine_line())
     print(

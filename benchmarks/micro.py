@@ -245,7 +245,22 @@ def make_app(framework: str, lines: int, probe: Callable[[], None] | None = None
     raise ValueError(framework)
 
 
-def drive_asgi(app: Any, n: int, statuses: list[int]) -> float:
+Tick = Callable[[], None] | None
+
+# The window's background thread settles what was added every 0.1 s: at 1,000 requests
+# per second, every 100 requests.
+TICK_EVERY = 100
+
+
+def chunks(n: int, tick: Tick) -> list[int]:
+    """The runs of requests between two ticks (one run when there is no tick)."""
+    if tick is None:
+        return [n]
+    return [min(TICK_EVERY, n - done) for done in range(0, n, TICK_EVERY)]
+
+
+def drive_asgi(app: Any, n: int, statuses: list[int], tick: Tick = None) -> float:
+    """Call `app` n times; `tick` (if any) after every `TICK_EVERY` requests."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -270,8 +285,11 @@ def drive_asgi(app: Any, n: int, statuses: list[int]) -> float:
 
     async def run() -> float:
         t = perf_counter()
-        for _ in range(n):
-            await app(dict(scope), receive, send)
+        for chunk in chunks(n, tick):
+            for _ in range(chunk):
+                await app(dict(scope), receive, send)
+            if tick is not None:
+                tick()
         return perf_counter() - t
 
     loop = asyncio.new_event_loop()
@@ -281,7 +299,8 @@ def drive_asgi(app: Any, n: int, statuses: list[int]) -> float:
         loop.close()
 
 
-def drive_wsgi(app: Any, n: int, statuses: list[int]) -> float:
+def drive_wsgi(app: Any, n: int, statuses: list[int], tick: Tick = None) -> float:
+    """Call `app` n times; `tick` (if any) after every `TICK_EVERY` requests."""
     base = {
         "REQUEST_METHOD": "GET",
         "SCRIPT_NAME": "",
@@ -305,15 +324,18 @@ def drive_wsgi(app: Any, n: int, statuses: list[int]) -> float:
         return lambda data: None
 
     t = perf_counter()
-    for _ in range(n):
-        environ = dict(base)
-        environ["wsgi.input"] = io.BytesIO(b"")
-        body = app(environ, start_response)
-        for _chunk in body:
-            pass
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
+    for chunk in chunks(n, tick):
+        for _ in range(chunk):
+            environ = dict(base)
+            environ["wsgi.input"] = io.BytesIO(b"")
+            body = app(environ, start_response)
+            for _chunk in body:
+                pass
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        if tick is not None:
+            tick()
     return perf_counter() - t
 
 
@@ -331,10 +353,12 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
     """Build `framework` with `variant`, drive it n times; time per request in us."""
     out = setup_logging()
     is_asgi = framework != "flask"
-    lines = LINES if variant in LINE_VARIANTS else 0
+    window = window_variant(variant)
+    lines = window[1] if window else LINES if variant in LINE_VARIANTS else 0
     checks: list[Callable[[int], str | None]] = []
     probe = None
     hs = None
+    tick: Tick = None
 
     if variant == "sentry":
         import sentry_sdk
@@ -400,6 +424,13 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
         import hindsight_web
 
         released = variant == "hindsight-10-released"
+        if window:
+            # The window's thread settles nothing on its own (its first tick, then an
+            # hour): the driver settles every TICK_EVERY requests, so that the count holds
+            # the same work for every run, however long valgrind makes it.
+            import hindsight_web.fanout
+
+            hindsight_web.fanout.POLL_S = 3600
         # The background thread's work is measured apart (propagation.py): here it only
         # makes its first tick, so that these rows count the request path alone.
         hs = hindsight_web.Hindsight(
@@ -408,7 +439,13 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
             store=bench_store(variant),
             store_sync_s=3600,
             stats_flush_s=3600,
+            **(window_options(*window) if window else {}),
         )
+        prefilled = 0
+        if window and hs.window is not None:
+            tick = hs.window.settle
+            if window[0] == "full":
+                prefilled = prefill(hs, lines)
         finished = [0]
         if variant == "hindsight-nostats":  # analysis only: what the statistics cost
 
@@ -433,16 +470,18 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
                 return f"the visitor rule was hit {visitor and visitor.hits} times"
             c = hs.counters()
             seen = finished[0] if variant == "hindsight-nostats" else c["requests"]
-            if seen != total:
-                return f"hindsight saw {seen} requests, expected {total}"
-            if c["records_captured"] != lines * total:
-                return f"captured {c['records_captured']}, expected {lines * total}"
+            if seen != total + prefilled:
+                return f"hindsight saw {seen} requests, expected {total} + {prefilled}"
+            if c["records_captured"] != lines * (total + prefilled):
+                return f"captured {c['records_captured']}, expected {lines * (total + prefilled)}"
             want_released = lines * total if released else 0
             if c["records_released"] != want_released:
                 return f"released {c['records_released']}, expected {want_released}"
             want_out = (lines + 1) * total if released else 0
             if out.count != want_out:
                 return f"handler wrote {out.count} lines, expected {want_out}"
+            if window:
+                return window_check(hs, window[0], lines, total, prefilled)
             return None
 
         checks.append(hs_check)
@@ -517,8 +556,8 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
     statuses: list[int] = []
     drive = drive_asgi if is_asgi else drive_wsgi
     warm = max(50, n // 10)
-    drive(app, warm, statuses)
-    times = [drive(app, n, statuses) for _ in range(3)]
+    drive(app, warm, statuses, tick)
+    times = [drive(app, n, statuses, tick) for _ in range(3)]
     total = warm + 3 * n
     errors = [msg for check in checks if (msg := check(total))]
     if len(statuses) != total or set(statuses) != {200}:
@@ -528,6 +567,81 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
         "errors": errors,
         "us": statistics.median(times) / n * 1e6,
     }
+
+
+# -- the hindsight window ------------------------------------------------------------
+
+WINDOW_KINDS = ("off", "filling", "full", "small")
+# The `small` window holds about this many requests: full after the warm-up, it evicts
+# the oldest for each request after.
+SMALL_WINDOW = 100
+
+
+def window_variant(variant: str) -> tuple[str, int] | None:
+    """The window (one of `WINDOW_KINDS`) and the DEBUG lines per request of a
+    ``hindsight-window-KIND-LINES`` variant; None for the other variants."""
+    if not variant.startswith("hindsight-window-"):
+        return None
+    kind, lines = variant.removeprefix("hindsight-window-").split("-")
+    if kind not in WINDOW_KINDS:
+        raise ValueError(variant)
+    return kind, int(lines)
+
+
+def window_options(kind: str, lines: int) -> dict[str, Any]:
+    """`off`: ``window_s=0`` (a request's records are freed when it ends); `filling` and
+    `full`: the defaults (300 s, 32 MB); `small`: bytes for about `SMALL_WINDOW`
+    requests."""
+    if kind == "off":
+        return {"window_s": 0}
+    if kind == "small":
+        from hindsight_web.buffer import ENTRY_OVERHEAD
+        from hindsight_web.window import STATE_BYTES
+
+        return {"window_bytes": SMALL_WINDOW * (STATE_BYTES + lines * ENTRY_OVERHEAD)}
+    return {}
+
+
+def prefill(hs: Any, lines: int) -> int:
+    """Fill the window up to its bytes (its first eviction) with requests like the app's,
+    made directly, and settle them: the window of a process that has served for a while.
+    Returns how many requests it took."""
+    from hindsight_web.context import _current
+
+    made = 0
+    while hs.window.evicted == 0:
+        state = hs.begin("GET", "/", "127.0.0.1")
+        token = _current.set(state)
+        log_lines(lines)
+        _current.reset(token)
+        state.status = 200
+        hs.finish(state)
+        made += 1
+        if made % TICK_EVERY == 0:
+            hs.window.settle()
+    hs.window.settle()
+    return made
+
+
+def window_check(hs: Any, kind: str, lines: int, total: int, prefilled: int) -> str | None:
+    """The window kept what it should, and the ticks settled all of it."""
+    c = hs.counters()
+    held, evicted = c["window_requests"], c["window_evicted"]
+    if kind == "off":
+        return None if hs.window is None and held == 0 else f"window off holds {held}"
+    if kind == "filling" and (held != total or evicted != 0):
+        return f"window holds {held} and evicted {evicted}, expected {total} and 0"
+    if kind in ("full", "small") and (evicted < 2 or held + evicted != total + prefilled):
+        return f"{kind} window holds {held} and evicted {evicted} of {total} + {prefilled}"
+    from hindsight_web.buffer import CONTEXT
+
+    states = hs.window.states()
+    records = [entry for state in states for entry in state.records]
+    if len(records) != lines * len(states):
+        return f"{len(records)} records in the window, expected {lines * len(states)}"
+    if any(entry[CONTEXT] is not None for entry in records):
+        return "records in the window not settled"
+    return None
 
 
 def add_user_rules(hs: Any, count: int) -> None:
@@ -705,6 +819,13 @@ def worker_main(argv: list[str]) -> None:
     print(json.dumps(answer))
 
 
+WINDOW_LABELS = {
+    "off": "window off (freed when it ends)",
+    "filling": "window filling (defaults, from empty)",
+    "full": "window full (defaults: 32 MB, evicting)",
+    "small": f"window of {SMALL_WINDOW} requests (evicting)",
+}
+
 LABELS = {
     "bare": "bare",
     "bare-10-off": "bare, 10 DEBUG lines (disabled)",
@@ -720,6 +841,11 @@ LABELS = {
     "memoryhandler": "stdlib MemoryHandler, 10 lines",
     "file-debug": "always-on DEBUG to a file, 10 lines",
     "correlation-id": "asgi-correlation-id, no lines",
+    **{
+        f"hindsight-window-{kind}-{lines}": f"hindsight, {lines} DEBUG lines, {label}"
+        for kind, label in WINDOW_LABELS.items()
+        for lines in (0, 5)
+    },
     "hindsight-rules-0": "hindsight, no rules",
     "hindsight-rules-1": "hindsight, 1 user rule",
     "hindsight-rules-10000": "hindsight, 10,000 user rules",
