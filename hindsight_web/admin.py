@@ -397,12 +397,12 @@ def _release_window(
     hs: Hindsight, request: AdminRequest, spec: dict[str, Any], note: str | None
 ) -> dict[str, Any]:
     """Release what `spec` finds in every window, audited with the query and the count."""
-    answers, processes, complete = hs.ask({"kind": "release", "spec": spec, "reason": "retro"})
-    released = sum(int(answer.get("released", 0)) for answer in answers)
     query: dict[str, Any] = {"match": spec["match"]}
     for key in ("since", "until"):
         moment = spec.get(key)
         query[key] = None if moment is None else iso(moment)
+    answers, processes, complete = hs.ask({"kind": "release", "spec": spec, "reason": "retro"})
+    released = sum(int(answer.get("released", 0)) for answer in answers)
     event = audit.released(query, released, note, request.client, time.time())
     try:
         hs.book.note(event)

@@ -178,7 +178,9 @@ async def serve_admin(
         request = AdminRequest(
             method=scope.get("method", "GET"),
             segments=segments,
-            query=dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))),
+            query=dict(
+                parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            ),
             headers=headers,
             body=body,
             client=client[0] if client else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections import deque
 from typing import Any
 
 from . import errors
@@ -29,7 +30,7 @@ PATHNAME = 5  # the caller, as findCaller gives it at log time
 LINENO = 6
 FUNC = 7
 THREAD = 8  # the threading.Thread that logged
-CONTEXT = 9  # the contextvars.Context of the log call
+CONTEXT = 9  # a cell: [the contextvars.Context of the log call], [None] once let go
 MORE = 10  # None for a plain call, else a `More` tuple
 
 # The fields of MORE, by position: what a plain call does not have.
@@ -40,6 +41,10 @@ EXC_INFO = 3  # the (type, value, traceback) of the call, or None
 NO_MORE = (None, None, None, None)  # MORE of a plain call
 
 Entry = tuple[Any, ...]
+
+# The records of an ended request that has none: one shared deque that holds nothing
+# (an append to it is dropped), instead of an empty deque per request.
+NO_RECORDS: deque[Entry] = deque(maxlen=0)
 More = tuple[Any, ...]
 
 # Estimated bytes of one entry besides its texts: the tuple, the time and lineno

@@ -52,7 +52,7 @@ from typing import Any
 
 from . import errors
 from .buffer import ENTRY_OVERHEAD, SCALARS, keep, make_room
-from .context import RequestState, _current, of_exception
+from .context import RequestState, _current, new_cell, of_exception
 from .messages import text
 from .release import delivering, write_live
 
@@ -190,10 +190,9 @@ def _level_method(level: int) -> Callable[..., None]:
                             size = ENTRY_OVERHEAD + len(text(msg, args))
                             break
                     context = _copy_context()  # see `context_now`
-                    if context == state.context:
-                        context = state.context
-                    else:
-                        state.context = context
+                    cell = state.context
+                    if cell is None or context != cell[0]:
+                        cell = new_cell(state, context)
                     records = state.records
                     code = frame.f_code
                     records.append(
@@ -207,7 +206,7 @@ def _level_method(level: int) -> Callable[..., None]:
                             frame.f_lineno,
                             code.co_name,
                             _current_thread(),
-                            context,
+                            cell,
                             None,
                         )
                     )
@@ -233,16 +232,15 @@ def _level_method(level: int) -> Callable[..., None]:
     return method
 
 
-def context_now(state: RequestState) -> contextvars.Context:
-    """A copy of the current context, for a kept record: the last record's copy when
-    nothing changed since (two copies of one unchanged context compare equal at the
-    cost of a pointer comparison), so that records share one."""
+def context_now(state: RequestState) -> list[contextvars.Context | None]:
+    """The cell of a copy of the current context, for a kept record: the last record's
+    cell when nothing changed since (two copies of one unchanged context compare equal
+    at the cost of a pointer comparison), so that records share one."""
     context = _copy_context()
-    last = state.context
-    if last is not None and context == last:
-        return last
-    state.context = context
-    return context
+    cell = state.context
+    if cell is not None and context == cell[0]:
+        return cell
+    return new_cell(state, context)
 
 
 def _kwargs(exc_info: Any, extra: Any, stack_info: bool, stacklevel: int) -> dict[str, Any]:

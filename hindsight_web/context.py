@@ -45,6 +45,7 @@ class RequestState:
         "at",
         "budget",
         "capture_level",
+        "cells",
         "client",
         "closed",
         "context",
@@ -138,9 +139,11 @@ class RequestState:
         self.session_from_cookie = False
         self.fields: dict[str, Any] | None = None  # bind()'s
         self.records: deque[tuple[Any, ...]] = deque()
-        # The context copy of the last kept record: the next one shares it when the
-        # context has not changed meanwhile (see `capture.context_now`).
-        self.context: Context | None = None
+        # The cell of the context copy of the last kept record: the next one shares it
+        # when the context has not changed meanwhile (see `capture.context_now`); every
+        # cell of the request in `cells`, so that `let_go` empties them.
+        self.context: list[Context | None] | None = None
+        self.cells: list[list[Context | None]] | None = None
         self.nbytes = 0
         self.reserved = 0
         self.dropped = 0
@@ -199,6 +202,30 @@ class RequestState:
             return True
         # An entry's msg and args (buffer.MSG, buffer.ARGS), formatted now.
         return any(needle in text(entry[2], entry[3]) for entry in self.records)
+
+
+def new_cell(state: RequestState, context: Context) -> list[Context | None]:
+    """A new cell holding `context` for the kept records of `state` (a record's
+    ``buffer.CONTEXT`` field): records that share a context share its cell, and
+    `let_go` empties every cell of a request at once."""
+    cell: list[Context | None] = [context]
+    state.context = cell
+    if state.cells is None:
+        state.cells = [cell]
+    else:
+        state.cells.append(cell)
+    return cell
+
+
+def let_go(state: RequestState) -> None:
+    """Let the kept records of `state` hold their contexts no more (the request's
+    objects, a span, ...): a release then makes them in the context it is given."""
+    cells = state.cells
+    if cells is not None:
+        for cell in cells:
+            cell[0] = None
+        state.cells = None
+    state.context = None
 
 
 _STATE = "_hindsight_request"

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from . import capture, errors, options
 from .book import RuleBook
 from .buffer import Budget, Counts, release_memory
-from .context import CLOSED_LEVEL, RequestState, _current
+from .context import CLOSED_LEVEL, RequestState, _current, let_go
 from .fanout import Answers, Fanout
 from .release import MAX_QUEUED, RateLimit, Release, Writer, write_now
 from .retain import Retainer
@@ -236,6 +236,7 @@ class Hindsight:
             on_epoch=self.shared.follow_epoch,
             publish=self.shared.publish,
         )
+        self.served = False  # True once this process has served a request
         self.retainer = Retainer(self.store, self.health, retain_max_bytes)
         chores = [self.retainer.write]
         if self.window is not None:
@@ -247,7 +248,7 @@ class Hindsight:
             answer=self._answer,
             timeout_s=self.search_timeout_s,
             chores=chores,
-            served=lambda: self.stats.totals()["requests"] > 0,
+            served=lambda: self.served,
         )
         capture.install()
         self._sync.start()
@@ -410,14 +411,17 @@ class Hindsight:
                 state.session_from_cookie = state.session_id is not None
             self.stats.record(state)
             ended = True
+            if not self.served:
+                self.served = True
         except Exception as exc:
             errors.report("finish", exc)
         finally:
             # A context copied from the request (a task it started) may keep the state
-            # alive: let it pin nothing more.
-            state.headers = state.context = None
+            # alive: let it pin nothing more, nor its records (see `let_go`).
+            state.headers = None
             if state.on_identity is not None:
                 state.on_identity = state.seen = None
+            let_go(state)
             window = self.window
             if window is not None and ended:
                 if state.reserved:  # the window counts its bytes on its own
@@ -451,9 +455,10 @@ class Hindsight:
             self._counts.add(releases_suppressed=1, records_suppressed=suppressed)
             records: deque[Any] = deque()
             reserved = 0
-        else:
+        else:  # the records go with their contexts (written in them)
             records, reserved = state.records, state.reserved
             state.records, state.reserved, state.nbytes = deque(), 0, 0
+            state.cells = None
         job = self._job(state, reason, records, suppressed, contextvars.copy_context())
         job.reserved = reserved  # the bytes go with the records: given back once written
         self._submit(job)
@@ -564,18 +569,26 @@ class Hindsight:
         if window is None:
             return 0
         released = 0
+        deadline = time.monotonic() + self.search_timeout_s
         for state in window.states():
             if not search.matches(state):
                 continue
-            records = window.take(state)
-            if records is None:
+            taken = window.take(state)
+            if taken is None:
                 continue
-            state.reason = reason
+            records, suppressed = taken
             context = contextvars.Context()  # the records are tagged with their request
             context.run(_current.set, state)
             job = self._job(state, reason, records, 0, context)
-            if self._submit(job):
-                released += 1
+            # An operator's release may wait for room in the writer's queue (up to
+            # `search_timeout_s` in all); what finds none stays for the next release.
+            if not self.writer.submit(job):
+                self.writer.flush(max(0.0, deadline - time.monotonic()))
+                if not self.writer.submit(job):
+                    window.put_back(state, records, suppressed)
+                    continue
+            state.reason = reason
+            released += 1
         return released
 
     def flush(self, timeout_s: float = 5.0) -> bool:

@@ -99,8 +99,8 @@ def delivering() -> bool:
 def build_record(entry: Entry) -> logging.LogRecord:
     """The LogRecord the app would have made at log time for a kept `entry`.
 
-    Call it in the entry's context (``entry[CONTEXT].run``): the record factory
-    and `makeRecord` read ambient state there.
+    Call it in the entry's context (``entry[CONTEXT][0].run``, or its request's once
+    that is gone): the record factory and `makeRecord` read ambient state there.
     """
     log: logging.Logger = entry[LOGGER]
     msg, args = entry[MSG], entry[ARGS]
@@ -277,8 +277,8 @@ def write(job: Release, counts: Counts) -> None:
     try:
         job.context.run(_write_summary, job)
         for entry in job.entries:
-            # A record settled in the window has no context left: its request's stands in.
-            context = entry[CONTEXT] or job.context
+            # A record of the window holds its context no more: its request's stands in.
+            context = entry[CONTEXT][0] or job.context
             if context.run(_write_entry, entry, job.release_level):
                 written += 1
     finally:
@@ -290,7 +290,10 @@ def write(job: Release, counts: Counts) -> None:
 def write_now(entries: list[Entry], release_level: int) -> int:
     """Write kept records at once, in order, each in its own context (detail mode turning
     on); returns how many were written."""
-    return sum(entry[CONTEXT].run(_write_entry, entry, release_level) for entry in entries)
+    return sum(
+        (entry[CONTEXT][0] or contextvars.copy_context()).run(_write_entry, entry, release_level)
+        for entry in entries
+    )
 
 
 def _write_summary(job: Release) -> None:

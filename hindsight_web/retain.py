@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections import deque
 from typing import Any
 
@@ -24,10 +25,16 @@ from .search import facts_json, records_json
 from .store import Store, StoreError
 from .store.health import Health
 
-__all__ = ["MAX_QUEUED", "Retainer"]
+__all__ = ["BATCH", "EXPIRE_EVERY_S", "MAX_QUEUED", "Retainer"]
 
 MAX_QUEUED = 1000
 """Requests waiting to be written to the store, at most."""
+
+BATCH = 50
+"""Requests written to the store at one step of the background thread, at most."""
+
+EXPIRE_EVERY_S = 30.0
+"""Seconds between two removals of the kept requests whose time is up."""
 
 
 class Retainer:
@@ -52,6 +59,7 @@ class Retainer:
         self.retained = self.dropped = self.evicted = 0
         self._queue: deque[tuple[RequestState, list[Entry], Rule]] = deque()
         self._lock = new_lock()
+        self._next_expiry = 0.0
 
     def keep(self, state: RequestState, entries: list[Entry], rule: Rule) -> None:
         """Queue a request that ended matching `rule`; the request path (no I/O)."""
@@ -62,8 +70,20 @@ class Retainer:
             self._queue.append((state, entries, rule))
 
     def write(self) -> None:
-        """Write what is queued to the store (the background thread)."""
-        while True:
+        """Write what is queued to the store, `BATCH` requests at most, and now and then
+        remove what is past its time (the background thread, at each of its steps).
+
+        A store that fails ends the batch: the thread's other work never waits on more
+        than one failed call per step.
+        """
+        now = time.monotonic()
+        if now >= self._next_expiry:
+            self._next_expiry = now + EXPIRE_EVERY_S
+            try:
+                self.health.checked(lambda: self.store.expire_retained(time.time()), write=True)
+            except StoreError:
+                return
+        for _ in range(BATCH):
             with self._lock:
                 if not self._queue:
                     return
@@ -80,7 +100,7 @@ class Retainer:
                 evicted = self.health.checked(keep, write=True)
             except StoreError:
                 self.dropped += 1  # the store's trouble is logged by `health`
-                continue
+                return
             except Exception as exc:
                 self.dropped += 1
                 errors.report("retain", exc)

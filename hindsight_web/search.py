@@ -67,6 +67,7 @@ _OTHER_PARAMS = ("since", "until", "request_id", "released", "limit")
 _FIELD = "field."
 _RELATIVE = re.compile(r"-\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_LAST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
 _STATUS_CLASS = re.compile(r"([1-9])xx")
 _STATUS_RANGE = re.compile(r"(\d{3})-(\d{3})")
 
@@ -87,12 +88,19 @@ def parse_time(name: str, value: object, now: float) -> float:
     Raises:
         FilterError: naming `name` and the forms allowed.
     """
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
     expected = "expected ISO 8601 (2026-11-30T14:00:00Z), 'now', or relative: -30s, -15m, -2h, -1d"
-    if not isinstance(value, str) or len(value) > 64:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif not isinstance(value, str) or len(value) > 64:
         raise _bad(name, value, expected)
-    given = value.strip()
+    else:
+        seconds = _seconds(value.strip(), now, expected, name)
+    if not 0 <= seconds <= _LAST:
+        raise _bad(name, value, "expected a time from 1970 to 9999")
+    return seconds
+
+
+def _seconds(given: str, now: float, expected: str, name: str) -> float:
     if given == "now":
         return now
     relative = _RELATIVE.fullmatch(given)
@@ -101,14 +109,11 @@ def parse_time(name: str, value: object, now: float) -> float:
     written = given[:-1] + "+00:00" if given[-1:] in ("Z", "z") else given
     try:
         moment = datetime.fromisoformat(written)
-    except ValueError:
-        raise _bad(name, value, expected) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    try:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
         return moment.timestamp()
     except (OverflowError, OSError, ValueError):
-        raise _bad(name, value, expected) from None
+        raise _bad(name, given, expected) from None
 
 
 def _bad(name: str, value: object, expected: str) -> FilterError:

@@ -7,11 +7,11 @@ requests for `window_s` seconds within `window_bytes` (each request counts its
 records' estimated bytes plus `STATE_BYTES`); the oldest go first, and those
 that go before their time for lack of room are counted (`evicted`).
 
-Adding a request costs the request path an append under a lock, nothing more.
-The background thread then *settles* what was added: a kept record's
-contextvars context and ``exc_info`` (which may pin the request's objects, a
-span, a traceback's frames) are let go, its traceback text stays; and it drops
-requests older than `window_s`.
+Adding a request costs the request path an append under a lock, nothing more
+(its records let go of their contexts when it ended: `context.let_go`). The
+background thread then *settles* what was added: a kept record's ``exc_info``
+(a traceback pins its frames and their locals) is let go, its text stays; and it
+drops requests older than `window_s`.
 """
 
 from __future__ import annotations
@@ -23,16 +23,21 @@ from collections import deque
 from typing import Any
 
 from ._sync import new_lock
-from .buffer import CONTEXT, EXC_INFO, MORE, Entry
+from .buffer import EXC_INFO, MORE, NO_RECORDS, Entry, entry_size
 from .context import RequestState
 
-__all__ = ["STATE_BYTES", "Window"]
+__all__ = ["RECORDS_BYTES", "STATE_BYTES", "Window"]
 
 _FRESH_KEPT = 10_000
+_GONE = -1  # the `nbytes` of a request that left the window
 
-STATE_BYTES = 700
+STATE_BYTES = 800
 """Estimated bytes of one request's facts in the window (its state object, request id,
-path and bound fields), besides its records."""
+path, times and identity), besides its records (measured: 790 with a user id)."""
+
+RECORDS_BYTES = 850
+"""Estimated bytes of the container of a request's records (a deque, and the cells of
+their contexts), counted with its records when it has any."""
 
 
 class Window:
@@ -63,9 +68,15 @@ class Window:
 
     def add(self, state: RequestState) -> None:
         """Keep a request that ended (its `at` set), with its records; the request path."""
+        records = state.records
+        if records:
+            state.nbytes += RECORDS_BYTES
+        else:
+            state.records = NO_RECORDS  # an empty deque holds 600 bytes: share one
         with self._lock:
             self._states.append(state)
-            self._fresh.append(state)
+            if records:
+                self._fresh.append(state)
             self.used += state.nbytes + STATE_BYTES
             if self.used > self.window_bytes:
                 self._evict()
@@ -73,18 +84,23 @@ class Window:
     def _evict(self) -> None:
         states = self._states
         while self.used > self.window_bytes and states:
-            gone = states.popleft()
-            self.used -= gone.nbytes + STATE_BYTES
+            self._forget(states.popleft())
             self.evicted += 1
 
+    def _forget(self, gone: RequestState) -> None:
+        """Count out a request that left the window (`nbytes` -1 marks it: a release of
+        it from an older snapshot counts nothing out again)."""
+        self.used -= gone.nbytes + STATE_BYTES
+        gone.nbytes = _GONE
+
     def settle(self, now: float | None = None) -> None:
-        """Let go of what the records of newly added requests pin (contexts, tracebacks)
-        and forget requests older than `window_s`; the background thread's work."""
+        """Let go of the tracebacks the records of newly added requests hold (their text
+        stays) and forget requests older than `window_s`; the background thread's work."""
         with self._lock:
             fresh, self._fresh = self._fresh, deque(maxlen=_FRESH_KEPT)
         for state in fresh:
             records = state.records
-            if not records:
+            if not any(map(_holds_traceback, records)):
                 continue
             settled = deque(map(_settled, records))
             with self._lock:
@@ -94,26 +110,37 @@ class Window:
         with self._lock:
             states = self._states
             while states and states[0].at < limit:
-                gone = states.popleft()
-                self.used -= gone.nbytes + STATE_BYTES
+                self._forget(states.popleft())
 
     def states(self) -> list[RequestState]:
         """The requests kept now, oldest first (a copy: reading it holds no lock)."""
         with self._lock:
             return list(self._states)
 
-    def take(self, state: RequestState) -> deque[Entry] | None:
-        """Take the records of `state` to release them, and mark it released; None when it
-        was released already (by its own end, or by another call). A release the limit
-        held back (`suppressed`) was not: its records are taken now."""
+    def take(self, state: RequestState) -> tuple[deque[Entry], int] | None:
+        """Take the records of `state` to release them, and mark it released: the records
+        and how many the release limit had held back. None when it was released already
+        (by its own end, or by another call); a release the limit held back
+        (`suppressed`) was not: its records are taken now."""
         with self._lock:
             if state.released and not state.suppressed:
                 return None
+            taken = (state.records, state.suppressed)
             state.released, state.suppressed = True, 0
-            records, state.records = state.records, deque()
-            self.used -= state.nbytes
-            state.nbytes = 0
-        return records
+            state.records = NO_RECORDS
+            if state.nbytes != _GONE:
+                self.used -= state.nbytes
+                state.nbytes = 0
+        return taken
+
+    def put_back(self, state: RequestState, records: deque[Entry], suppressed: int) -> None:
+        """Undo `take`: the release could not be made (the writer's queue stayed full)."""
+        with self._lock:
+            state.records, state.suppressed = records, suppressed
+            state.released = bool(suppressed)
+            if state.nbytes != _GONE:
+                state.nbytes = sum(map(entry_size, records)) + (RECORDS_BYTES if records else 0)
+                self.used += state.nbytes
 
     def find(self, request_id: str) -> RequestState | None:
         """The newest kept request with this id, or None."""
@@ -123,12 +150,17 @@ class Window:
         return None
 
 
+def _holds_traceback(entry: Entry) -> bool:
+    more = entry[MORE]
+    return more is not None and more[EXC_INFO] is not None
+
+
 def _settled(entry: Entry) -> Entry:
-    """`entry` without its context, and without its ``exc_info`` (its text stays)."""
+    """`entry` without its ``exc_info`` (the traceback's frames; its text stays)."""
+    if not _holds_traceback(entry):
+        return entry
     more: Any = entry[MORE]
-    if more is not None and more[EXC_INFO] is not None:
-        more = (*more[:EXC_INFO], None)
-    return (*entry[:CONTEXT], None, more)
+    return (*entry[:MORE], (*more[:EXC_INFO], None))
 
 
 _windows: weakref.WeakSet[Window] = weakref.WeakSet()

@@ -165,7 +165,7 @@ def serve_admin(
         request = AdminRequest(
             method=environ.get("REQUEST_METHOD", "GET"),
             segments=segments,
-            query=dict(parse_qsl(environ.get("QUERY_STRING", ""))),
+            query=dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)),
             headers=headers,
             body=body,
             client=environ.get("REMOTE_ADDR"),

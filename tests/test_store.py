@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import sqlite3
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -953,3 +954,75 @@ def test_retained_requests_go_when_their_time_is_up(store: Store) -> None:
     store.retain("long", now - 5, now + 3600, kept_doc("long", now - 5), 10_000)
     assert [d["request_id"] for d in store.retained(None, None, 10)] == ["long"]
     assert store.retained_one("short") is None
+
+
+def test_retained_requests_past_their_time_are_removed_from_the_backend(
+    shared_url: str,
+) -> None:
+    store = open_store(shared_url, timeout_s=TIMEOUT_S)
+    try:
+        now = time.time()
+        store.retain("short", now - 10, now - 1, kept_doc("short", now - 10), 10_000)
+        store.retain("long", now - 5, now + 3600, kept_doc("long", now - 5), 10_000)
+        store.expire_retained(time.time())
+        if isinstance(store, SQLiteStore):
+            path = shared_url.removeprefix("sqlite:///")
+            with sqlite3.connect(path) as conn:
+                ids = [row[0] for row in conn.execute("SELECT request_id FROM retained")]
+        else:
+            assert isinstance(store, RedisStore)
+            client = redis.Redis.from_url(shared_url.split("?")[0])
+            prefix = shared_url.split("prefix=")[1]
+            ids = sorted(k.decode() for k in client.hkeys(f"{prefix}:retained"))
+            assert client.zcard(f"{prefix}:retained:until") == 1
+        assert ids == ["long"]
+    finally:
+        store.close()
+
+
+def test_a_redis_that_lost_part_of_the_retained_keys_is_repaired_not_stuck(
+    redis_server: RedisServer,
+) -> None:
+    prefix = unique_prefix()
+    store = open_store(redis_server.url(prefix=prefix), timeout_s=TIMEOUT_S)
+    client = redis.Redis.from_url(redis_server.url())
+    try:
+        now = time.time()
+        for n in range(3):
+            store.retain(f"r{n}", now + n, now + 3600, kept_doc(f"r{n}", now + n), 1000)
+        client.delete(f"{prefix}:retained:size")  # what a maxmemory eviction may leave
+        started = time.monotonic()
+        store.retain("big", now + 9, now + 3600, kept_doc("big", now + 9, 900), 1000)
+        assert time.monotonic() - started < 1.0
+        assert client.ping()
+        assert [d["request_id"] for d in store.retained(None, None, 10)] == ["big"]
+    finally:
+        store.close()
+
+
+def test_every_question_is_seen_by_a_reader_polling_while_they_are_posted(
+    shared_url: str,
+) -> None:
+    poster = open_store(shared_url, timeout_s=TIMEOUT_S)
+    reader = open_store(shared_url, timeout_s=TIMEOUT_S)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        after = reader.queries_after(None)[0]
+        while not done.is_set() or len(seen) < 100:
+            after, found = reader.queries_after(after)
+            seen.extend(query_id for query_id, _ in found)
+            if done.is_set() and not found:
+                break
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        posted = [poster.post_query({"n": n}, time.time() + 60) for n in range(100)]
+    finally:
+        done.set()
+        thread.join(10)
+        poster.close()
+        reader.close()
+    assert seen == posted

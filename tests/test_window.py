@@ -3,8 +3,11 @@ later (once), backfill a user's detail, and every bad question refused by name."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +15,11 @@ from typing import Any
 
 import pytest
 
-from hindsight_web import Hindsight
+from hindsight_web import Hindsight, HindsightMiddleware
+from hindsight_web.fanout import LIVE_S
+from hindsight_web.release import MAX_QUEUED
+from hindsight_web.search import parse_release
+from hindsight_web.window import STATE_BYTES
 
 from .admin_apps import TOKEN, AppClient, make_client
 from .conftest import ListHandler
@@ -148,6 +155,13 @@ def test_search_filters_newest_first_and_limit(make: Make) -> None:
         ("released=maybe", "released"),
         ("usr_id=alice", "usr_id"),
         ("field.1x=a", "field.1x"),
+        ("status=", "status"),
+        ("user_id=", "user_id"),
+        ("since=", "since"),
+        ("limit=", "limit"),
+        ("since=0001-01-01T00:00:00%2B01:00", "since"),
+        ("until=9999-12-31T23:00:00-05:00", "until"),
+        ("since=-99999999d", "since"),
     ],
 )
 def test_a_bad_filter_is_a_400_that_names_the_parameter(make: Make, query: str, field: str) -> None:
@@ -168,6 +182,9 @@ def test_a_bad_filter_is_a_400_that_names_the_parameter(make: Make, query: str, 
         ({"match": {}, "since": "soon"}, 400, "since"),
         ({"match": {}, "note": 5}, 422, "note"),
         ({"match": {}, "by": "me"}, 422, "by"),
+        ({"match": {}, "until": 1e308}, 400, "until"),
+        ({"match": {}, "since": -1e20}, 400, "since"),
+        ({"match": {}, "since": "0001-01-01T00:00:00+01:00"}, 400, "since"),
     ],
 )
 def test_a_bad_release_is_refused_naming_the_field_and_releases_nothing(
@@ -324,7 +341,7 @@ def test_settled_records_hold_no_context_nor_traceback_and_still_release(
     assert hs.window is not None
     hs.window.settle()
     (state,) = hs.window.states()
-    assert all(entry[9] is None for entry in state.records)  # buffer.CONTEXT
+    assert all(entry[9] == [None] for entry in state.records)  # buffer.CONTEXT: let go
     out.records.clear()
     assert release(client, {"match": {"user_id": "hank"}})["released"] == 1
     assert [line for line in app_lines(out) if "set_user" in line] == [
@@ -448,3 +465,121 @@ def test_bad_retain_rules_are_refused_by_name(
     assert response.status_code == status, response.text
     assert response.json()["details"][0]["field"] == field
     assert client.rules() == []
+
+
+def test_the_window_counts_its_bytes_right_when_a_release_races_its_evictions(
+    make: Make,
+) -> None:
+    client = make(window_bytes=8_000)
+    for n in range(4):
+        client.get(f"/user/m{n}")
+    hs = client.hs
+    assert hs is not None
+    window = hs.window
+    assert window is not None
+    snapshot = window.states()
+    for n in range(10):  # push the snapshot's requests out
+        client.get(f"/user/n{n}")
+    for state in snapshot:
+        window.take(state)
+    held = sum(state.nbytes + STATE_BYTES for state in window.states())
+    assert window.used == held
+
+
+def test_a_release_that_finds_the_writer_full_leaves_the_rest_for_the_next(
+    out: ListHandler,
+) -> None:
+    hs = Hindsight(admin_token=TOKEN, search_timeout_s=0.2, max_releases_per_s=1e6)
+    written: list[str] = []
+    go = threading.Event()
+
+    class Slow(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            go.wait(30)
+            if record.name == "app":
+                written.append(record.getMessage())
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        logging.getLogger("app").debug("one %s", scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    logging.getLogger("app").addHandler(Slow())
+    client = AppClient(HindsightMiddleware(app, hindsight=hs), asgi=True, hs=hs)
+    try:
+        total = MAX_QUEUED + 500
+        scopes = [f"/r/{n}" for n in range(total)]
+
+        async def many() -> None:
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request"}
+
+            async def send(message: Any) -> None:
+                pass
+
+            middleware = HindsightMiddleware(app, hindsight=hs)
+            for path in scopes:
+                scope = {"type": "http", "method": "GET", "path": path, "headers": []}
+                await middleware(scope, receive, send)
+
+        asyncio.run(many())
+        first = hs.ask({"kind": "release", "spec": parse_release({"match": {}}), "reason": "retro"})
+        released = first[0][0]["released"]
+        assert MAX_QUEUED <= released < total  # the writer's queue was full for the rest
+        go.set()
+        assert hs.flush(60)
+        second = hs.ask(
+            {"kind": "release", "spec": parse_release({"match": {}}), "reason": "retro"}
+        )
+        assert released + second[0][0]["released"] == total
+        assert hs.flush(60)
+        assert sorted(written) == sorted(f"one {path}" for path in scopes)  # each once
+        assert hs.counters()["releases_dropped"] == 0
+    finally:
+        go.set()
+        client.close()
+        hs.close()
+
+
+def test_processes_that_served_before_a_stats_reset_are_still_asked(
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite:///{tmp_path / 'two.db'}"
+    one = make_client("fastapi", Hindsight(admin_token=TOKEN, store=store))
+    two = make_client("fastapi", Hindsight(admin_token=TOKEN, store=store))
+    try:
+        one.get("/user/p1")
+        two.get("/user/p2")
+        assert one.admin("DELETE", "/stats").status_code == 204
+        time.sleep(LIVE_S + 1.0)  # the reset reached both; their heartbeats went on
+        found = search(one)
+        assert found["complete"] is True
+        assert found["processes"] == 2
+        assert sorted(r["user_id"] for r in found["requests"]) == ["p1", "p2"]
+    finally:
+        for client in (one, two):
+            client.close()
+            if client.hs is not None:
+                client.hs.close()
+
+
+def test_a_locked_store_holds_up_neither_the_window_nor_its_expiry(
+    make: Make, tmp_path: Path
+) -> None:
+    path = tmp_path / "locked.db"
+    client = make(store=f"sqlite:///{path}", window_s=1)
+    client.admin("POST", "/rules", json_body={"action": "retain", "match": {}})
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        for n in range(10):
+            client.get(f"/user/q{n}")
+        hs = client.hs
+        assert hs is not None
+        deadline = time.monotonic() + 6
+        while hs.counters()["window_requests"]:  # forgotten after window_s, lock or not
+            assert time.monotonic() < deadline, hs.counters()
+            time.sleep(0.1)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

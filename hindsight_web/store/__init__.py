@@ -318,6 +318,10 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def expire_retained(self, now: float) -> None:
+        """Remove the kept documents whose time is up at `now` (epoch seconds)."""
+
+    @abstractmethod
     def retained(
         self, since: float | None, until: float | None, limit: int
     ) -> list[dict[str, Any]]:

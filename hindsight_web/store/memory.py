@@ -204,6 +204,12 @@ class MemoryStore(Store):
                 evicted += 1
             return evicted
 
+    def expire_retained(self, now: float) -> None:
+        with self._lock:
+            for other, (_, ends, _) in list(self._retained.items()):
+                if ends < now:
+                    self._forget(other)
+
     def _forget(self, request_id: str) -> None:
         _, _, doc = self._retained.pop(request_id)
         self._retained_bytes -= len(doc)

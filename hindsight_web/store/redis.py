@@ -91,19 +91,22 @@ _FORMS = (
 # while over the bytes; returns how many it evicted.
 _RETAIN = """
 local docs, by_at, by_until, sizes, total = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- Every trace of `id` goes, whichever of its keys are left (a Redis that evicted
+-- some under maxmemory): the loops below always make progress.
 local function forget(id)
   local size = redis.call('HGET', sizes, id)
-  if not size then return 0 end
   redis.call('HDEL', docs, id)
   redis.call('HDEL', sizes, id)
   redis.call('ZREM', by_at, id)
   redis.call('ZREM', by_until, id)
+  if not size then return 0 end
   redis.call('DECRBY', total, size)
   return 1
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', by_until, '-inf', '(' .. ARGV[7])) do
   forget(id)
 end
+if ARGV[1] == '' then return 0 end  -- only forget what is past its time
 forget(ARGV[1])
 redis.call('HSET', docs, ARGV[1], ARGV[5])
 redis.call('HSET', sizes, ARGV[1], ARGV[4])
@@ -113,11 +116,19 @@ local bytes = redis.call('INCRBY', total, ARGV[4])
 local evicted = 0
 while bytes > tonumber(ARGV[6]) do
   local oldest = redis.call('ZRANGE', by_at, 0, 0)[1]
-  if not oldest then break end
+  if not oldest or oldest == ARGV[1] then break end
   evicted = evicted + forget(oldest)
-  bytes = tonumber(redis.call('GET', total))
+  bytes = tonumber(redis.call('GET', total) or 0)
 end
 return evicted
+"""
+
+# Posts a question (KEYS: the id counter, the questions hash; ARGV: the JSON to hold):
+# the id and its question appear together, so a reader never sees one without the other.
+_POST_QUERY = """
+local id = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], id, ARGV[1])
+return id
 """
 
 # Adds hits only to rules that exist, atomically: a rule deleted meanwhile
@@ -544,20 +555,22 @@ class RedisStore(Store):
         return self._transact((self._keys.stats, self._keys.epoch), attempt)
 
     def post_query(self, body: dict[str, Any], expires: float) -> int:
-        """INCR the id, then write the question; forgets those expired for `QUERIES_KEPT_S`."""
+        """Write the question under a new id (one script: the id and the question appear
+        together); forgets those expired for `QUERIES_KEPT_S`."""
         keys = self._keys
+        held = json.dumps({"expires": expires, "body": body})
         with self._guard():
             client = self._redis()
-            query_id = int(client.incr(keys.query))
             old = time.time() - QUERIES_KEPT_S
-            held = client.hgetall(keys.queries)
-            gone = [i for i, raw in held.items() if json.loads(raw)["expires"] < old]
-            pipe = client.pipeline(transaction=False)
+            known = client.hgetall(keys.queries)
+            gone = [i for i, raw in known.items() if json.loads(raw)["expires"] < old]
             if gone:
+                pipe = client.pipeline(transaction=False)
                 pipe.hdel(keys.queries, *gone)
                 pipe.delete(*(f"{keys.answers}{_text(i)}" for i in gone))
-            pipe.hset(keys.queries, query_id, json.dumps({"expires": expires, "body": body}))
-            pipe.execute()
+                pipe.execute()
+            post = client.register_script(_POST_QUERY)
+            query_id = int(post(keys=[keys.query, keys.queries], args=[held]))
         return query_id
 
     def queries_after(self, after: int | None) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
@@ -627,6 +640,21 @@ class RedisStore(Store):
                 args=[request_id, repr(at), repr(until), len(doc), doc, max_bytes, time.time()],
             )
         return int(evicted)
+
+    def expire_retained(self, now: float) -> None:
+        keys = self._keys
+        with self._guard():
+            script = self._redis().register_script(_RETAIN)
+            script(
+                keys=[
+                    keys.retained,
+                    keys.retained_at,
+                    keys.retained_until,
+                    keys.retained_size,
+                    keys.retained_bytes,
+                ],
+                args=["", "", "", 0, "", 0, now],
+            )
 
     def retained(
         self, since: float | None, until: float | None, limit: int

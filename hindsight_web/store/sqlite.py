@@ -501,6 +501,10 @@ class SQLiteStore(Store):
                 evicted += 1
             return evicted
 
+    def expire_retained(self, now: float) -> None:
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.execute("DELETE FROM retained WHERE until < ?", (now,))
+
     def retained(
         self, since: float | None, until: float | None, limit: int
     ) -> list[dict[str, Any]]:
