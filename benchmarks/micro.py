@@ -596,9 +596,10 @@ def window_options(kind: str, lines: int) -> dict[str, Any]:
         return {"window_s": 0}
     if kind == "small":
         from hindsight_web.buffer import ENTRY_OVERHEAD
-        from hindsight_web.window import STATE_BYTES
+        from hindsight_web.window import RECORDS_BYTES, STATE_BYTES
 
-        return {"window_bytes": SMALL_WINDOW * (STATE_BYTES + lines * ENTRY_OVERHEAD)}
+        held = STATE_BYTES + (RECORDS_BYTES + lines * ENTRY_OVERHEAD if lines else 0)
+        return {"window_bytes": SMALL_WINDOW * held}
     return {}
 
 
@@ -639,8 +640,8 @@ def window_check(hs: Any, kind: str, lines: int, total: int, prefilled: int) -> 
     records = [entry for state in states for entry in state.records]
     if len(records) != lines * len(states):
         return f"{len(records)} records in the window, expected {lines * len(states)}"
-    if any(entry[CONTEXT] is not None for entry in records):
-        return "records in the window not settled"
+    if any(entry[CONTEXT][0] is not None for entry in records):
+        return "records in the window hold their contexts"
     return None
 
 

@@ -205,10 +205,14 @@ def new_hindsight(**options: Any) -> Any:
 
 
 def settled(hs: Any) -> bool:
-    """Every record the window holds was settled."""
-    from hindsight_web.buffer import CONTEXT
+    """Every record the window holds was settled: its context let go, its traceback too."""
+    from hindsight_web.buffer import CONTEXT, EXC_INFO, MORE
 
-    return all(e[CONTEXT] is None for s in hs.window.states() for e in s.records)
+    return all(
+        e[CONTEXT][0] is None and (e[MORE] is None or e[MORE][EXC_INFO] is None)
+        for s in hs.window.states()
+        for e in s.records
+    )
 
 
 def empty(hs: Any) -> None:

@@ -114,7 +114,7 @@ class Fanout:
                 lambda: self.store.post_query(posted, deadline + LIVE_S), write=True
             )
         except StoreError:
-            return [own], 1, False
+            return [own], 1 if self._served() else 0, False
         me = self.process()
         peers.discard(me)
         answers: dict[str, dict[str, Any]] = {}
@@ -127,7 +127,9 @@ class Fanout:
             if peers <= answers.keys() or time.time() >= deadline:
                 break
             time.sleep(_WAIT_S)
-        return [own, *answers.values()], 1 + len(answers), peers <= answers.keys()
+        # This process counts once it has served a request, like the others.
+        processes = len(answers) + (1 if self._served() else 0)
+        return [own, *answers.values()], processes, peers <= answers.keys()
 
     def _step(self) -> float:
         for chore in (*self.chores, self._answer_others):

@@ -515,15 +515,16 @@ def test_wsgi_page_under_gunicorn(
     expect(broken_row).to_contain_text("released (status)")
     search(page, path="/hello/*")
     expect(page.locator("#found tbody tr")).to_have_count(3)
+    # the workers that served requests answer (one that served none has nothing to say)
     expect(page.get_by_test_id("search-summary")).to_have_text(
-        "3 requests found in the window of 3 processes; 3 not released."
+        f"3 requests found in the window of {covered}; 3 not released."
     )
     hello = window_requests(server, path="/hello/*")
     page.locator("#found [data-testid=open-request]").first.click()
     expect(page.locator("#records tbody td:nth-child(4)")).to_have_text(["hello 2"])
     tab.answer = True
     page.get_by_test_id("release").click()
-    expect(page.get_by_test_id("release-answer")).to_have_text("released 3 in 3 processes")
+    expect(page.get_by_test_id("release-answer")).to_have_text(f"released 3 in {covered}")
     assert tab.dialogs == [
         "Release 3 requests that this search found? "
         "Their records are written to the application's log now."
