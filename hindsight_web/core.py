@@ -421,7 +421,8 @@ class Hindsight:
             state.headers = None
             if state.on_identity is not None:
                 state.on_identity = state.seen = None
-            let_go(state)
+            if state.context is not None:  # it kept records: they let go of their contexts
+                let_go(state)
             window = self.window
             if window is not None and ended:
                 if state.reserved:  # the window counts its bytes on its own
