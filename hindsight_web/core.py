@@ -539,7 +539,12 @@ class Hindsight:
         """
         since = None if search.since == -math.inf else search.since
         until = None if search.until == math.inf else search.until
-        docs = self.health.checked(lambda: self.store.retained(since, until, RETAINED_SCANNED))
+        request_id = search.request_id
+        if request_id is not None:  # one document, looked up by its id
+            doc = self.health.checked(lambda: self.store.retained_one(request_id))
+            docs = [] if doc is None else [doc]
+        else:
+            docs = self.health.checked(lambda: self.store.retained(since, until, RETAINED_SCANNED))
         found = []
         for doc in docs:
             if search.matches(StoredRequest(doc)):

@@ -583,3 +583,18 @@ def test_a_locked_store_holds_up_neither_the_window_nor_its_expiry(
     finally:
         other.execute("ROLLBACK")
         other.close()
+
+
+def test_a_kept_request_is_found_by_its_id_after_the_window(make: Make, tmp_path: Path) -> None:
+    client = make(store=f"sqlite:///{tmp_path / 'kept.db'}", window_s=0.3)
+    client.admin("POST", "/rules", json_body={"action": "retain", "match": {}})
+    client.get("/user/lee")
+    client.get("/user/max")
+    wait_retained(client, 2)
+    time.sleep(0.5)  # out of the window
+    everything = search(client)["requests"]
+    assert [r["user_id"] for r in everything] == ["max", "lee"]
+    (one,) = search(client, request_id=everything[1]["request_id"])["requests"]
+    assert one["user_id"] == "lee"
+    assert one["retained"] is True
+    assert search(client, request_id="nope")["requests"] == []
