@@ -72,7 +72,7 @@ class Window:
         if records:
             state.nbytes += RECORDS_BYTES
         else:
-            state.records = NO_RECORDS  # an empty deque holds 600 bytes: share one
+            state.records = NO_RECORDS  # an empty deque holds 760 bytes: share one
         with self._lock:
             self._states.append(state)
             if records:

@@ -626,35 +626,24 @@ class RedisStore(Store):
         """One atomic script: forget what is past its time, keep `doc`, evict the oldest."""
         if len(doc) > max_bytes:
             return -1
-        keys = self._keys
-        with self._guard():
-            script = self._redis().register_script(_RETAIN)
-            evicted = script(
-                keys=[
-                    keys.retained,
-                    keys.retained_at,
-                    keys.retained_until,
-                    keys.retained_size,
-                    keys.retained_bytes,
-                ],
-                args=[request_id, repr(at), repr(until), len(doc), doc, max_bytes, time.time()],
-            )
-        return int(evicted)
+        args: list[str | int | float] = [request_id, repr(at), repr(until), len(doc), doc]
+        return self._retain_script([*args, max_bytes, time.time()])
 
     def expire_retained(self, now: float) -> None:
+        self._retain_script(["", "", "", 0, "", 0, now])  # no document: only forget
+
+    def _retain_script(self, args: list[str | int | float]) -> int:
         keys = self._keys
+        retained = [
+            keys.retained,
+            keys.retained_at,
+            keys.retained_until,
+            keys.retained_size,
+            keys.retained_bytes,
+        ]
         with self._guard():
             script = self._redis().register_script(_RETAIN)
-            script(
-                keys=[
-                    keys.retained,
-                    keys.retained_at,
-                    keys.retained_until,
-                    keys.retained_size,
-                    keys.retained_bytes,
-                ],
-                args=["", "", "", 0, "", 0, now],
-            )
+            return int(script(keys=retained, args=args))
 
     def retained(
         self, since: float | None, until: float | None, limit: int
