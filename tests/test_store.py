@@ -1008,8 +1008,10 @@ def test_every_question_is_seen_by_a_reader_polling_while_they_are_posted(
     seen: list[int] = []
     done = threading.Event()
 
+    start = reader.queries_after(None)[0]  # before anything is posted
+
     def poll() -> None:
-        after = reader.queries_after(None)[0]
+        after = start
         while not done.is_set() or len(seen) < 100:
             after, found = reader.queries_after(after)
             seen.extend(query_id for query_id, _ in found)
