@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 from . import audit, dashboard, errors, metrics, search
@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["Admin", "AdminRequest", "AdminResponse", "admin_segments", "too_large"]
 
 AdminResponse = tuple[int, list[tuple[str, str]], bytes]
+_T = TypeVar("_T")
 
 JSON_HEADERS = [("content-type", "application/json"), ("cache-control", "no-store")]
-MAX_LIMIT = 1000
 PAGE_HEADERS = [
     ("content-type", "text/html; charset=utf-8"),
     ("cache-control", "no-store"),
@@ -356,7 +356,7 @@ def _backfill_s(value: object) -> float | None:
 
 
 def _search(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    spec = _spec(search.parse_search, request.query)
+    spec = _checked(search.parse_search, request.query)
     answers, processes, complete = hs.ask({"kind": "search", "spec": spec})
     found = [found for answer in answers for found in answer.get("requests", [])]
     seen = {facts["request_id"] for facts in found}
@@ -389,7 +389,7 @@ def _show(hs: Hindsight, request: AdminRequest) -> AdminResponse:
 
 
 def _release(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    spec = _spec(search.parse_release, _body(request))
+    spec = _checked(search.parse_release, _body(request))
     return _json(200, _release_window(hs, request, spec, note=spec.get("note")))
 
 
@@ -411,7 +411,8 @@ def _release_window(
     return {"released": released, "processes": processes, "complete": complete}
 
 
-def _spec(parse: Callable[[Any], dict[str, Any]], given: Any) -> dict[str, Any]:
+def _checked(parse: Callable[[Any], _T], given: Any) -> _T:
+    """`parse(given)`, a question's refusal (`search.FilterError`) answered as it says."""
     try:
         return parse(given)
     except search.FilterError as exc:
@@ -472,21 +473,8 @@ def _marked(answer: dict[str, Any], stale: bool) -> dict[str, Any]:
 
 
 def query_limit(query: Mapping[str, str], default: int) -> int:
-    """The `limit` query parameter: an integer from 1 to MAX_LIMIT."""
-    text = query.get("limit")
-    if text is None:
-        return default
-    try:
-        limit = int(text)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_LIMIT:
-        raise AdminError(
-            400,
-            f"invalid 'limit' {text!r}: expected an integer from 1 to {MAX_LIMIT}",
-            [{"field": "limit", "error": f"expected an integer from 1 to {MAX_LIMIT}"}],
-        )
-    return limit
+    """The `limit` query parameter: an integer from 1 to `search.MAX_LIMIT`."""
+    return _checked(lambda text: search.parse_limit(text, default), query.get("limit"))
 
 
 def _body(request: AdminRequest, optional: bool = False) -> Any:

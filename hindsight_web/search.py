@@ -42,6 +42,7 @@ __all__ = [
     "FilterError",
     "Search",
     "facts_json",
+    "parse_limit",
     "parse_release",
     "parse_search",
     "parse_time",
@@ -155,9 +156,15 @@ def _min_duration(value: str) -> dict[str, float]:
     return {"gte": number}
 
 
-def _limit(value: str | None) -> int:
+def parse_limit(value: str | None, default: int = DEFAULT_LIMIT) -> int:
+    """A ``limit`` query parameter: an integer from 1 to `MAX_LIMIT`; `default` when
+    not given.
+
+    Raises:
+        FilterError: anything else, naming ``limit``.
+    """
     if value is None:
-        return DEFAULT_LIMIT
+        return default
     try:
         limit = int(value)
     except ValueError:
@@ -211,7 +218,7 @@ def parse_search(query: Mapping[str, str], now: float | None = None) -> dict[str
         },
         "request_id": query.get("request_id"),
         "released": _released(query.get("released")),
-        "limit": _limit(query.get("limit")),
+        "limit": parse_limit(query.get("limit")),
     }
     spec.update(_times(query.get("since"), query.get("until"), now))
     _compile(spec, params=True)  # every match value checked now, where it was asked
