@@ -42,7 +42,15 @@ from typing import Protocol, TypeVar
 
 from ._sync import new_lock
 
-__all__ = ["RequestFacts", "Rule", "RuleError", "RuleSet", "parse_rule", "restore_rule"]
+__all__ = [
+    "RequestFacts",
+    "Rule",
+    "RuleError",
+    "RuleSet",
+    "iso_moment",
+    "parse_rule",
+    "restore_rule",
+]
 
 _T = TypeVar("_T")
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -682,23 +690,34 @@ def _iso(seconds: float | None) -> str | None:
     return _to_time(seconds).replace(tzinfo=None).isoformat() + "Z"
 
 
+def iso_moment(text: str) -> datetime:
+    """An ISO 8601 date and time of at most 64 characters, ``Z`` or an offset for its
+    zone (a time without one is UTC), as an aware datetime.
+
+    Raises:
+        ValueError: `text` is not one.
+    """
+    text = text.strip()
+    if len(text) > 64:
+        raise ValueError(text)
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:  # a naive time means UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
 def _parse_time(p: _Problems, field: str, value: object) -> float | None:
     expected = "expected an ISO 8601 date and time such as '2026-11-23T14:00:00Z'"
     if not isinstance(value, str):
         p.wrong_type(field, value, expected)
         return None
-    text = value.strip()
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
     try:
-        if len(text) > 64:
-            raise ValueError(text)
-        moment = datetime.fromisoformat(text)
+        moment = iso_moment(value)
     except ValueError:
         p.wrong_value(field, value, expected + " (a time without an offset is UTC)")
         return None
-    if moment.tzinfo is None:  # a naive time means UTC
-        moment = moment.replace(tzinfo=timezone.utc)
     if not _FIRST_YEAR <= moment.year <= _LAST_YEAR:  # keeps expiry arithmetic in range
         p.wrong_value(field, value, f"expected a time in the years {_FIRST_YEAR} to {_LAST_YEAR}")
         return None

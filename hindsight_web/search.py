@@ -33,7 +33,7 @@ from .buffer import (
 )
 from .context import RequestState
 from .messages import text
-from .rules import Rule, RuleError, parse_rule
+from .rules import Rule, RuleError, iso_moment, parse_rule
 from .stats import iso
 
 __all__ = [
@@ -107,12 +107,8 @@ def _seconds(given: str, now: float, expected: str, name: str) -> float:
     relative = _RELATIVE.fullmatch(given)
     if relative:
         return now - float(relative.group(1)) * _UNIT_S[relative.group(2)]
-    written = given[:-1] + "+00:00" if given[-1:] in ("Z", "z") else given
     try:
-        moment = datetime.fromisoformat(written)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
+        return iso_moment(given).timestamp()
     except (OverflowError, OSError, ValueError):
         raise _bad(name, given, expected) from None
 
