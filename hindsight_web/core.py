@@ -662,7 +662,7 @@ RETAINED_SCANNED = 10_000
 
 
 def _retained_facts(doc: dict[str, Any]) -> dict[str, Any]:
-    facts = {k: v for k, v in doc.items() if k not in ("records", "at_s", "records_kept")}
+    facts = {k: v for k, v in doc.items() if k not in ("records", "at_s")}
     return {**facts, "records": len(doc.get("records", ())), "retained": True}
 
 
