@@ -424,15 +424,13 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
         import hindsight_web
 
         released = variant == "hindsight-10-released"
-        if window:
-            # The window's thread settles nothing on its own (its first tick, then an
-            # hour): the driver settles every TICK_EVERY requests, so that the count holds
-            # the same work for every run, however long valgrind makes it.
-            import hindsight_web.fanout
+        # The background threads' work is measured apart (propagation.py, window.py):
+        # here each makes only its first tick, so that these rows count the request path
+        # alone, however long valgrind makes a run. With a window, the driver settles it
+        # every TICK_EVERY requests.
+        import hindsight_web.fanout
 
-            hindsight_web.fanout.POLL_S = 3600
-        # The background thread's work is measured apart (propagation.py): here it only
-        # makes its first tick, so that these rows count the request path alone.
+        hindsight_web.fanout.POLL_S = 3600
         hs = hindsight_web.Hindsight(
             slow_ms=0 if released else 1000,
             max_releases_per_s=1e8,  # every request released: no limit to measure
