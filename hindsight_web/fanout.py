@@ -5,8 +5,10 @@ the process that is asked from its own window at once, and, with a shared store,
 posted to the store: every other process of every host sees it within
 `POLL_S` seconds from its background thread, answers from its own window and
 writes its answer back. The asker waits until every live process has answered
-or `timeout_s` has passed, and says how many processes answered and whether
-all did: a process that is stopped, busy or gone never holds the call longer.
+or `timeout_s` has passed (and at least `2 * POLL_S`, so that a process that
+began serving just before the question is waited for too), and says how many
+processes answered and whether all did: a process that is stopped, busy or gone
+never holds the call longer.
 
 A process is live while it beats: every `BEAT_S` seconds its thread writes the
 time to the store, once it has served a request (a gunicorn master that imported
@@ -46,6 +48,9 @@ LIVE_S = 5.0
 """A process whose last heartbeat is older than this counts as gone."""
 
 _WAIT_S = 0.02
+
+_FIRST_BEAT_S = 2 * POLL_S
+"""A process beats at its first step after its first request: within this of the question."""
 
 Answers = tuple[list[dict[str, Any]], int, bool]
 """The answers (this process's first), how many processes answered, whether all did."""
@@ -116,15 +121,25 @@ class Fanout:
         except StoreError:
             return [own], 1 if self._served() else 0, False
         me = self.process()
-        peers.discard(me)
         answers: dict[str, dict[str, Any]] = {}
+        looked_again = False
         while True:
             try:
                 answers.update(self.store.answers(query_id))
             except StoreError:
                 pass  # asked again until the deadline
+            now = time.time()
+            if not looked_again and now >= started + _FIRST_BEAT_S:
+                # A process that served its first request just before the question
+                # has beaten since: it is waited for too.
+                looked_again = True
+                try:
+                    peers.update(self.store.peers(started - LIVE_S))
+                except StoreError:
+                    pass
+            peers.discard(me)
             answers.pop(me, None)
-            if peers <= answers.keys() or time.time() >= deadline:
+            if (looked_again and peers <= answers.keys()) or now >= deadline:
                 break
             time.sleep(_WAIT_S)
         # This process counts once it has served a request, like the others.
