@@ -5,6 +5,7 @@ from ._version import __version__
 from .asgi import HindsightMiddleware
 from .context import bind, set_user
 from .core import Hindsight
+from .redact import hash_session
 from .wsgi import HindsightWSGIMiddleware
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "HindsightWSGIMiddleware",
     "__version__",
     "bind",
+    "hash_session",
     "set_user",
 ]

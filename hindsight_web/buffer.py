@@ -65,19 +65,7 @@ def entry_size(entry: Entry) -> int:
     the overhead, the format string, and the str arguments, or the formatted
     message when another kind of argument is kept.
     """
-    msg, args = entry[MSG], entry[ARGS]
-    size = ENTRY_OVERHEAD
-    if type(msg) is str:
-        size += len(msg)
-        for arg in args:
-            kind = type(arg)
-            if kind is str:
-                size += len(arg)
-            elif kind not in SCALARS:
-                size = ENTRY_OVERHEAD + len(text(msg, args))
-                break
-    else:
-        size += len(text(msg, args))
+    size = call_size(entry[MSG], entry[ARGS])
     more = entry[MORE]
     if more is not None:
         exc_text, stack, extra = more[EXC_TEXT], more[STACK], more[EXTRA]
@@ -88,6 +76,23 @@ def entry_size(entry: Entry) -> int:
         if extra is not None:
             size += 64 * len(extra)
     return size
+
+
+def call_size(msg: object, args: Any) -> int:
+    """Estimated bytes of an entry of a plain call (`msg`, `args`): the overhead, the
+    format string and the str arguments, or the formatted message when another kind of
+    argument is kept."""
+    size = ENTRY_OVERHEAD
+    if type(msg) is str:
+        size += len(msg)
+        for arg in args:
+            kind = type(arg)
+            if kind is str:
+                size += len(arg)
+            elif kind not in SCALARS:
+                return ENTRY_OVERHEAD + len(text(msg, args))
+        return size
+    return size + len(text(msg, args))
 
 
 class Budget:

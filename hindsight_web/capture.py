@@ -51,9 +51,10 @@ from pathlib import PurePath
 from typing import Any
 
 from . import errors
-from .buffer import ENTRY_OVERHEAD, SCALARS, keep, make_room
+from .buffer import ENTRY_OVERHEAD, SCALARS, call_size, keep, make_room
 from .context import RequestState, _current, new_cell, of_exception
 from .messages import text
+from .redact import CLEAN
 from .release import delivering, write_live
 
 __all__ = ["install", "uninstall"]
@@ -180,15 +181,26 @@ def _level_method(level: int) -> Callable[..., None]:
                     # The message is formatted only if the record is released (or a rule
                     # reads it). The arguments are kept as they are now: as given when
                     # they cannot change, else frozen. The size as `entry_size` has it.
+                    # Redaction looks closer only at a format string that mentions a
+                    # key (or was never seen), a str argument holding "=" or ":", or
+                    # an argument of another kind.
                     size = ENTRY_OVERHEAD + len(msg)
+                    redactor = state.redactor
+                    look = redactor is not None and redactor.plans.get(msg) is not CLEAN
                     for arg in args:
                         kind = type(arg)
                         if kind is str:
                             size += len(arg)  # type: ignore[arg-type]  # a str
+                            if redactor is not None and ("=" in arg or ":" in arg):  # type: ignore[operator]
+                                look = True
                         elif kind not in SCALARS:
                             args = _freeze_args(args)
+                            look = redactor is not None
                             size = ENTRY_OVERHEAD + len(text(msg, args))
                             break
+                    if look:
+                        msg, args = redactor.call(msg, args)  # type: ignore[union-attr]
+                        size = call_size(msg, args)
                     context = _copy_context()  # see `context_now`
                     cell = state.context
                     if cell is None or context != cell[0]:
@@ -316,26 +328,40 @@ def _take(
     extra = kwargs.get("extra")
     pathname, lineno, func, stack = caller
     detail = state.detail_level
-    if detail is not None and level >= detail:
+    live = detail is not None and level >= detail
+    if not live:  # kept: as it is now
+        msg = msg if type(msg) is str else _freeze(msg)
+        args = _freeze_args(args) if args else args
+        extra = _freeze_extra(extra) if extra else None
+    redactor = state.redactor
+    exc_text = None
+    if exc_info is not None and exc_info[0] is not None and (redactor or not live):
+        exc_text = _exception_formatter.formatException(exc_info)
+    if redactor is not None:
+        msg, args = redactor.call(msg, args)
+        extra = redactor.fields(extra) if extra else None
+        stack = redactor.text(stack) if stack else stack
+        if exc_text is not None:
+            redacted = redactor.text(exc_text)
+            if redacted != exc_text:  # the traceback is written from its redacted text
+                exc_text, exc_info = redacted, None
+    if live:
         write_live(
             self, level, msg, args, exc_info, extra, (pathname, lineno, func, stack),
-            state.release_level,
+            state.release_level, exc_text,
         )  # fmt: skip
         state.counts.add(records_captured=1, records_released=1)
         return
-    exc_text = None
-    if exc_info is not None and exc_info[0] is not None:
-        exc_text = _exception_formatter.formatException(exc_info)
     more = None
     if exc_text is not None or stack is not None or extra or exc_info is not None:
-        more = (exc_text, stack, _freeze_extra(extra) if extra else None, exc_info)
+        more = (exc_text, stack, extra, exc_info)
     keep(
         state,
         (
             self,
             level,
-            msg if type(msg) is str else _freeze(msg),
-            _freeze_args(args) if args else args,
+            msg,
+            args,
             _time_ns(),
             pathname,
             lineno,

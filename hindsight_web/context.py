@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from .escaping import escape
 from .messages import text
+from .redact import hash_session
 
 if TYPE_CHECKING:
     from .buffer import Budget, Counts
+    from .redact import Redactor
 
 __all__ = ["RequestState", "bind", "current", "mark_exception", "of_exception", "set_user"]
 
@@ -70,6 +72,7 @@ class RequestState:
         "raised",
         "reason",
         "records",
+        "redactor",
         "release_level",
         "released",
         "request_id",
@@ -113,6 +116,7 @@ class RequestState:
         budget: Budget,
         counts: Counts,
         release_level: int,
+        redactor: Redactor | None,
     ) -> None:
         # Positional, and one clock read: this runs for every request.
         self.request_id = request_id
@@ -129,6 +133,7 @@ class RequestState:
         self.budget = budget
         self.counts = counts
         self.release_level = release_level
+        self.redactor = redactor  # None: nothing is redacted
         self.started = perf_counter()
         self.user_id: str | None = None
         self.session_id: str | None = None
@@ -260,7 +265,9 @@ def set_user(user_id: str | int | None, session_id: str | int | None = None) -> 
 
     Every record of the request from then on carries ``user_id`` and
     ``session_id``, and rules scoped to that user or session apply. Outside a
-    request this does nothing.
+    request this does nothing. The session id is kept and shown only as its hash
+    (`hash_session`: 16 hex digits), so that nothing hindsight writes or shows can
+    take the session over; rules and searches given the id itself hash it too.
 
     Args:
         user_id: the user's id (a string or an int), or None if unknown.
@@ -280,7 +287,7 @@ def set_user(user_id: str | int | None, session_id: str | int | None = None) -> 
         return
     state.user_id = uid
     if sid is not None:
-        state.session_id = sid
+        state.session_id = hash_session(sid)
     state.retag()
     if state.on_identity is not None:
         state.on_identity(state)
@@ -291,7 +298,9 @@ def bind(**fields: Any) -> None:
 
     ``bind(user_id=..., session_id=...)`` is the same as :func:`set_user`.
     Other names become attributes of every record written for the request,
-    so a formatter can print them. Outside a request this does nothing.
+    so a formatter can print them. Outside a request this does nothing. With
+    redaction on (the default), the value of a field whose name holds a
+    redaction key (``token``, ``password``, ...) is kept as ``[redacted]``.
 
     Raises:
         ValueError: a field name is not an identifier or would overwrite a
@@ -314,11 +323,13 @@ def bind(**fields: Any) -> None:
     if state is None:
         return
     if fields:
+        if state.redactor is not None:
+            fields = state.redactor.fields(fields)
         state.fields = {**(state.fields or {}), **fields}
     if "user_id" in identity:
         state.user_id = uid
     if "session_id" in identity:
-        state.session_id = sid
+        state.session_id = None if sid is None else hash_session(sid)
     state.retag()
     if identity and state.on_identity is not None:
         state.on_identity(state)

@@ -23,12 +23,13 @@ from .book import RuleBook
 from .buffer import Budget, Counts, release_memory
 from .context import CLOSED_LEVEL, RequestState, _current, let_go
 from .fanout import Answers, Fanout
+from .redact import Redactor, hash_session
 from .release import MAX_QUEUED, RateLimit, Release, Writer, write_now
 from .retain import Retainer
 from .rules import Rule
 from .search import Search, StoredRequest, facts_json, records_json
 from .sources import RulesPoller, load_initial
-from .stats import Stats, hash_session
+from .stats import Stats
 from .stats_share import SharedStats
 from .store import StoreError, open_store
 from .store.health import Health
@@ -122,6 +123,16 @@ class Hindsight:
             the other processes sharing the store to answer.
         retain_max_bytes: the most bytes the requests kept by ``retain`` rules may
             take in the store, all processes together (the oldest go first).
+        redact: take secrets out of every record hindsight keeps or writes, before
+            it keeps it (buffers, the window, the store, releases): the values of
+            fields and of ``key=value``, ``key: value`` and ``"key": "value"`` shapes
+            whose key holds a word of `redact.BUILT_IN_KEYS` or `redact_keys`, and
+            what `redact_patterns` match, become ``[redacted]``. What the app's own
+            logging writes at once is never changed.
+        redact_keys: more words whose fields and key shapes are redacted (matched
+            in names ignoring case and ``-``, ``_``, ``.``).
+        redact_patterns: regular expressions whose matches are redacted in every
+            kept message and text (each kept message is then formatted at log time).
 
     Raises:
         ValueError: a bad option (the message names it and what is allowed).
@@ -169,6 +180,9 @@ class Hindsight:
         window_bytes: int = 32_000_000,
         search_timeout_s: float = 1.0,
         retain_max_bytes: int = 64_000_000,
+        redact: bool = True,
+        redact_keys: list[str] | tuple[str, ...] = (),
+        redact_patterns: list[str] | tuple[str, ...] = (),
     ) -> None:
         self.slow_ms = options.optional_number("slow_ms", slow_ms)
         self.release_on_status = options.optional_status(release_on_status)
@@ -198,6 +212,8 @@ class Hindsight:
         self.window = Window(window_s, window_bytes) if window_s and window_bytes else None
         self.search_timeout_s = options.seconds("search_timeout_s", search_timeout_s)
         retain_max_bytes = options.positive_int("retain_max_bytes", retain_max_bytes)
+        redactor = Redactor(redact_keys, redact_patterns)
+        self.redactor = redactor if options.boolean("redact", redact) else None
         self.budget = Budget(self.max_total_bytes)
         self.release_handler_level = options.level("release_handler_level", release_handler_level)
         self.max_releases_per_s = options.positive_number("max_releases_per_s", max_releases_per_s)
@@ -318,6 +334,7 @@ class Hindsight:
             self.budget,
             self._counts,
             self.release_handler_level,
+            self.redactor,
         )
         if not self.rules.empty:
             self._begin_with_rules(state)

@@ -141,14 +141,17 @@ def write_live(
     extra: Any,
     caller: tuple[str, int, str, str | None],
     release_level: int,
+    exc_text: str | None = None,
 ) -> None:
     """Make and write a record at once (detail mode): the record the stdlib makes for
     this call (`caller`: pathname, lineno, funcName, stack text), to the handlers
-    `deliver` picks."""
+    `deliver` picks; `exc_text` stands for the traceback when there is no `exc_info`."""
     pathname, lineno, func, stack = caller
     record = log.makeRecord(
         log.name, level, pathname, lineno, msg, args, exc_info, func, extra, stack
     )
+    if exc_info is None:
+        record.exc_text = exc_text
     deliver(log, record, release_level)
 
 

@@ -41,6 +41,7 @@ from functools import lru_cache
 from typing import Protocol, TypeVar
 
 from ._sync import new_lock
+from .redact import hash_session
 
 __all__ = [
     "RequestFacts",
@@ -88,6 +89,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, 
 _MAX_ITEMS = 1000
 _MAX_TEXT = 1000
 _MAX_IDENTITY = 256
+_HASHED_SESSION = re.compile(r"[0-9a-f]{16}")  # as `redact.hash_session` makes them
 _MAX_HEADERS = 20
 _MAX_PROBLEMS = 100
 _MAX_TTL_S = 10 * 365 * 86400.0
@@ -419,6 +421,20 @@ def _identity_item(p: _Problems, field: str, value: object) -> str | None:
     return value
 
 
+def _session_item(p: _Problems, field: str, value: object) -> str | None:
+    """A session id as hindsight keeps it: its hash (`redact.hash_session`), unless it is
+    one already (16 hex digits)."""
+    given = _identity_item(p, field, value)
+    if given is None or _HASHED_SESSION.fullmatch(given):
+        return given
+    return hash_session(given)
+
+
+def _session_values(values: list[str]) -> list[str]:
+    # A session id of 16 hex digits may be a hash or the id itself: the rule has both.
+    return [*values, *(hash_session(v) for v in values if _HASHED_SESSION.fullmatch(v))]
+
+
 def _client_item(p: _Problems, field: str, value: object) -> str | None:
     expected = "expected an IP address or CIDR network such as '10.0.0.0/8' or '2001:db8::/32'"
     if not isinstance(value, str):
@@ -540,13 +556,17 @@ def _exact_key(
     item: Callable[[_Problems, str, object], str | None],
     what: str,
     check: Callable[[frozenset[str]], StartCheck] | None = None,
+    also: Callable[[list[str]], list[str]] | None = None,
 ) -> Callable[[_Problems, str, object, _Match], None]:
-    """The parser of a key matched exactly against the request attribute of the same name."""
+    """The parser of a key matched exactly against the request attribute of the same name
+    (`also`: the values it matches, from those given)."""
 
     def parse(p: _Problems, field: str, value: object, match: _Match) -> None:
         parsed = _one_or_many(p, field, value, item, what)
         if parsed is not None:
             match.json[name], values = parsed
+            if also is not None:
+                values = also(values)
             exact = frozenset(values)
             match.start[name] = check(exact) if check else _check_attr(name, exact)
             match.keys[name] = tuple(dict.fromkeys(values))
@@ -646,7 +666,7 @@ _MATCH_PARSERS: dict[str, Callable[[_Problems, str, object, _Match], None]] = {
         "route", _text(_MAX_TEXT, "a route template such as '/items/{item_id}'"), "a route"
     ),
     "user_id": _exact_key("user_id", _identity_item, "a user id"),
-    "session_id": _exact_key("session_id", _identity_item, "a session id"),
+    "session_id": _exact_key("session_id", _session_item, "a session id", also=_session_values),
     "client_ip": _parse_client,
     "header": _parse_header,
     "status": _parse_status,

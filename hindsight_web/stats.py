@@ -22,7 +22,6 @@ outside the lock.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 import re
@@ -37,6 +36,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ._sync import new_lock
 from .histogram import PAIR_BUCKETS, RouteStats
+from .redact import hash_session
 from .stats_view import (
     OTHER,
     SESSIONS_EXPORTED,
@@ -791,23 +791,6 @@ _ID_SEGMENT = re.compile(
     r"|[^/@]+@[^/]+"
     r")(?=/|$)"
 )
-
-
-def hash_session(value: str) -> str:
-    """A short stable pseudonym for a session cookie value: sha256, first 16 hex digits.
-
-    Use it to give `RequestRecord.session_id` without keeping the cookie itself
-    (which would let anyone who reads the admin API take over the session). The
-    same value gives the same pseudonym in every worker and process, so their
-    statistics agree; no salt is added.
-
-    Example::
-
-        session_id = hash_session(request.cookies["session"])
-    """
-    if not isinstance(value, str):
-        raise TypeError(f"invalid session value {type(value).__name__}: expected a string")
-    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 import hindsight_web
-from hindsight_web import Hindsight, HindsightMiddleware, HindsightWSGIMiddleware
+from hindsight_web import Hindsight, HindsightMiddleware, HindsightWSGIMiddleware, hash_session
 from hindsight_web.asgi import AdminASGIApp
 from hindsight_web.wsgi import AdminWSGIApp
 
@@ -178,7 +178,7 @@ FULL_RULE: dict[str, Any] = {
         "path": "/checkout/*",
         "route": "/checkout/{step}",
         "user_id": "u1",
-        "session_id": "s1",
+        "session_id": hash_session("s1"),
         "client_ip": "10.0.0.0/8",
         "header": {"x-tenant": "acme"},
         "status": {"gte": 500},

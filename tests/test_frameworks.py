@@ -11,7 +11,7 @@ from fastapi import BackgroundTasks, Depends, FastAPI, Header
 from flask import Flask
 
 import hindsight_web
-from hindsight_web import HindsightMiddleware, HindsightWSGIMiddleware
+from hindsight_web import HindsightMiddleware, HindsightWSGIMiddleware, hash_session
 from hindsight_web.release import flush_all
 
 from .conftest import ListHandler
@@ -71,7 +71,7 @@ def test_set_user_from_dependency_and_sync_endpoint(out: ListHandler) -> None:
         "sync endpoint in the thread pool",
     ]
     assert {r.user_id for r in app_records} == {"alice"}  # type: ignore[attr-defined]
-    assert {r.session_id for r in app_records} == {"s-alice"}  # type: ignore[attr-defined]
+    assert {r.session_id for r in app_records} == {hash_session("s-alice")}  # type: ignore[attr-defined]
     assert app_records[1].tenant == "acme"  # type: ignore[attr-defined]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from hindsight_web.redact import hash_session
 from hindsight_web.rules import RequestFacts, Rule, RuleError, RuleSet, parse_rule, restore_rule
 
 NOW = 1_795_442_400.0  # 2026-11-23T14:00:00Z
@@ -168,7 +169,7 @@ def test_match_is_normalised_in_the_stored_form() -> None:
     assert rule.to_json(NOW)["match"] == {
         "method": ["GET", "POST"],
         "user_id": "42",
-        "session_id": ["7", "s"],
+        "session_id": [hash_session("7"), hash_session("s")],
         "header": {"x-tenant": "acme"},
         "client_ip": ["10.0.0.0/8", "192.0.2.1", "2001:db8::1"],
         "status": [500, 502],
@@ -218,9 +219,9 @@ START_CASES = [
     ({"user_id": "alice"}, Facts(user_id=None), False),
     ({"user_id": 42}, Facts(user_id="42"), True),
     ({"user_id": ["alice", 7]}, Facts(user_id="7"), True),
-    ({"session_id": "s1"}, Facts(session_id="s1"), True),
-    ({"session_id": "s1"}, Facts(session_id="s2"), False),
-    ({"session_id": [1, 2]}, Facts(session_id="2"), True),
+    ({"session_id": "s1"}, Facts(session_id=hash_session("s1")), True),
+    ({"session_id": "s1"}, Facts(session_id=hash_session("s2")), False),
+    ({"session_id": [1, 2]}, Facts(session_id=hash_session("2")), True),
     ({"client_ip": "192.0.2.10"}, Facts(client="192.0.2.10"), True),
     ({"client_ip": "192.0.2.10"}, Facts(client="192.0.2.11"), False),
     ({"client_ip": "192.0.2.0/24"}, Facts(client="192.0.2.200"), True),
@@ -248,7 +249,11 @@ START_CASES = [
     ({"method": "POST", "user_id": "u"}, Facts(method="POST", user_id="u"), True),
     ({"method": "POST", "user_id": "u"}, Facts(method="GET", user_id="u"), False),
     ({"user_id": "u", "path": "/a/*"}, Facts(user_id="u", path="/b"), False),
-    ({"session_id": "s", "client_ip": "10.0.0.1"}, Facts(session_id="s", client="10.0.0.2"), False),
+    (
+        {"session_id": "s", "client_ip": "10.0.0.1"},
+        Facts(session_id=hash_session("s"), client="10.0.0.2"),
+        False,
+    ),
 ]
 
 
@@ -1036,8 +1041,8 @@ def test_the_index_finds_user_rules_among_many() -> None:
         ),
         (
             {"session_id": "s", "path": "/x"},
-            Facts(session_id="s", path="/x"),
-            Facts(session_id="s"),
+            Facts(session_id=hash_session("s"), path="/x"),
+            Facts(session_id=hash_session("s")),
         ),
         (
             {"client_ip": ["10.0.0.1", "::ffff:10.0.0.2"], "path": "/x"},
