@@ -104,7 +104,12 @@ def per_record(variant: str, small: int, large: int) -> float:
 
 def records_table(small: int, large: int) -> None:
     """One DEBUG record captured then discarded against the stdlib making its LogRecord."""
-    variants = ["stdlib-disabled", "stdlib-enabled-noop", "hindsight-discarded"]
+    variants = [
+        "stdlib-disabled",
+        "stdlib-enabled-noop",
+        "hindsight-discarded-redact-off",
+        "hindsight-discarded",
+    ]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         found = pool.map(lambda variant: per_record(variant, small, large), variants)
         counts = dict(zip(variants, found, strict=True))
@@ -116,6 +121,10 @@ def records_table(small: int, large: int) -> None:
     ratio = counts["hindsight-discarded"] / stdlib
     verdict = "PASS" if ratio <= 0.25 else "MISS"
     print(f"\ncaptured then discarded: {ratio:.3f}x of the stdlib (budget <= 0.25x): {verdict}")
+    redaction = counts["hindsight-discarded"] / counts["hindsight-discarded-redact-off"] - 1
+    verdict = "PASS" if redaction <= 0.10 else "MISS"
+    print(f"redaction on (default keys, no match) against off: {redaction:+.1%}", end=" ")
+    print(f"(goal <= +10%): {verdict}")
 
 
 def per_request(framework: str, variant: str, small: int, large: int) -> float:

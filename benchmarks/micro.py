@@ -697,12 +697,16 @@ def record_worker(variant: str, n: int) -> dict[str, Any]:
         dt = perf_counter() - t
         ok = noop.count == reqs * PER_REQUEST and "hindsight_web" not in sys.modules
         err = f"no-op handler saw {noop.count}"
-    elif variant == "hindsight-discarded":
+    elif variant in ("hindsight-discarded", "hindsight-discarded-redact-off"):
         import hindsight_web
         from hindsight_web.context import _current
 
         hs = hindsight_web.Hindsight(
-            slow_ms=None, max_records=10**7, max_bytes=10**9, max_total_bytes=10**10
+            slow_ms=None,
+            max_records=10**7,
+            max_bytes=10**9,
+            max_total_bytes=10**10,
+            redact=variant == "hindsight-discarded",
         )
         t = perf_counter()
         for _ in range(reqs):

@@ -19,8 +19,9 @@ A ``%`` format string is looked at once (its plan is cached): the arguments
 that fill the value of a key shape (``"password=%s"``) are replaced, the format
 stays, so the app's record factory still gets its format and arguments. A
 message that must be formatted to be redacted (a key shape with a literal
-value, an argument holding a secret that is not a string, any redaction by a
-pattern) is kept formatted, without arguments.
+value, an argument holding a secret that is not a string, a pattern that
+matches across the format and its arguments) is kept formatted, without
+arguments.
 
 The fast path: a format string without a key costs one dict lookup, a string
 argument one test for ``=`` and ``:``; only texts that mention a key are
@@ -152,9 +153,12 @@ class Redactor:
                 )
             words.append(key.strip())
         self.keys = tuple(dict.fromkeys(words))
-        self._mention = re.compile("|".join(_key_source(k) for k in self.keys), re.IGNORECASE)
-        # The first word of each key, lower-case: a text that holds none mentions no key.
-        self._words = tuple(dict.fromkeys(re.split(r"[-_. ]+", k.lower())[0] for k in self.keys))
+        # In a lower-case text (faster than a search that ignores case): the first word
+        # of any key (a quick look), then any key.
+        words = {re.escape(re.split(r"[-_. ]+", k.lower())[0]) for k in self.keys}
+        self._words = re.compile("|".join(sorted(words, key=lambda w: (-len(w), w))))
+        sources = {_key_source(k.lower()) for k in self.keys}
+        self._mention = re.compile("|".join(sorted(sources, key=lambda w: (-len(w), w))))
         self.patterns: tuple[re.Pattern[str], ...] = ()
         compiled = []
         for i, pattern in enumerate(_strings("redact_patterns", patterns)):
@@ -173,12 +177,12 @@ class Redactor:
 
     def secret(self, name: str) -> bool:
         """Whether a field called `name` holds a secret (its name contains a key)."""
-        return self.mentions(name) and self._mention.search(name) is not None
+        return self.mentions(name)
 
     def mentions(self, value: str) -> bool:
-        """Whether `value` may mention a key (a quick look: it holds a key's first word)."""
+        """Whether `value` holds a key anywhere (ignoring case and separators)."""
         low = value.lower()
-        return any(word in low for word in self._words)
+        return self._words.search(low) is not None and self._mention.search(low) is not None
 
     def text(self, value: str) -> str:
         """`value` with the values of its key shapes and the matches of the patterns
