@@ -155,10 +155,9 @@ class Redactor:
         self.keys = tuple(dict.fromkeys(words))
         # In a lower-case text (faster than a search that ignores case): the first word
         # of any key (a quick look), then any key.
-        words = {re.escape(re.split(r"[-_. ]+", k.lower())[0]) for k in self.keys}
-        self._words = re.compile("|".join(sorted(words, key=lambda w: (-len(w), w))))
-        sources = {_key_source(k.lower()) for k in self.keys}
-        self._mention = re.compile("|".join(sorted(sources, key=lambda w: (-len(w), w))))
+        firsts = {re.escape(re.split(r"[-_. ]+", k.lower())[0]) for k in self.keys}
+        self._words = _any_of(firsts)
+        self._mention = _any_of({_key_source(k.lower()) for k in self.keys})
         self.patterns: tuple[re.Pattern[str], ...] = ()
         compiled = []
         for i, pattern in enumerate(_strings("redact_patterns", patterns)):
@@ -340,6 +339,10 @@ class Redactor:
             done = end
         parts.append(value[done:])
         return "".join(parts)
+
+
+def _any_of(sources: set[str]) -> re.Pattern[str]:
+    return re.compile("|".join(sorted(sources, key=lambda s: (-len(s), s))))
 
 
 def _strings(name: str, values: Iterable[object]) -> list[str]:
