@@ -332,6 +332,33 @@ def test_structlog_processor_formatter_renders_a_released_event(
     ]
 
 
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_structlog_event_fields_holding_secrets_are_released_redacted(
+    adapter: str,
+    out: ListHandler,
+    structlog_in_logging: structlog.stdlib.ProcessorFormatter,
+    serve: Callable[..., AppClient],
+) -> None:
+    out.setFormatter(structlog_in_logging)
+
+    def login_events() -> int:
+        log = structlog.get_logger("app.events").bind(api_token="t-SECRET-1")
+        log.debug("login", user="alice", password="hunter2", note="password=hunter2")
+        return 500
+
+    request(serve(adapter, login_events))
+    assert [json.loads(line) for line in out.lines[1:]] == [
+        {
+            "api_token": "[redacted]",
+            "event": "login",
+            "note": "password=[redacted]",
+            "password": "[redacted]",
+            "user": "alice",
+        }
+    ]
+    assert "hunter2" not in "\n".join(out.lines)
+
+
 class BraceRecord(logging.LogRecord):
     """The app's record class: str.format for positional arguments, % for one mapping."""
 
