@@ -11,8 +11,8 @@ answers marked ``"stale": true`` for reads.
 
 from __future__ import annotations
 
-import hmac
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +25,7 @@ from ._version import __version__
 from .rules import RuleError
 from .stats import iso
 from .store import StoreError
+from .tokens import Caller
 
 if TYPE_CHECKING:
     from .core import Hindsight
@@ -60,6 +61,7 @@ class AdminRequest:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes = b""
     client: str | None = None
+    caller: Caller | None = None  # who sent it, once the token is checked
 
 
 class AdminError(Exception):
@@ -119,12 +121,14 @@ class Admin:
     """
 
     def __init__(self, hs: Hindsight, *, mounted: bool = False) -> None:
-        if mounted and hs.admin_token is None:
-            raise ValueError("the admin app needs an 'admin_token' (or HINDSIGHT_ADMIN_TOKEN)")
+        if mounted and not hs.tokens:
+            raise ValueError(
+                "the admin app needs an 'admin_token' or 'admin_tokens' (or HINDSIGHT_ADMIN_TOKEN)"
+            )
         self.hs = hs
         self.max_body = hs.admin_max_body
         self._segments = [part for part in (hs.admin_path or "").split("/") if part]
-        served = hs.admin_token is not None and self._segments and not mounted
+        served = bool(hs.tokens) and self._segments and not mounted
         self.marker = self._segments[-1] if served else None
 
     def route(self, path: str, *, encoded: bool = False) -> list[str] | None:
@@ -193,6 +197,8 @@ def _table(segments: list[str]) -> dict[str, Action] | None:
     head = segments[0] if segments else ""
     if n == 1 and head == "health":
         return {"GET": _health}
+    if n == 1 and head == "whoami":
+        return {"GET": _whoami}
     if n == 1 and head == "rules":
         return {"GET": _list_rules, "POST": _add_rule}
     if n == 2 and head == "rules":
@@ -225,21 +231,34 @@ def _stats_table(segments: list[str]) -> dict[str, Action] | None:
 
 
 def _authorize(hs: Hindsight, request: AdminRequest) -> None:
+    """Find who calls (`request.caller`), or refuse: 401 without a known token, 403 for
+    a change with a read-only one, 429 once a client sent too many wrong tokens."""
+    wait_s = hs.failures.refused_for(request.client)
+    if wait_s > 0:
+        raise AdminError(
+            429,
+            f"too many wrong tokens from this client: try again in {math.ceil(wait_s)} s",
+            [{"field": "authorization", "error": "too many wrong tokens"}],
+            headers=[("retry-after", str(math.ceil(wait_s)))],
+        )
     given = _bearer(request.headers.get("authorization", ""))
-    if given is not None:
-        token = hs.admin_token
-        if token is not None and hmac.compare_digest(given, token.encode()):
-            return
-        read_token = hs.admin_read_token
-        if read_token is not None and hmac.compare_digest(given, read_token.encode()):
-            if request.method in ("GET", "HEAD"):
-                return
-            raise AdminError(403, "the read-only token may only make GET calls")
-    raise AdminError(
-        401,
-        "missing or wrong bearer token: send 'Authorization: Bearer <admin token>'",
-        headers=[("www-authenticate", 'Bearer realm="hindsight"')],
-    )
+    caller = None if given is None else hs.tokens.identify(given)
+    if caller is None:
+        if given is not None:
+            hs.failures.failed(request.client)
+        raise AdminError(
+            401,
+            "missing or wrong bearer token: send 'Authorization: Bearer <admin token>'",
+            headers=[("www-authenticate", 'Bearer realm="hindsight"')],
+        )
+    if caller.read_only and request.method not in ("GET", "HEAD"):
+        raise AdminError(403, f"the read-only token {caller.name!r} may only make GET calls")
+    request.caller = caller
+
+
+def _by(request: AdminRequest) -> str | None:
+    """The name the audit trail gives the author of a change: the caller's token's."""
+    return None if request.caller is None else request.caller.name
 
 
 def _bearer(value: str) -> bytes | None:
@@ -268,6 +287,12 @@ def _health(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     return _json(200, answer)
 
 
+def _whoami(hs: Hindsight, request: AdminRequest) -> AdminResponse:
+    caller = request.caller
+    assert caller is not None  # authorized
+    return _json(200, {"name": caller.name, "access": caller.access})
+
+
 def _list_rules(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     rules, stale = hs.book.listing()
     return _json(200, _marked({"rules": rules}, stale))
@@ -276,7 +301,7 @@ def _list_rules(hs: Hindsight, request: AdminRequest) -> AdminResponse:
 def _add_rule(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     body = _body(request)
     try:
-        rule = hs.book.add(hs.book.parse(body), by=request.client)
+        rule = hs.book.add(hs.book.parse(body), by=_by(request))
     except RuleError as exc:
         raise AdminError(exc.status, str(exc), exc.details) from None
     except KeyError:
@@ -297,7 +322,7 @@ def _get_rule(hs: Hindsight, request: AdminRequest) -> AdminResponse:
 
 
 def _remove_rule(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    if hs.book.remove(request.segments[1], by=request.client) is None:
+    if hs.book.remove(request.segments[1], by=_by(request)) is None:
         raise AdminError(404, f"no rule with id {request.segments[1]!r}")
     return 204, [("cache-control", "no-store")], b""
 
@@ -329,7 +354,7 @@ def _add_detail(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     backfill_s = _backfill_s(body.pop("backfill_s", None))
     rule = {"action": "detail", "match": {"user_id": user_id}, **body}
     try:
-        made = hs.book.add(hs.book.parse(rule), by=request.client)
+        made = hs.book.add(hs.book.parse(rule), by=_by(request))
     except RuleError as exc:
         raise AdminError(exc.status, str(exc), exc.details) from None
     answer = made.to_json()
@@ -403,7 +428,7 @@ def _release_window(
         query[key] = None if moment is None else iso(moment)
     answers, processes, complete = hs.ask({"kind": "release", "spec": spec, "reason": "retro"})
     released = sum(int(answer.get("released", 0)) for answer in answers)
-    event = audit.released(query, released, note, request.client, time.time())
+    event = audit.released(query, released, note, _by(request), time.time())
     try:
         hs.book.note(event)
     except StoreError:
@@ -421,7 +446,7 @@ def _checked(parse: Callable[[Any], _T], given: Any) -> _T:
 
 def _remove_detail(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     user_id = request.segments[1]
-    if not hs.book.remove_detail(user_id, by=request.client):
+    if not hs.book.remove_detail(user_id, by=_by(request)):
         raise AdminError(404, f"no detail rule for user {user_id!r}")
     return 204, [("cache-control", "no-store")], b""
 

@@ -14,6 +14,7 @@ import os
 import re
 import time
 from collections import deque
+from collections.abc import Mapping
 from random import getrandbits
 from time import perf_counter
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from .stats_share import SharedStats
 from .store import StoreError, open_store
 from .store.health import Health
 from .sync import Sync
+from .tokens import Failures, parse_tokens
 from .window import Window
 
 __all__ = ["Hindsight"]
@@ -65,11 +67,16 @@ class Hindsight:
         admin_path: where the admin sub-app answers; None to serve it only as
             a separate app (`hindsight_web.asgi.AdminASGIApp`,
             `hindsight_web.wsgi.AdminWSGIApp`).
-        admin_token: bearer token of the admin sub-app; defaults to the
-            ``HINDSIGHT_ADMIN_TOKEN`` environment variable; with none the admin
-            sub-app is off.
-        admin_read_token: an optional second token that may only make GET
-            calls; defaults to ``HINDSIGHT_ADMIN_READ_TOKEN``.
+        admin_token: bearer token of the admin sub-app, named ``admin`` in the
+            audit trail (16 or more printable ASCII characters, no spaces);
+            defaults to the ``HINDSIGHT_ADMIN_TOKEN`` environment variable; with
+            no token at all the admin sub-app is off.
+        admin_tokens: more tokens by name, ``{"support-desk": "<token>",
+            "sre-oncall": {"token": "<token>", "access": "read-only"}}``: the
+            audit trail says which name made each change; defaults to the JSON
+            of ``HINDSIGHT_ADMIN_TOKENS``.
+        admin_read_token: an optional token that may only make GET calls, named
+            ``read``; defaults to ``HINDSIGHT_ADMIN_READ_TOKEN``.
         admin_max_body: the largest admin request body accepted, in bytes.
         store: where rules, their hits, the audit trail and the statistics of
             every process live: ``memory://`` (this process),
@@ -157,6 +164,7 @@ class Hindsight:
         capture_level: int | str = "DEBUG",
         admin_path: str | None = "/_hindsight",
         admin_token: str | None = None,
+        admin_tokens: Mapping[str, Any] | None = None,
         store: str = "memory://",
         store_sync_s: float = 0.5,
         stats_flush_s: float = 5.0,
@@ -189,12 +197,8 @@ class Hindsight:
         self.release_on_exception = options.boolean("release_on_exception", release_on_exception)
         self.capture_level = options.level("capture_level", capture_level)
         self.admin_path = options.admin_path(admin_path)
-        self.admin_token = options.token("admin_token", admin_token, "HINDSIGHT_ADMIN_TOKEN")
-        self.admin_read_token = options.token(
-            "admin_read_token", admin_read_token, "HINDSIGHT_ADMIN_READ_TOKEN"
-        )
-        if self.admin_read_token is not None and self.admin_token is None:
-            raise ValueError("invalid 'admin_read_token': it needs an 'admin_token' too")
+        self.tokens = parse_tokens(admin_token, admin_read_token, admin_tokens)
+        self.failures = Failures()
         self.admin_max_body = options.positive_int("admin_max_body", admin_max_body)
         self.max_records = options.positive_int("max_records", max_records)
         self.max_bytes = options.positive_int("max_bytes", max_bytes)

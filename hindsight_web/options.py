@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 
 __all__ = [
@@ -20,16 +19,7 @@ __all__ = [
     "positive_int",
     "positive_number",
     "seconds",
-    "token",
 ]
-
-
-def token(name: str, value: object, env: str) -> str | None:
-    if value is None:
-        value = os.environ.get(env) or None
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise ValueError(f"invalid {name!r}: expected a non-empty string or None")
-    return value
 
 
 def optional_number(name: str, value: object) -> float | None:

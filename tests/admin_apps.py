@@ -21,8 +21,8 @@ from hindsight_web.release import flush_all
 
 log = logging.getLogger("app")
 
-TOKEN = "s3cret-token"
-READ_TOKEN = "read-only-token"
+TOKEN = "s3cret-token-0123456789"
+READ_TOKEN = "read-only-token-0123456789"
 ADMIN = "/_hindsight"
 CALLER = "203.0.113.7"  # the client address both transports report, so `by` is checkable
 UNSET: Any = object()

@@ -32,7 +32,6 @@ from hindsight_web.wsgi import AdminWSGIApp
 
 from .admin_apps import (
     ADMIN,
-    CALLER,
     GUNICORN_APP,
     READ_TOKEN,
     TOKEN,
@@ -444,7 +443,7 @@ def test_post_user_detail_makes_a_detail_rule(
     assert lifetime(rule) == pytest.approx(ttl, abs=0.01)
     assert without_ttl(client.admin("GET", f"/rules/{rule['id']}").json()) == without_ttl(rule)
     event = client.audit()[0]
-    assert (event["action"], event["rule"]["id"], event["by"]) == ("added", rule["id"], CALLER)
+    assert (event["action"], event["rule"]["id"], event["by"]) == ("added", rule["id"], "admin")
 
 
 @pytest.mark.parametrize(
@@ -496,8 +495,8 @@ def test_delete_user_detail_removes_every_detail_rule_of_that_user(make: Make) -
     assert sorted(r["id"] for r in client.rules()) == sorted([other, "u1-release"])
     events = client.audit()
     assert {(e["action"], e["rule"]["id"], e["by"]) for e in events[:2]} == {
-        ("removed", first, CALLER),
-        ("removed", second, CALLER),
+        ("removed", first, "admin"),
+        ("removed", second, "admin"),
     }
     assert_error(client.admin("DELETE", "/users/u1/detail"), 404)
     assert_error(client.admin("DELETE", "/users/nobody/detail"), 404)
@@ -518,7 +517,7 @@ def test_audit_lists_changes_newest_first_with_caller_and_note(make: Make) -> No
         ("added", "r2"),
         ("added", "r1"),
     ]
-    assert {e["by"] for e in events} == {CALLER}
+    assert {e["by"] for e in events} == {"admin"}  # the token's name
     assert [e["rule"]["note"] for e in events] == ["first", "second", "first"]
     assert all(set(e) >= {"at", "action", "rule", "by"} for e in events)
     stamps = [epoch(e["at"]) for e in events]
@@ -622,9 +621,9 @@ def test_read_only_token_may_only_read(make: Make) -> None:
 def test_token_from_the_environment_turns_the_admin_on(
     make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HINDSIGHT_ADMIN_TOKEN", "from-env")
+    monkeypatch.setenv("HINDSIGHT_ADMIN_TOKEN", "from-env-0123456789")
     client = make(admin_token=None)
-    assert client.admin("GET", "/health", token="from-env").status_code == 200
+    assert client.admin("GET", "/health", token="from-env-0123456789").status_code == 200
     assert_error(client.admin("GET", "/health", token=None), 401)
 
 
@@ -1099,23 +1098,28 @@ def test_chunked_body_within_the_limit_is_read(
     assert response.json()["id"] == rule_id
 
 
+LONG_T = "t-0123456789abcdef"
+
+
 def test_absurdly_nested_json_is_a_400_not_a_500() -> None:
-    hs = Hindsight(admin_token="t")
+    hs = Hindsight(admin_token=LONG_T)
     app = HindsightWSGIMiddleware(lambda environ, start_response: [], hindsight=hs)
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
         response = client.post(
-            "/_hindsight/rules", headers={"Authorization": "Bearer t"}, content=b"[" * 30000
+            "/_hindsight/rules", headers={"Authorization": f"Bearer {LONG_T}"}, content=b"[" * 30000
         )
     assert response.status_code == 400
     assert response.json()["details"] == [{"field": "body", "error": "malformed JSON"}]
 
 
 def test_a_non_ascii_user_id_survives_the_wsgi_path() -> None:
-    hs = Hindsight(admin_token="t")
+    hs = Hindsight(admin_token=LONG_T)
     with httpx.Client(
         transport=httpx.WSGITransport(app=AdminWSGIApp(hs)), base_url="http://t"
     ) as client:
-        response = client.post("/users/jos%C3%A9/detail", headers={"Authorization": "Bearer t"})
+        response = client.post(
+            "/users/jos%C3%A9/detail", headers={"Authorization": f"Bearer {LONG_T}"}
+        )
     assert response.status_code == 201
     assert response.json()["match"] == {"user_id": "josé"}
 

@@ -29,7 +29,7 @@ __all__ = ["launch"]
 pytestmark = [pytest.mark.server, pytest.mark.timeout(60)]
 
 CLI = Path(sys.executable).with_name("hindsight-web")
-TOKEN = "cli-admin-token"
+TOKEN = "cli-admin-token-0123456789"
 READ_TOKEN = "cli-read-only-token"
 ADMIN = "/_hindsight"
 NO_TRACEBACK = "Traceback"

@@ -12,6 +12,7 @@ import pytest
 
 import hindsight_web
 from hindsight_web import Hindsight, HindsightMiddleware
+from hindsight_web.tokens import Caller
 
 from .apps import run_asgi
 from .conftest import ListHandler
@@ -50,9 +51,11 @@ def test_unknown_option_is_refused() -> None:
 
 
 def test_admin_token_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HINDSIGHT_ADMIN_TOKEN", "from-env")
-    assert Hindsight().admin_token == "from-env"
-    assert Hindsight(admin_token="given").admin_token == "given"
+    monkeypatch.setenv("HINDSIGHT_ADMIN_TOKEN", "from-env-0123456789")
+    assert Hindsight().tokens.identify(b"from-env-0123456789") == Caller("admin", False)
+    given = Hindsight(admin_token="given-0123456789ab").tokens
+    assert given.identify(b"given-0123456789ab") == Caller("admin", False)
+    assert given.identify(b"from-env-0123456789") is None
 
 
 def test_set_user_and_bind_outside_requests_do_nothing() -> None:

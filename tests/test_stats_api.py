@@ -19,7 +19,7 @@ from hindsight_web import Hindsight, HindsightMiddleware, HindsightWSGIMiddlewar
 from hindsight_web.histogram import RELATIVE_ERROR
 from hindsight_web.stats import hash_session
 
-TOKEN = "stats-token"
+TOKEN = "stats-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 Get = Callable[..., httpx.Response]
