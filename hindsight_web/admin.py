@@ -85,11 +85,12 @@ def admin_segments(path: str, admin: list[str], *, encoded: bool) -> list[str] |
 
     The path is normalised first (empty and "." segments dropped, ".." applied,
     percent-escapes decoded when `encoded`), so that `//_hindsight/rules` or
-    `/%5Fhindsight/rules` cannot reach an admin action without the token.
+    `/%5Fhindsight/rules` cannot reach an admin action without the token. Escapes of
+    bytes that are not UTF-8 become lone surrogates, which the admin refuses.
     """
     parts: list[str] = []
     for raw in path.split("/"):
-        part = unquote(raw, errors="replace") if encoded else raw
+        part = unquote(raw, errors="surrogateescape") if encoded else raw
         if part in ("", "."):
             continue
         if part == "..":
@@ -174,6 +175,14 @@ Action = Callable[["Hindsight", AdminRequest], AdminResponse]
 
 def _route(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     segments = request.segments
+    for segment in segments:
+        if not _is_utf8(segment):  # two different ids must never become the same one
+            raise AdminError(
+                400,
+                "the path has percent-escapes that are not UTF-8: escape each character's "
+                "UTF-8 bytes (e.g. é is %C3%A9)",
+                [{"field": "path", "error": "not UTF-8"}],
+            )
     if not segments and request.method in ("GET", "HEAD"):
         return 200, list(PAGE_HEADERS), dashboard.page(hs.admin_path or "")
     _authorize(hs, request)
@@ -254,6 +263,14 @@ def _authorize(hs: Hindsight, request: AdminRequest) -> None:
     if caller.read_only and request.method not in ("GET", "HEAD"):
         raise AdminError(403, f"the read-only token {caller.name!r} may only make GET calls")
     request.caller = caller
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _by(request: AdminRequest) -> str | None:
@@ -354,15 +371,17 @@ def _add_detail(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     backfill_s = _backfill_s(body.pop("backfill_s", None))
     rule = {"action": "detail", "match": {"user_id": user_id}, **body}
     try:
-        made = hs.book.add(hs.book.parse(rule), by=_by(request))
+        made = hs.book.parse(rule)
+        replaced = hs.book.replace_detail(made, user_id, by=_by(request))
     except RuleError as exc:
         raise AdminError(exc.status, str(exc), exc.details) from None
     answer = made.to_json()
+    answer["replaced"] = [old.id for old in replaced]  # the user's detail rules before
     if backfill_s is not None:  # what the user did in the last `backfill_s` seconds
         since = time.time() - backfill_s
         spec = search.parse_release({"match": {"user_id": user_id}, "since": since})
         answer["backfill"] = _release_window(hs, request, spec, note=body.get("note"))
-    return _json(201, answer)
+    return _json(200 if replaced else 201, answer)
 
 
 def _backfill_s(value: object) -> float | None:
@@ -509,12 +528,63 @@ def _body(request: AdminRequest, optional: bool = False) -> Any:
         raise AdminError(
             400, "missing body: expected a JSON object", [{"field": "body", "error": "missing"}]
         )
+    deepest = _nesting(request.body)
+    if deepest > MAX_DEPTH:
+        raise AdminError(
+            400,
+            f"JSON nested {deepest} levels deep: at most {MAX_DEPTH} are accepted",
+            [{"field": "body", "error": f"nested deeper than {MAX_DEPTH} levels"}],
+        )
     try:
-        return json.loads(request.body, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        return json.loads(
+            request.body, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys
+        )
+    except _DuplicateKey as exc:
+        raise AdminError(
+            400,
+            f"duplicate key {exc.key!r} in a JSON object: give each key once",
+            [{"field": exc.key, "error": "given twice"}],
+        ) from None
+    except (ValueError, RecursionError) as exc:
         raise AdminError(
             400, f"malformed JSON: {exc}", [{"field": "body", "error": "malformed JSON"}]
         ) from None
+
+
+MAX_DEPTH = 32
+"""The deepest nesting of arrays and objects an admin body may have."""
+
+# The parts of a JSON text that nest, and strings (skipped: brackets in them do not).
+_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _nesting(body: bytes) -> int:
+    """How deeply the arrays and objects of JSON text `body` nest (read without parsing,
+    so that no depth can exhaust the parser's stack)."""
+    depth = deepest = 0
+    for found in _NESTING.finditer(body):
+        token = found.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
 
 
 def _query_int(query: Mapping[str, str], name: str, default: int) -> int:

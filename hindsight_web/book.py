@@ -178,6 +178,41 @@ class RuleBook:
             self.active.discard(rule_id)  # gone from the store already
         return removed[0] if removed else None
 
+    def replace_detail(self, rule: Rule, user_id: str, by: str | None) -> list[Rule]:
+        """Put detail rule `rule` for `user_id` in force in place of that user's other
+        detail rules, in one change (audited: "replaced", then "added"); returns the
+        rules it replaced.
+
+        Raises:
+            KeyError: a live rule already has its id.
+            TooManyRules: `max_rules` are held already (besides those replaced).
+            store.StoreError: the store cannot be used now.
+        """
+        self.sync()
+        mine = [held.id for held in self.active.rules() if _details_user(held, user_id)]
+        now = self._clock()
+        replaced: list[Rule] = []
+
+        def plan(view: RulesView) -> Change:
+            replaced.clear()
+            change = Change(put=[_stored(rule, ADMIN)])
+            for rule_id in mine:
+                held = view.get(rule_id)
+                old = None if held is None else self._restore(held)
+                if old is not None and old.live(now) and _details_user(old, user_id):
+                    replaced.append(old)
+                    change.delete.append(rule_id)
+                    change.events.append(audit.event("replaced", old.to_json(now), by, now))
+            if view.get(rule.id) is not None:
+                raise KeyError(rule.id)
+            if view.count() - len(replaced) >= self.max_rules:
+                raise TooManyRules(self.max_rules)
+            change.events.append(audit.event("added", rule.to_json(now), by, now))
+            return change
+
+        self._commit(plan, {rule.id: rule})
+        return replaced
+
     def remove_detail(self, user_id: str, by: str | None) -> list[Rule]:
         """Take every ``detail`` rule of `user_id` out of force; returns those removed.
 

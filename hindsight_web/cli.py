@@ -645,6 +645,9 @@ def _detail_text(rule: dict[str, Any], backfill_s: float | None = None) -> str:
         f"detail on for user {_clean(str(user))!r} from {rule.get('level')}, "
         f"expires in {expires} (rule {rule['id']})"
     )
+    replaced = rule.get("replaced")
+    if replaced:
+        text += f"; it replaces rule{_s(len(replaced))} {', '.join(map(str, replaced))}"
     backfill = rule.get("backfill")
     if isinstance(backfill, dict):
         count = backfill["released"]

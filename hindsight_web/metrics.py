@@ -20,7 +20,7 @@ from .histogram import BOUNDS_MS
 from .stats import Stats
 from .stats_view import StatsView
 
-__all__ = ["CONTENT_TYPE", "render"]
+__all__ = ["CONTENT_TYPE", "RELEASE_KINDS", "release_kind", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The content type of `render`'s text."""
@@ -109,6 +109,17 @@ _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _LE = [repr(bound / 1000) for bound in BOUNDS_MS] + ["+Inf"]
 
 
+RELEASE_KINDS = ("exception", "status", "slow", "retro", "rule", "other")
+"""The values of the ``reason`` label of ``hindsight_releases_total``."""
+
+
+def release_kind(reason: str) -> str:
+    """The ``reason`` label of a release reason (``"rule:checkout-slow"`` -> ``"rule"``)."""
+    if reason.startswith("rule:"):
+        return "rule"
+    return reason if reason in RELEASE_KINDS else "other"
+
+
 def render(source: StatsView | Stats, counters: Mapping[str, int | float] | None = None) -> str:
     """The Prometheus text exposition of `source` (since start) and the core's counters.
 
@@ -120,7 +131,9 @@ def render(source: StatsView | Stats, counters: Mapping[str, int | float] | None
 
     Families: ``hindsight_requests_total``, ``hindsight_errors_total`` and
     ``hindsight_request_duration_seconds`` (a histogram) by ``method`` and ``route``;
-    ``hindsight_slow_total``; ``hindsight_releases_total`` by ``reason``;
+    ``hindsight_slow_total``; ``hindsight_releases_total`` by ``reason`` (one of
+    `RELEASE_KINDS`: every rule counts as ``rule``, so that rule ids, made anew by
+    each detail rule, never become label values);
     ``hindsight_routes`` (the largest route table), ``hindsight_sessions`` and
     ``hindsight_processes`` (gauges) and ``hindsight_sessions_evicted_total``; then
     one metric per counter (``records_captured`` ->
@@ -170,8 +183,12 @@ def _lines(view: StatsView) -> Iterator[str]:
     yield from _head(
         "hindsight_releases_total", "counter", "Requests whose buffered records were written out."
     )
-    for reason, n in sorted(snap.releases_by_reason.items()):
-        yield f'hindsight_releases_total{{reason="{_label(reason)}"}} {n}'
+    by_reason: dict[str, int] = {}
+    for reason, n in snap.releases_by_reason.items():
+        kind = release_kind(reason)
+        by_reason[kind] = by_reason.get(kind, 0) + n
+    for kind, n in sorted(by_reason.items()):
+        yield f'hindsight_releases_total{{reason="{kind}"}} {n}'
 
     name = "hindsight_request_duration_seconds"
     yield from _head(name, "histogram", "Request duration until the last body byte, by route.")

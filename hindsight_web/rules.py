@@ -92,6 +92,7 @@ _MAX_IDENTITY = 256
 _HASHED_SESSION = re.compile(r"[0-9a-f]{16}")  # as `redact.hash_session` makes them
 _MAX_HEADERS = 20
 _MAX_PROBLEMS = 100
+_MIN_TTL_S = 1.0  # the shortest a rule may live: one that expires at once never acts
 _MAX_TTL_S = 10 * 365 * 86400.0
 _MAX_PRIORITY = 1_000_000_000
 _MAX_LEVEL = 1000
@@ -849,8 +850,13 @@ def _parse_ttl(p: _Problems, value: object) -> float | None:
     if value is None:
         return None
     ttl = _number(p, "ttl_s", value)
-    if ttl is not None and not 0 < ttl <= _MAX_TTL_S:
-        p.wrong_value("ttl_s", value, f"expected a number of seconds > 0 and <= {_MAX_TTL_S:.0f}")
+    if ttl is not None and not _MIN_TTL_S <= ttl <= _MAX_TTL_S:
+        p.wrong_value(
+            "ttl_s",
+            value,
+            f"expected a number of seconds from {_MIN_TTL_S:g} to {_MAX_TTL_S:.0f} (a rule that "
+            "expires at once could never act)",
+        )
         return None
     return ttl
 
@@ -879,10 +885,20 @@ def _window(
         p.wrong_value("ttl_s", obj["ttl_s"], "give either 'ttl_s' or 'expires_at', not both")
     elif ttl is not None:
         expires = _canonical(begin + ttl)
-    elif expires is not None and not stored and expires <= now:
-        p.wrong_value("expires_at", raw_expires, f"expected a time after now ({_iso(now)})")
-    elif expires is not None and not stored and starts is not None and expires <= starts:
-        p.wrong_value("expires_at", raw_expires, "expected a time after 'starts_at'")
+    elif expires is not None and not stored and expires < now + _MIN_TTL_S:
+        p.wrong_value(
+            "expires_at",
+            raw_expires,
+            f"expected a time at least {_MIN_TTL_S:g} s after now ({_iso(now)})",
+        )
+    elif (
+        expires is not None and not stored and starts is not None and expires < starts + _MIN_TTL_S
+    ):
+        p.wrong_value(
+            "expires_at",
+            raw_expires,
+            f"expected a time at least {_MIN_TTL_S:g} s after 'starts_at'",
+        )
     if action != "detail":
         return starts, expires
     if expires is None and raw_expires is None:  # detail rules must end: the default ttl

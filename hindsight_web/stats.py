@@ -536,7 +536,9 @@ class Stats:
 
     def _count_reason(self, slot: _Slot, reason: str | None) -> None:
         reason = reason or "unknown"
-        if reason not in self._reasons:
+        if reason not in self._reasons and reason.startswith("rule:"):
+            # Rule ids come and go (a detail rule per support call): at most
+            # _MAX_REASONS of them are counted apart; the built-in reasons always are.
             if len(self._reasons) >= _MAX_REASONS:
                 reason = OTHER
             self._reasons.add(reason)

@@ -436,6 +436,7 @@ def test_post_user_detail_makes_a_detail_rule(
     response = client.admin("POST", "/users/u1/detail", json_body=body)
     assert response.status_code == 201, response.text
     rule = response.json()
+    assert rule.pop("replaced") == []
     assert rule["action"] == "detail"
     assert rule["match"] == {"user_id": "u1"}
     assert rule["level"] == level
@@ -474,6 +475,24 @@ def test_post_user_detail_refused(make: Make, body: Any, status: int, field: Any
     assert client.audit() == audit
 
 
+def test_post_user_detail_again_replaces_that_users_detail_rule_and_says_so(make: Make) -> None:
+    client = make()
+    first = client.admin("POST", "/users/u1/detail", json_body={"ttl_s": 60})
+    assert first.status_code == 201, first.text
+    other = client.admin("POST", "/users/u2/detail").json()["id"]
+    again = client.admin("POST", "/users/u1/detail", json_body={"ttl_s": 900, "level": "INFO"})
+    assert again.status_code == 200, again.text
+    assert again.json()["replaced"] == [first.json()["id"]]
+    assert lifetime(again.json()) == pytest.approx(900, abs=0.01)
+    details = {r["id"]: r for r in client.rules() if r["action"] == "detail"}
+    assert sorted(details) == sorted([again.json()["id"], other])
+    events = client.audit()
+    assert [(e["action"], e["rule"]["id"]) for e in events[:2]] == [
+        ("added", again.json()["id"]),
+        ("replaced", first.json()["id"]),
+    ]
+
+
 def test_max_detail_ttl_below_the_default_detail_ttl_still_accepts_rules(make: Make) -> None:
     client = make(max_detail_ttl_s=100)
     post_rule(client, {"id": "rel", "action": "release", "match": {"path": "/fast"}})
@@ -486,7 +505,8 @@ def test_max_detail_ttl_below_the_default_detail_ttl_still_accepts_rules(make: M
 def test_delete_user_detail_removes_every_detail_rule_of_that_user(make: Make) -> None:
     client = make()
     first = client.admin("POST", "/users/u1/detail").json()["id"]
-    second = client.admin("POST", "/users/u1/detail", json_body={"ttl_s": 60}).json()["id"]
+    second = "u1-second"
+    post_rule(client, {"id": second, "action": "detail", "match": {"user_id": "u1"}, "ttl_s": 60})
     other = client.admin("POST", "/users/u2/detail").json()["id"]
     post_rule(client, {"id": "u1-release", "action": "release", "match": {"user_id": "u1"}})
     response = client.admin("DELETE", "/users/u1/detail")
@@ -1109,7 +1129,9 @@ def test_absurdly_nested_json_is_a_400_not_a_500() -> None:
             "/_hindsight/rules", headers={"Authorization": f"Bearer {LONG_T}"}, content=b"[" * 30000
         )
     assert response.status_code == 400
-    assert response.json()["details"] == [{"field": "body", "error": "malformed JSON"}]
+    assert response.json()["details"] == [
+        {"field": "body", "error": "nested deeper than 32 levels"}
+    ]
 
 
 def test_a_non_ascii_user_id_survives_the_wsgi_path() -> None:

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hindsight_web.histogram import BOUNDS_MS
-from hindsight_web.metrics import CONTENT_TYPE, render
+from hindsight_web.metrics import CONTENT_TYPE, RELEASE_KINDS, render
 from hindsight_web.stats import OTHER, RequestRecord, Stats
 from hindsight_web.stats_view import StatsView, retire
 
@@ -116,10 +116,27 @@ def test_slow_and_release_counters_equal_the_traffic(known: Any) -> None:
     expected: dict[tuple[tuple[str, str], ...], float] = {}
     for r in records:
         if r.released:
-            key = (("reason", r.reason or ""),)
+            kind = "rule" if (r.reason or "").startswith("rule:") else r.reason or ""
+            key = (("reason", kind),)
             expected[key] = expected.get(key, 0) + 1
     assert releases == expected
     assert len(expected) == 3
+
+
+def test_release_reasons_are_a_bounded_set_of_label_values() -> None:
+    stats = Stats()
+    for i in range(300):  # a detail rule per support call: a new id each time
+        stats.record(req(5.0, released=True, reason=f"rule:{i:012x}"))
+    stats.record(req(5.0, released=True, reason="retro"))
+    stats.record(req(5.0, released=True, reason="something-new"))
+    text = render(stats, {})
+    labels = {
+        s.labels["reason"]
+        for s in parsed(text)["hindsight_releases"].samples
+        if s.name == "hindsight_releases_total"
+    }
+    assert labels == {"rule", "retro", "other"}
+    assert labels <= set(RELEASE_KINDS)
 
 
 def test_duration_histogram_is_cumulative_and_exact(known: Any) -> None:
