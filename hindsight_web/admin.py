@@ -22,9 +22,9 @@ from urllib.parse import unquote
 
 from . import audit, dashboard, errors, metrics, search
 from ._version import __version__
-from .rules import RuleError
+from .rules import RuleError, iso_moment
 from .stats import iso
-from .store import StoreError
+from .store import AUDIT_KEPT, StoreError
 from .tokens import Caller
 
 if TYPE_CHECKING:
@@ -471,9 +471,40 @@ def _remove_detail(hs: Hindsight, request: AdminRequest) -> AdminResponse:
 
 
 def _audit(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    limit = query_limit(request.query, default=100)
-    events, stale = hs.book.audit(limit)
+    """The audit trail, newest first: ``limit`` events (100) of those kept, filtered by
+    ``by`` (a token's name), ``action`` and ``since`` / ``until``."""
+    query = request.query
+    limit = query_limit(query, default=100)
+    now = time.time()
+    since = _checked(lambda t: search.parse_time("since", t, now), query.get("since", 0))
+    until = _checked(lambda t: search.parse_time("until", t, now), query.get("until", "now"))
+    by = query.get("by")
+    action = query.get("action")
+    if action is not None and action not in audit.ACTIONS:
+        allowed = ", ".join(audit.ACTIONS)
+        raise AdminError(
+            400,
+            f"invalid 'action' {action!r}: expected one of {allowed}",
+            [{"field": "action", "error": f"expected one of {allowed}"}],
+        )
+    filtered = by is not None or action is not None or "since" in query or "until" in query
+    events, stale = hs.book.audit(AUDIT_KEPT if filtered else limit)
+    if filtered:
+        events = [
+            e
+            for e in events
+            if (by is None or e.get("by") == by)
+            and (action is None or e.get("action") == action)
+            and since <= _epoch(e.get("at")) <= until
+        ][:limit]
     return _json(200, _marked({"events": events}, stale))
+
+
+def _epoch(at: object) -> float:
+    try:
+        return iso_moment(at).timestamp() if isinstance(at, str) else -1.0
+    except ValueError:
+        return -1.0
 
 
 def _stats(hs: Hindsight, request: AdminRequest) -> AdminResponse:

@@ -8,9 +8,12 @@ from typing import Any
 from .escaping import escape
 from .stats import iso
 
-__all__ = ["event", "log", "released"]
+__all__ = ["ACTIONS", "event", "log", "released"]
 
 logger = logging.getLogger("hindsight_web")
+
+ACTIONS = ("added", "removed", "replaced", "expired", "released")
+"""The actions of audit events."""
 
 
 def event(action: str, rule: dict[str, Any], by: str | None, now: float) -> dict[str, Any]:

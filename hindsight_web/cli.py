@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from ._version import __version__
+from .audit import ACTIONS as AUDIT_ACTIONS
 
 if TYPE_CHECKING:
     import httpx
@@ -301,7 +302,14 @@ def undetail(api: Api, args: argparse.Namespace) -> int:
 
 def audit(api: Api, args: argparse.Namespace) -> int:
     """``audit``: the rule changes, newest first."""
-    answer = api.call("GET", "/audit", params={"limit": args.limit})
+    given = {
+        "limit": args.limit,
+        "by": args.by,
+        "action": args.action,
+        "since": args.since,
+        "until": args.until,
+    }
+    answer = api.call("GET", "/audit", params={k: v for k, v in given.items() if v is not None})
     return _emit(args, answer, lambda answer: _audit_table(answer["events"]))
 
 
@@ -925,6 +933,10 @@ def _parser() -> argparse.ArgumentParser:
         commands, "audit", audit, "rule changes and releases from the window, newest first"
     )
     trail.add_argument("--limit", type=_positive_int, metavar="N", help="at most N events")
+    trail.add_argument("--by", metavar="NAME", help="only the changes of this token's name")
+    trail.add_argument("--action", choices=AUDIT_ACTIONS, help="only this kind of event")
+    trail.add_argument("--since", type=parse_moment, metavar="TIME", help=TIME_FORMS)
+    trail.add_argument("--until", type=parse_moment, metavar="TIME", help=TIME_FORMS)
     numbers = command(commands, "stats", stats, "request statistics per route")
     which = numbers.add_mutually_exclusive_group()
     which.add_argument("--slow", action="store_true", help="the slowest requests")
