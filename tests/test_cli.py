@@ -304,7 +304,7 @@ def test_a_bad_ttl_is_a_usage_error_naming_the_forms(env: dict[str, str], ttl: s
 # -- audit and stats -------------------------------------------------------------------------
 
 
-def test_audit_shows_additions_and_removals_with_the_caller(env: dict[str, str]) -> None:
+def test_audit_shows_changes_by_token_name_and_filters_them(env: dict[str, str]) -> None:
     rule = {"id": "cli-audit", "action": "drop", "note": "noisy probe"}
     assert run("rules", "add", json.dumps(rule), env=env).returncode == 0
     assert run("rules", "rm", "cli-audit", env=env).returncode == 0
@@ -313,9 +313,17 @@ def test_audit_shows_additions_and_removals_with_the_caller(env: dict[str, str])
     assert done.returncode == 0, done.stderr
     mine = [row for row in rows(done.stdout) if row["rule id"] == "cli-audit"]
     assert [(row["action"], row["by"], row["note"]) for row in mine] == [
-        ("removed", "127.0.0.1", "noisy probe"),
-        ("added", "127.0.0.1", "noisy probe"),
+        ("removed", "admin", "noisy probe"),
+        ("added", "admin", "noisy probe"),
     ]
+
+    removed = run("audit", "--action", "removed", "--by", "admin", "--since", "5m", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert {row["action"] for row in rows(removed.stdout)} == {"removed"}
+    assert "cli-audit" in [row["rule id"] for row in rows(removed.stdout)]
+    nobody = run("audit", "--by", "someone-else", env=env)
+    assert nobody.returncode == 0, nobody.stderr
+    assert nobody.stdout.strip() == "no rule changes"
 
 
 def test_stats_show_routes_slow_requests_and_sessions(app: Server, env: dict[str, str]) -> None:
@@ -610,7 +618,7 @@ def test_release_writes_the_records_once_and_a_second_release_writes_nothing(
     trail = rows(run("audit", "--limit", "50", env=env).stdout)
     [mine] = [r for r in trail if r["action"] == "released" and r["note"] == "ticket 9"]
     assert mine["count"] == "2"
-    assert mine["by"] == "127.0.0.1"
+    assert mine["by"] == "admin"
     assert mine["rule id"] == "-"
     assert json.loads(mine["query"])["match"] == {"user_id": user}
 
