@@ -1012,10 +1012,11 @@ def test_every_question_is_seen_by_a_reader_polling_while_they_are_posted(
 
     def poll() -> None:
         after = start
-        while not done.is_set() or len(seen) < 100:
+        while True:
+            finished = done.is_set()  # before the read: a read begun earlier may miss the last
             after, found = reader.queries_after(after)
             seen.extend(query_id for query_id, _ in found)
-            if done.is_set() and not found:
+            if finished and not found:
                 break
 
     thread = threading.Thread(target=poll)
