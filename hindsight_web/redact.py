@@ -228,8 +228,13 @@ class Redactor:
             return self.text(formatted(msg, args)), ()
         if not args:
             return msg, args
-        if type(args) is not tuple:  # the one mapping of log.debug("%(a)s", {...})
+        if type(args) is not tuple:  # a mapping kept as the record's args
             return msg, self._mapping(args, plan.slots)
+        if len(args) == 1 and isinstance(args[0], Mapping) and 0 not in plan.slots:
+            # log.debug("%(user)s %(password)s", {...}): the mapping's secret keys
+            args = (self._mapping(args[0], plan.slots),)
+            if not self.patterns:
+                return msg, args
         kept = []
         other = False
         for i, arg in enumerate(args):
