@@ -487,6 +487,12 @@ def _audit(hs: Hindsight, request: AdminRequest) -> AdminResponse:
             f"invalid 'action' {action!r}: expected one of {allowed}",
             [{"field": "action", "error": f"expected one of {allowed}"}],
         )
+    if since > until:
+        raise AdminError(
+            400,
+            "invalid 'since': after 'until'",
+            [{"field": "since", "error": "after 'until'"}],
+        )
     filtered = by is not None or action is not None or "since" in query or "until" in query
     events, stale = hs.book.audit(AUDIT_KEPT if filtered else limit)
     if filtered:
@@ -559,7 +565,15 @@ def _body(request: AdminRequest, optional: bool = False) -> Any:
         raise AdminError(
             400, "missing body: expected a JSON object", [{"field": "body", "error": "missing"}]
         )
-    deepest = _nesting(request.body)
+    try:
+        body = request.body.decode("utf-8")  # as JSON's own rule says, and as scanned below
+    except UnicodeDecodeError:
+        raise AdminError(
+            400,
+            "the body is not UTF-8: send JSON encoded as UTF-8",
+            [{"field": "body", "error": "not UTF-8"}],
+        ) from None
+    deepest = _nesting(body)
     if deepest > MAX_DEPTH:
         raise AdminError(
             400,
@@ -567,9 +581,7 @@ def _body(request: AdminRequest, optional: bool = False) -> Any:
             [{"field": "body", "error": f"nested deeper than {MAX_DEPTH} levels"}],
         )
     try:
-        return json.loads(
-            request.body, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys
-        )
+        return json.loads(body, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
         raise AdminError(
             400,
@@ -585,20 +597,21 @@ def _body(request: AdminRequest, optional: bool = False) -> Any:
 MAX_DEPTH = 32
 """The deepest nesting of arrays and objects an admin body may have."""
 
-# The parts of a JSON text that nest, and strings (skipped: brackets in them do not).
-_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+# The parts of a JSON text that nest, and strings (skipped: brackets in them do not;
+# one left open runs to the end, so that no text makes the search go back).
+_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 
 
-def _nesting(body: bytes) -> int:
+def _nesting(body: str) -> int:
     """How deeply the arrays and objects of JSON text `body` nest (read without parsing,
-    so that no depth can exhaust the parser's stack)."""
+    so that no depth can exhaust the parser's stack), in one pass."""
     depth = deepest = 0
     for found in _NESTING.finditer(body):
         token = found.group()
-        if token in (b"[", b"{"):
+        if token in ("[", "{"):
             depth += 1
             deepest = max(deepest, depth)
-        elif token in (b"]", b"}"):
+        elif token in ("]", "}"):
             depth -= 1
     return deepest
 

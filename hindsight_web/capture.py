@@ -53,7 +53,7 @@ from typing import Any
 from . import errors
 from .buffer import ENTRY_OVERHEAD, SCALARS, call_size, keep, make_room
 from .context import RequestState, _current, new_cell, of_exception
-from .messages import text
+from .messages import Shown, text
 from .redact import CLEAN
 from .release import delivering, write_live
 
@@ -436,7 +436,7 @@ def _freeze(value: Any, depth: int = 0) -> Any:
             return {k: _freeze(v, depth + 1) for k, v in value.items()}
         if kind is set:
             return {_freeze(v, depth + 1) for v in value}
-    return _Shown(value)
+    return Shown.of(value)
 
 
 def _freeze_extra(extra: Mapping[str, object]) -> dict[str, object]:
@@ -447,32 +447,6 @@ def _freeze_extra(extra: Mapping[str, object]) -> dict[str, object]:
         kind = type(value)
         kept[key] = _freeze(value) if kind in (list, dict, set, tuple) else value
     return kept
-
-
-class _Shown:
-    """An argument as formatting reads it, taken at log time: its `str` and `repr`."""
-
-    __slots__ = ("rep", "text")
-
-    def __init__(self, value: object) -> None:
-        self.text = _safely(str, value)
-        self.rep = _safely(repr, value)
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __repr__(self) -> str:
-        return self.rep
-
-    def __format__(self, spec: str) -> str:
-        return format(self.text, spec)
-
-
-def _safely(convert: Callable[[object], str], value: object) -> str:
-    try:
-        return convert(value)
-    except Exception as exc:
-        return f"<{type(value).__name__}: {convert.__name__}() raised {type(exc).__name__}>"
 
 
 # -- records made by the logger ------------------------------------------------------------

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .messages import text as formatted
+from .messages import Shown, formatted, text
 
 __all__ = ["BUILT_IN_KEYS", "CLEAN", "REDACTED", "Plan", "Redactor", "hash_session"]
 
@@ -66,19 +67,25 @@ _MAX_PLANNED = 1000  # longer format strings are planned at each call, never cac
 _MAX_KEY = 100
 
 # Between a key and its value ("=" or ":"), and the value of a key shape.
-_SEPARATOR = re.compile(r"[ \t]*[=:][ \t]*")
+# (A comma between two quoted texts separates a pair: ('Authorization', 'Bearer ...').)
+_SEPARATOR = re.compile(r"""[ \t]*[=:][ \t]*|(?<=["'])[ \t]*,[ \t]*(?=\\?["'])""")
 _VALUE = re.compile(
     r"""(?:"(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?)"""
     r"""|(?:(?:bearer|basic|digest|token|negotiate|bot)[ \t]+)?[^\s&,;"'}\])]*""",
     re.IGNORECASE,
 )
+# The password of a URL (postgres://user:secret@host/db), a bearer token written alone.
+_USERINFO = re.compile(r"(?<=://)([^/\s:@]*):([^/\s@]+)@")
+_BEARER = re.compile(r"(\bbearer[ \t]+)[^\s\"',;]{4,}", re.IGNORECASE)
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 # A %-format placeholder (Python's printf-style formatting).
 _PLACEHOLDER = re.compile(
-    r"%(?:\((?P<key>[^)]*)\))?[#0 +-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?"
+    r"%(?:\((?P<key>[^)%]{0,100})\))?[#0 +-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?"
     r"(?P<conv>[diouxXeEfFgGcrsa%])"
 )
 _SCALARS = frozenset((int, float, bool, type(None), complex))
+_KEY_END = re.compile(r"""["']?[ \t]*[=:]""")  # after a placeholder: it fills a key
+_MAX_DEPTH = 8  # levels of containers walked
 
 
 class Plan:
@@ -88,13 +95,16 @@ class Plan:
         slots: the positions (ints) or mapping keys (strs) of the arguments that
             fill the value of a key shape.
         whole: the message must be formatted to be redacted (a literal value).
+        keyed: an argument is followed by ``=`` or ``:`` (``"%s=%s"``): it may be a
+            key, so the formatted message is looked at.
     """
 
-    __slots__ = ("slots", "whole")
+    __slots__ = ("keyed", "slots", "whole")
 
-    def __init__(self, slots: frozenset[int | str], whole: bool) -> None:
+    def __init__(self, slots: frozenset[int | str], whole: bool, keyed: bool = False) -> None:
         self.slots = slots
         self.whole = whole
+        self.keyed = keyed
 
 
 CLEAN = Plan(frozenset(), False)
@@ -176,34 +186,53 @@ class Redactor:
 
     def secret(self, name: str) -> bool:
         """Whether a field called `name` holds a secret (its name contains a key)."""
-        return self.mentions(name)
+        low = name.lower()
+        return self._words.search(low) is not None and self._mention.search(low) is not None
 
     def mentions(self, value: str) -> bool:
-        """Whether `value` holds a key anywhere (ignoring case and separators)."""
+        """Whether `value` holds a key anywhere (ignoring case and separators), a URL's
+        password or a bearer token: what `text` may redact besides the patterns."""
         low = value.lower()
-        return self._words.search(low) is not None and self._mention.search(low) is not None
+        if self._words.search(low) is not None and self._mention.search(low) is not None:
+            return True
+        if "://" in value and "@" in value and _USERINFO.search(value) is not None:
+            return True
+        return "bearer" in low and _BEARER.search(value) is not None
 
     def text(self, value: str) -> str:
         """`value` with the values of its key shapes and the matches of the patterns
         redacted; `value` itself when nothing is."""
-        if self.mentions(value):
+        low = value.lower()
+        if self._words.search(low) is not None and self._mention.search(low) is not None:
             value = self._shapes(value)
+        if "://" in value and "@" in value:
+            value = _USERINFO.sub(r"\1:" + REDACTED + "@", value)
+        if "bearer" in low:
+            value = _BEARER.sub(r"\1" + REDACTED, value)
         for pattern in self.patterns:
             value = pattern.sub(REDACTED, value)
         return value
 
     def value(self, value: Any, depth: int = 0) -> Any:
-        """A copy of `value` redacted: texts as `text`, in dicts the values of secret
-        keys replaced, lists, tuples and sets walked (3 levels deep); other objects as
+        """A copy of `value` redacted: texts as `text`, in mappings the values of secret
+        keys replaced, lists, tuples and sets walked (and a pair whose first item is a
+        secret name, as headers come, its second item replaced), what formatting read of
+        an object at log time (`messages.Shown`) redacted as text; other objects as
         they are."""
         kind = type(value)
         if kind is str:
             return self.text(value)
-        if depth >= 3 or kind in _SCALARS:
+        if kind in _SCALARS:
             return value
-        if kind is dict:
+        if kind is Shown:
+            return Shown(self.text(value.text), self.text(value.rep))
+        if depth >= _MAX_DEPTH:
+            return value
+        if isinstance(value, Mapping):
             return self.fields(value, depth + 1)
         if kind in (list, tuple, set, frozenset):
+            if kind in (list, tuple) and len(value) == 2 and self._names_secret(value[0]):
+                return kind((value[0], REDACTED))
             return kind(self.value(v, depth + 1) for v in value)
         return value
 
@@ -211,9 +240,14 @@ class Redactor:
         """A copy of `fields` with the values of secret names replaced, the others as
         `value` redacts them."""
         return {
-            k: REDACTED if type(k) is str and self.secret(k) else self.value(v, depth)
+            k: REDACTED if self._names_secret(k) else self.value(v, depth)
             for k, v in fields.items()
         }
+
+    def _names_secret(self, name: object) -> bool:
+        if type(name) is bytes:
+            name = name.decode("latin-1")
+        return type(name) is str and self.secret(name)
 
     # -- log calls ------------------------------------------------------------------
 
@@ -221,38 +255,46 @@ class Redactor:
         """The message and arguments of a log call to keep: redacted, the format and the
         arguments kept apart when it can be, else the message formatted."""
         if type(msg) is not str:
-            msg = self.value(msg)
-            return (msg, self.value(args)) if args else (msg, args)
+            if isinstance(msg, Mapping):  # an event dict (structlog)
+                return self.fields(msg), (self.value(args) if args else args)
+            return self._formatted(text(msg, args), msg, args)
+        if len(msg) > _MAX_PLANNED:  # too long to plan: formatted, then redacted
+            return self._formatted(text(msg, args), msg, args)
         plan = self.plan(msg)
-        if plan.whole:
-            return self.text(formatted(msg, args)), ()
         if not args:
-            return msg, args
+            return (msg, args) if plan is CLEAN else self._formatted(msg, msg, args)
+        if plan.whole:
+            shown = formatted(msg, args)
+            if shown is None:  # cannot be formatted: what fails shows the arguments
+                return self.text(msg), tuple(REDACTED for _ in args)
+            return self.text(shown), ()
         if type(args) is not tuple:  # a mapping kept as the record's args
             return msg, self._mapping(args, plan.slots)
+        look = plan.keyed or bool(self.patterns)
         if len(args) == 1 and isinstance(args[0], Mapping) and 0 not in plan.slots:
             # log.debug("%(user)s %(password)s", {...}): the mapping's secret keys
             args = (self._mapping(args[0], plan.slots),)
-            if not self.patterns:
-                return msg, args
-        kept = []
-        other = False
-        for i, arg in enumerate(args):
-            kind = type(arg)
-            if i in plan.slots:
-                arg = REDACTED
-            elif kind is str:
-                arg = self.text(arg)
-            elif kind not in _SCALARS:
-                other = True
-            kept.append(arg)
-        args = tuple(kept)
-        if other or self.patterns:  # what the formatted message shows is what counts
-            shown = formatted(msg, args)
-            redacted = self.text(shown)
-            if redacted is not shown and redacted != shown:
-                return redacted, ()
+        else:
+            kept = []
+            for i, arg in enumerate(args):
+                kind = type(arg)
+                if i in plan.slots:
+                    arg = REDACTED
+                elif kind is str:
+                    arg = self.text(arg)
+                elif kind not in _SCALARS:
+                    look = True
+                kept.append(arg)
+            args = tuple(kept)
+        if look:  # what the formatted message shows is what counts
+            return self._formatted(text(msg, args), msg, args)
         return msg, args
+
+    def _formatted(self, shown: str, msg: object, args: Any) -> tuple[object, Any]:
+        """The formatted message `shown` redacted, if redacting changes it; else `msg` and
+        `args` as they are."""
+        redacted = self.text(shown)
+        return (redacted, ()) if redacted != shown else (msg, args)
 
     def plan(self, msg: str) -> Plan:
         """The plan of format string `msg` (cached)."""
@@ -268,26 +310,36 @@ class Redactor:
         return plan
 
     def _plan(self, msg: str) -> Plan:
-        if not self.mentions(msg):
-            return CLEAN
-        slots: set[int | str] = set()
-        placeholders = []
+        placeholders = []  # (start, end, slot, conversion)
+        keyed = False
         index = 0
-        for found in _PLACEHOLDER.finditer(msg):
-            if found.group("conv") == "%":
-                continue
-            key = found.group("key")
-            placeholders.append((found.start(), found.end(), index if key is None else key))
-            index += 1
+        if "%" in msg:
+            for found in _PLACEHOLDER.finditer(msg):
+                conversion = found.group("conv")
+                if conversion == "%":
+                    continue
+                index += found.group().count("*")  # a * width or precision takes an argument
+                key = found.group("key")
+                slot = index if key is None else key
+                placeholders.append((found.start(), found.end(), slot, conversion))
+                index += 1
+                # "%s=%s", "header %s: %s": an argument may be a key
+                keyed = keyed or _KEY_END.match(msg, found.end()) is not None
+        if not self.mentions(msg):
+            return Plan(frozenset(), False, keyed) if keyed else CLEAN
+        if ("://" in msg and _USERINFO.search(msg)) or _BEARER.search(msg):
+            return Plan(frozenset(), True, keyed)  # a URL's password, a token: formatted
+        starts = [p[0] for p in placeholders]
+        slots: set[int | str] = set()
         for start, end, _ in self._secret_values(msg):
-            inside = [p for p in placeholders if start <= p[0] < end]
+            inside = placeholders[bisect_left(starts, start) : bisect_left(starts, end)]
             rest = msg[start:end]
-            for p_start, p_end, _ in reversed(inside):
+            for p_start, p_end, _, _ in reversed(inside):
                 rest = rest[: p_start - start] + rest[p_end - start :]
-            if rest.strip("\"' \t"):  # a literal value, or text around the placeholders
-                return Plan(frozenset(), True)
-            slots.update(slot for _, _, slot in inside)
-        return Plan(frozenset(slots), False) if slots else CLEAN
+            if rest.strip("\"' \t") or any(p[3] not in "sra" for p in inside):
+                return Plan(frozenset(), True, keyed)  # a literal value, a number: formatted
+            slots.update(p[2] for p in inside)
+        return Plan(frozenset(slots), False, keyed) if slots or keyed else CLEAN
 
     def _mapping(self, args: Any, slots: frozenset[int | str]) -> Any:
         if not isinstance(args, Mapping):
@@ -307,6 +359,8 @@ class Redactor:
             if at < done:
                 continue  # inside a value already found
             name_end = at - 1 if at > 0 and value[at - 1] in "\"'" else at
+            if name_end < at and name_end > 0 and value[name_end - 1] == "\\":
+                name_end -= 1  # JSON in a string: {\"password\": \"...\"}
             name_start = name_end
             while name_start > 0 and value[name_start - 1] in _NAME_CHARS:
                 name_start -= 1
@@ -316,7 +370,12 @@ class Redactor:
             found = _VALUE.match(value, start)
             end = start if found is None else found.end()
             quote = value[start : start + 1]
-            if quote in ("'", '"') and end > start:
+            escaped = value[start : start + 2]
+            if escaped in ('\\"', "\\'"):  # an escaped quote opens it: up to the next one
+                close = value.find(escaped, start + 2)
+                end = len(value) if close < 0 else close + 2
+                replacement = escaped + REDACTED + (escaped if close >= 0 else "")
+            elif quote in ("'", '"') and end > start:
                 closed = end - start > 1 and value[end - 1] == quote
                 replacement = quote + REDACTED + (quote if closed else "")
             else:

@@ -83,6 +83,7 @@ _MAX_ROUTE = 300  # a longer route template is counted under (other)
 _MAX_FOLDED = 200  # route_of() folds at most this many characters of a path
 _MAX_PATH_KEPT = 1000  # characters of the path kept with a slow request
 _MAX_REASONS = 100
+_BUILT_IN_REASONS = frozenset(("exception", "status", "slow", "retro", "unknown"))
 _FOLD_CACHE = 4096
 _LIMIT_MAX = 1000
 _WINDOWS = ("all", "recent")
@@ -536,7 +537,7 @@ class Stats:
 
     def _count_reason(self, slot: _Slot, reason: str | None) -> None:
         reason = reason or "unknown"
-        if reason not in self._reasons and reason.startswith("rule:"):
+        if reason not in self._reasons and reason not in _BUILT_IN_REASONS:
             # Rule ids come and go (a detail rule per support call): at most
             # _MAX_REASONS of them are counted apart; the built-in reasons always are.
             if len(self._reasons) >= _MAX_REASONS:

@@ -10,12 +10,15 @@ that every token can be sent in a header as it is configured and none is short
 enough to guess. A client that sends a wrong token is logged at most once a minute,
 and after `MAX_FAILURES` wrong tokens within `WINDOW_S` seconds it is answered 429
 until that minute is over, whatever it sends: at most `MAX_FAILURES` guesses a
-minute per client address.
+minute per client address (an IPv6 address counts by its /64). Behind a proxy, let the
+server take the client's address from the proxy's header (uvicorn and gunicorn
+``--forwarded-allow-ips``), or every client shares the proxy's.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -123,9 +126,9 @@ def parse_tokens(admin_token: object, admin_read_token: object, admin_tokens: ob
     if admin_tokens is not None:
         if not isinstance(admin_tokens, Mapping):
             raise ValueError(
-                f"invalid 'admin_tokens' {admin_tokens!r}: expected a mapping of names to "
-                'tokens, e.g. {"support-desk": "<token>", "sre-oncall": {"token": "<token>", '
-                '"access": "read-only"}}'
+                f"invalid 'admin_tokens' (a {type(admin_tokens).__name__}): expected a mapping "
+                'of names to tokens, e.g. {"support-desk": "<token>", "sre-oncall": '
+                '{"token": "<token>", "access": "read-only"}}'
             )
         for name, value in admin_tokens.items():
             field = f"admin_tokens[{name!r}]"
@@ -185,8 +188,9 @@ def _token(field: str, value: object) -> str:
         )
     if not _TOKEN.fullmatch(value):
         raise ValueError(
-            f"invalid {field}: a token is printable ASCII without spaces (it is sent as "
-            "'Authorization: Bearer <token>', and could never match otherwise)"
+            f"invalid {field}: a token is printable ASCII without spaces or other whitespace "
+            "around it (it is sent as 'Authorization: Bearer <token>', and could never match "
+            "otherwise)"
         )
     if len(value) < MIN_LENGTH:
         raise ValueError(
@@ -211,19 +215,20 @@ class Failures:
 
     def refused_for(self, client: str | None) -> float:
         """Seconds `client` must wait before it may try again; 0 when it may now."""
+        key = _key(client)
         with self._lock:
-            entry = self._clients.get(client or "")
+            entry = self._clients.get(key)
             if entry is None:
                 return 0.0
             left = entry[0] + WINDOW_S - self._now()
             if left <= 0:
-                del self._clients[client or ""]
+                del self._clients[key]
                 return 0.0
             return left if entry[1] >= MAX_FAILURES else 0.0
 
     def failed(self, client: str | None) -> None:
         """Count a wrong token sent by `client`; log it if it is its first this minute."""
-        key = client or ""
+        key = _key(client)
         now = self._now()
         with self._lock:
             entry = self._clients.get(key)
@@ -245,3 +250,14 @@ class Failures:
 
     def _now(self) -> float:
         return self._clock()
+
+
+def _key(client: str | None) -> str:
+    """Who is counted: the address, an IPv6 one by its /64 (one host may hold them all)."""
+    if not client or ":" not in client:
+        return client or ""
+    try:
+        network = ipaddress.IPv6Network(f"{client}/64", strict=False)
+    except ValueError:
+        return client
+    return str(network)

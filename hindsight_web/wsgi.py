@@ -132,7 +132,8 @@ class AdminWSGIApp:
         self.admin = Admin(hindsight, mounted=True)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
-        segments = admin_segments(_utf8(environ.get("PATH_INFO", "")), [], encoded=False) or []
+        segments = admin_segments(_admin_text(environ.get("PATH_INFO", "")), [], encoded=False)
+        segments = segments or []
         return serve_admin(self.admin, segments, environ, start_response)
 
 
@@ -182,7 +183,7 @@ def _request_path(environ: WSGIEnviron) -> tuple[str, bool]:
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if isinstance(raw, str) and raw.startswith("/"):
         return raw.split("?", 1)[0], True
-    return _utf8(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")), False
+    return _admin_text(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")), False
 
 
 def _utf8(path: str) -> str:
@@ -192,6 +193,18 @@ def _utf8(path: str) -> str:
     try:
         return path.encode("latin-1").decode("utf-8")
     except UnicodeError:
+        return path
+
+
+def _admin_text(path: str) -> str:
+    """A PEP 3333 path (latin-1 decoded bytes) as the UTF-8 text it was sent as, bytes
+    that are not UTF-8 kept as lone surrogates (the admin refuses them, naming the
+    path, rather than take them for other characters)."""
+    if path.isascii():
+        return path
+    try:
+        return path.encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeError:  # not latin-1: the server gave text, not bytes
         return path
 
 

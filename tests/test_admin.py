@@ -8,6 +8,7 @@ against real uvicorn and gunicorn processes, since httpx would normalise the pat
 from __future__ import annotations
 
 import base64
+import io
 import json
 import sqlite3
 import time
@@ -24,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client as WerkzeugClient
 
 import hindsight_web
 from hindsight_web import Hindsight, HindsightMiddleware, HindsightWSGIMiddleware, hash_session
@@ -1136,14 +1138,32 @@ def test_absurdly_nested_json_is_a_400_not_a_500() -> None:
 
 def test_a_non_ascii_user_id_survives_the_wsgi_path() -> None:
     hs = Hindsight(admin_token=LONG_T)
-    with httpx.Client(
-        transport=httpx.WSGITransport(app=AdminWSGIApp(hs)), base_url="http://t"
-    ) as client:
-        response = client.post(
-            "/users/jos%C3%A9/detail", headers={"Authorization": f"Bearer {LONG_T}"}
-        )
+    client = WerkzeugClient(AdminWSGIApp(hs))  # sends REQUEST_URI / RAW_URI, as servers do
+    auth = {"Authorization": f"Bearer {LONG_T}"}
+    response = client.post("/users/jos%C3%A9/detail", headers=auth)
     assert response.status_code == 201
-    assert response.json()["match"] == {"user_id": "josé"}
+    assert response.get_json()["match"] == {"user_id": "josé"}
+
+
+@pytest.mark.parametrize("raw", ["bob\xff", "bob\xc3", "bob\xed\xa0\x80"])
+def test_wsgi_paths_that_are_not_utf8_are_refused_without_the_raw_uri(raw: str) -> None:
+    hs = Hindsight(admin_token=LONG_T)
+    app = AdminWSGIApp(hs)
+    environ = {  # PEP 3333: PATH_INFO holds the bytes sent, decoded as latin-1
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": f"/users/{raw}/detail",
+        "HTTP_AUTHORIZATION": f"Bearer {LONG_T}",
+        "wsgi.input": io.BytesIO(b""),
+        "CONTENT_LENGTH": "0",
+        "SERVER_NAME": "t",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+    }
+    statuses: list[str] = []
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses[0].startswith("400"), (statuses, body)
+    assert json.loads(body)["details"] == [{"field": "path", "error": "not UTF-8"}]
+    assert hs.book.listing()[0] == []
 
 
 # -- a store that cannot be used ---------------------------------------------------------------

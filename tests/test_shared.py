@@ -204,16 +204,22 @@ def test_one_detail_reaches_every_worker_and_one_undetail_removes_it_everywhere(
     listings = [app.admin("GET", "/rules").json()["rules"] for _ in range(10)]
     assert all([rule["id"] for rule in rules] == [made.json()["id"]] for rules in listings)
 
-    for _ in range(8):
-        assert app.admin("POST", "/users/alice/detail", {"ttl_s": 600}).status_code == 201
+    latest = made.json()["id"]
+    for _ in range(8):  # through whichever worker answers: each replaces the one before
+        again = app.admin("POST", "/users/alice/detail", {"ttl_s": 600})
+        assert again.status_code == 200, again.text
+        assert again.json()["replaced"] == [latest]
+        latest = again.json()["id"]
+    assert [rule["id"] for rule in app.admin("GET", "/rules").json()["rules"]] == [latest]
     assert app.admin("DELETE", "/users/alice/detail").status_code == 204
     time.sleep(PROPAGATION_S)
     answers = app.get("/items/2", 20, user="alice")
     app.wait_quiet([rid for rid, _ in answers])
     assert [rid for rid, _ in answers if app.detailed(rid)] == []
     assert all(app.admin("GET", "/rules").json()["rules"] == [] for _ in range(5))
-    removed = [e for e in app.admin("GET", "/audit").json()["events"] if e["action"] == "removed"]
-    assert len(removed) == 9  # each rule removed once, in all
+    events = app.admin("GET", "/audit").json()["events"]
+    assert [e["action"] for e in events].count("replaced") == 8  # each rule ended once, in all
+    assert [e["rule"]["id"] for e in events if e["action"] == "removed"] == [latest]
 
 
 def test_a_drop_rule_holds_in_every_worker(
