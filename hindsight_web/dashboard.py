@@ -14,10 +14,12 @@ active rules.
 
 The page holds no data. It asks for the admin token once, keeps it in
 ``sessionStorage`` and sends it as ``Authorization: Bearer`` to the API, whose
-base is the page's own path: it works under any ``admin_path`` and when the admin
-app is mounted elsewhere. Everything the API returns (paths and user ids are
-chosen by clients of the app) goes into the page through ``textContent`` and DOM
-calls, never as HTML.
+base is the page's own path, normalised as the server reads it (``//_hindsight/``,
+``/./_hindsight//`` and ``/%5Fhindsight/`` all give ``/_hindsight``), on the page's
+own origin: it works under any ``admin_path`` and when the admin app is mounted
+elsewhere, and the token goes nowhere else. Everything the API returns (paths and
+user ids are chosen by clients of the app) goes into the page through
+``textContent`` and DOM calls, never as HTML.
 """
 
 from __future__ import annotations
@@ -76,7 +78,23 @@ pre { white-space: pre-wrap; margin: .2rem 0; font-size: 12px; }
 
 _SCRIPT = """
 "use strict";
-const BASE = location.pathname.replace(/\\/+$/, "");
+// The API's base: the page's own path, normalised the way the server reads it (empty
+// and "." segments dropped, ".." applied, escapes decoded then encoded again), so that
+// the page opened at //_hindsight/, /./_hindsight//?x or /%5Fhindsight/ calls
+// /_hindsight/... and never a protocol-relative //_hindsight/... (another host).
+function basePath(pathname) {
+  const parts = [];
+  for (const raw of pathname.split("/")) {
+    let part = raw;
+    try { part = decodeURIComponent(raw); } catch (_) { /* a stray %: kept as it is */ }
+    if (part === "" || part === ".") continue;
+    if (part === "..") { parts.pop(); continue; }
+    parts.push(part);
+  }
+  return parts.map((part) => "/" + encodeURIComponent(part)).join("");
+}
+
+const BASE = basePath(location.pathname);
 const KEY = "hindsight-token";
 const TEXT_COLUMNS = ["method", "route"];
 const SEARCH_FIELDS = ["user_id", "path", "status", "message", "since", "until"];
@@ -101,13 +119,20 @@ class Failed extends Error {
 
 const token = () => sessionStorage.getItem(KEY);
 
+// The URL of an API call: always of the page's own origin, the token goes nowhere else.
+function apiUrl(path) {
+  const url = new URL(BASE + path, location.origin);
+  if (url.origin !== location.origin) throw new Error("refusing to call " + url.origin);
+  return url;
+}
+
 async function api(method, path, body) {
   const init = {method, cache: "no-store", headers: {Authorization: "Bearer " + token()}};
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(BASE + path, init);
+  const response = await fetch(apiUrl(path), init);
   if (response.status === 401) throw new Refused("token refused");
   const text = await response.text();
   let data = null;
