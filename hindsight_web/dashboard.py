@@ -3,7 +3,8 @@
 One static HTML page with inline CSS and plain JavaScript: no build step, no CDN,
 nothing fetched but the admin API of its own origin, so it works offline and under
 the strict Content-Security-Policy the admin API serves it with (the page repeats
-that policy in a ``<meta>`` tag, so it holds wherever the page is served from).
+that policy in a ``<meta>`` tag, so it holds wherever the page is served from, and
+allows there only its own script, by its hash).
 
 It shows the statistics of every process (totals, requests and p95 latency per
 minute of the recent window as a chart with a time axis, latency buckets, routes,
@@ -27,14 +28,11 @@ the app) goes into the page through ``textContent`` and DOM calls, never as HTML
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 
-__all__ = ["page"]
-
-_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'"
-)
+__all__ = ["CSP", "page"]
 
 _STYLE = """
 :root { color-scheme: light dark; --muted: #888; --bar: #4a7fd4; --line: #e67e22;
@@ -841,6 +839,21 @@ if (token()) {
 }
 """
 
+
+def _sha256(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+# Only the page's own script runs: by its hash, so that neither an inline event handler
+# (onerror=...) nor a script element that found its way into the page would run, even
+# under a header that allows 'unsafe-inline'. (frame-ancestors has no effect in a
+# <meta> policy: the admin's header says it.)
+CSP = (
+    f"default-src 'none'; script-src 'sha256-{_sha256(_SCRIPT)}'; "
+    "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'"
+)
+
 _REQUEST_COLUMNS = "".join(
     f"<th>{name}</th>"
     for name in (
@@ -906,7 +919,7 @@ _PAGE = f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
 <meta name="referrer" content="no-referrer">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">

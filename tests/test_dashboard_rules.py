@@ -3,6 +3,8 @@ was opened at, in a real headless Chromium against real uvicorn and gunicorn ser
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -12,6 +14,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from playwright.sync_api import Page, Route, expect
+
+from hindsight_web import dashboard
 
 from .servers import Server, free_port, gunicorn_argv, uvicorn_argv, write_app
 from .test_dashboard import Tab, browser, tab_for
@@ -447,3 +451,37 @@ def test_hostile_text_in_a_rule_is_shown_as_text(
     page.wait_for_timeout(300)  # an image that failed would have run its handler by now
     assert page.evaluate("window.pwned") is None
     tab.check_clean()
+
+
+# -- the page's own policy -----------------------------------------------------------
+
+
+def test_the_pages_policy_allows_its_own_script_by_its_hash() -> None:
+    text = dashboard.page("/_hindsight").decode()
+    script = text[text.index("<script>") + len("<script>") : text.index("</script>")]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    (policy,) = re.findall(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', text)
+    assert policy == dashboard.CSP
+    assert f"script-src 'sha256-{digest}';" in policy
+    assert "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
+
+
+def test_no_other_script_runs_in_the_page(server: Server, tab_for: Callable[[Server], Tab]) -> None:
+    page = signed_in(tab_for, server)
+    tab_errors: list[str] = []
+    page.on("console", lambda msg: tab_errors.append(msg.text))
+    page.evaluate(
+        """() => {
+        const script = document.createElement("script");
+        script.textContent = "window.pwned = 3";
+        document.body.append(script);
+        const img = document.createElement("img");
+        img.setAttribute("onerror", "window.pwned = 4");
+        img.src = "data:,not-an-image";
+        document.body.append(img);
+      }"""
+    )
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.pwned") is None
+    assert sum("Security Policy" in text for text in tab_errors) >= 2, tab_errors
+    expect(page.get_by_test_id("total-requests")).to_have_text(re.compile(r"^[1-9]\d*$"))
