@@ -733,8 +733,8 @@ function ruleErrors(details, message) {
     if (errors) $("rule-" + name).setAttribute("aria-invalid", "true");
     else $("rule-" + name).removeAttribute("aria-invalid");
   }
-  const general = rest.length ? rest.join("; ") : byField.size ? "" : message || "";
-  $("rule-error").textContent = general;
+  if (byField.size) rest.unshift("The rule was not added: see the fields marked.");
+  $("rule-error").textContent = rest.length ? rest.join(" ") : message || "";
 }
 
 function showLevel() {

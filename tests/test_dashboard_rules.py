@@ -17,7 +17,7 @@ from playwright.sync_api import Page, Route, expect
 
 from hindsight_web import dashboard
 
-from .servers import Server, free_port, gunicorn_argv, uvicorn_argv, write_app
+from .servers import REPO, Server, free_port, gunicorn_argv, uvicorn_argv, write_app
 from .test_dashboard import Tab, browser, tab_for
 
 __all__ = ["browser", "tab_for"]
@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 DESK = "desk-token-9c41e7a2b5"  # support-desk, read-write
 VIEWER = "viewer-token-3d8f60c1"  # viewer, read-only
 TOKENS = {"support-desk": DESK, "viewer": {"token": VIEWER, "access": "read-only"}}
+SCREENSHOT = REPO / "tests" / "artifacts" / "dashboard-rule-form.png"
 HOSTILE = '<img src=x onerror="window.pwned = 1">'
 HOSTILE_SCRIPT = "<script>window.pwned = 2</script>"
 
@@ -309,6 +310,11 @@ def test_a_refused_rule_shows_the_apis_error_next_to_the_field(
     expect(page.get_by_test_id("rule-ttl_s")).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_test_id("rule-path")).not_to_have_attribute("aria-invalid", "true")
     expect(page.get_by_test_id("rule-answer")).to_have_text("")
+    expect(page.get_by_test_id("rule-error")).to_have_text(
+        "The rule was not added: see the fields marked."
+    )
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert rules(server) == []
 
     # a detail rule may not use an end-time key: the status field says so
@@ -343,6 +349,27 @@ def test_a_refused_rule_shows_the_apis_error_next_to_the_field(
         expect(error(name)).to_have_text("")
     expect(page.locator("#rule-form [aria-invalid]")).to_have_count(0)
     assert len(rules(server)) == 2
+
+
+def test_a_rule_for_every_request_is_asked_about_first(
+    server: Server, tab_for: Callable[[Server], Tab]
+) -> None:
+    tab = tab_for(server)
+    tab.open()
+    tab.log_in(DESK)
+    page = tab.page
+    tab.answer = False
+    fill_rule(page, action="drop", ttl_s="60")
+    expect(page.get_by_test_id("rule-submit")).to_be_enabled()
+    assert tab.dialogs == ["This drop rule matches every request. Add it?"]
+    assert not any(r.method == "POST" for r in tab.requests)
+
+    tab.answer = True
+    fill_rule(page, action="drop", ttl_s="60")
+    expect(page.get_by_test_id("rule-answer")).to_contain_text("Added drop rule")
+    (rule,) = rules(server)
+    assert rule["match"] == {}
+    tab.check_clean()
 
 
 def test_remove_asks_first_then_removes_the_rule(
