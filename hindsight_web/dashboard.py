@@ -3,38 +3,42 @@
 One static HTML page with inline CSS and plain JavaScript: no build step, no CDN,
 nothing fetched but the admin API of its own origin, so it works offline and under
 the strict Content-Security-Policy the admin API serves it with (the page repeats
-that policy in a ``<meta>`` tag, so it holds wherever the page is served from).
+that policy in a ``<meta>`` tag, so it holds wherever the page is served from, and
+allows there only its own script, by its hash).
 
 It shows the statistics of every process (totals, requests and p95 latency per
 minute of the recent window as a chart with a time axis, latency buckets, routes,
 the slowest requests and sessions), the recent errors and releases of the window,
 a search over the window with a view of one request and its records, a button that
-releases what the search found (after a confirmation that says how many), and the
-active rules.
+releases what the search found (after a confirmation that says how many), the
+active rules with a remove button each (after a confirmation), and a form that adds
+a release, drop or detail rule; the API checks it and its errors show next to the
+fields they name.
 
 The page holds no data. It asks for the admin token once, keeps it in
 ``sessionStorage`` and sends it as ``Authorization: Bearer`` to the API, whose
-base is the page's own path: it works under any ``admin_path`` and when the admin
-app is mounted elsewhere. Everything the API returns (paths and user ids are
-chosen by clients of the app) goes into the page through ``textContent`` and DOM
-calls, never as HTML.
+base is the page's own path, normalised as the server reads it (``//_hindsight/``,
+``/./_hindsight//`` and ``/%5Fhindsight/`` all give ``/_hindsight``), on the page's
+own origin: it works under any ``admin_path`` and when the admin app is mounted
+elsewhere, and the token goes nowhere else. It says which token is signed in
+(``GET /whoami``); for a read-only token it offers no change (no form, buttons
+disabled). Everything the API returns (paths and user ids are chosen by clients of
+the app) goes into the page through ``textContent`` and DOM calls, never as HTML.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 
-__all__ = ["page"]
-
-_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'"
-)
+__all__ = ["CSP", "page"]
 
 _STYLE = """
 :root { color-scheme: light dark; --muted: #888; --bar: #4a7fd4; --line: #e67e22;
         --error: #c0392b; }
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5rem 2rem; }
+[hidden] { display: none !important; }
 header { display: flex; gap: 1rem; align-items: center; flex-wrap: wrap; }
 h1 { font-size: 1.3rem; } h2 { font-size: 1.05rem; margin: 1.5rem 0 .4rem; }
 code, td { font-variant-numeric: tabular-nums; }
@@ -65,6 +69,13 @@ th[aria-sort=ascending]::after { content: " \\25B2"; }
 #search input { font: inherit; width: 10rem; }
 #search [aria-invalid=true] { outline: 2px solid var(--error); }
 #search-error:empty, #release-answer:empty { display: none; }
+#rule-form fieldset { display: flex; flex-wrap: wrap; gap: .5rem 1rem; align-items: flex-start;
+  border: 1px solid #8886; margin: 0 0 .5rem; }
+#rule-form label { display: flex; flex-direction: column; font-size: 12px; color: var(--muted); }
+#rule-form input, #rule-form select { font: inherit; width: 10rem; }
+#rule-form [aria-invalid=true] { outline: 2px solid var(--error); }
+.field-error { color: var(--error); max-width: 12rem; }
+.field-error:empty, #rule-error:empty, #rule-answer:empty { display: none; }
 .scroll { max-height: 28rem; overflow: auto; }
 button.link { all: unset; cursor: pointer; text-decoration: underline; font-family: monospace; }
 button.link:focus-visible { outline: 2px solid var(--bar); }
@@ -76,17 +87,37 @@ pre { white-space: pre-wrap; margin: .2rem 0; font-size: 12px; }
 
 _SCRIPT = """
 "use strict";
-const BASE = location.pathname.replace(/\\/+$/, "");
+// The API's base: the page's own path, normalised the way the server reads it (empty
+// and "." segments dropped, ".." applied, escapes decoded then encoded again), so that
+// the page opened at //_hindsight/, /./_hindsight//?x or /%5Fhindsight/ calls
+// /_hindsight/... and never a protocol-relative //_hindsight/... (another host).
+function basePath(pathname) {
+  const parts = [];
+  for (const raw of pathname.split("/")) {
+    let part = raw;
+    try { part = decodeURIComponent(raw); } catch (_) { /* a stray %: kept as it is */ }
+    if (part === "" || part === ".") continue;
+    if (part === "..") { parts.pop(); continue; }
+    parts.push(part);
+  }
+  return parts.map((part) => "/" + encodeURIComponent(part)).join("");
+}
+
+const BASE = basePath(location.pathname);
 const KEY = "hindsight-token";
 const TEXT_COLUMNS = ["method", "route"];
 const SEARCH_FIELDS = ["user_id", "path", "status", "message", "since", "until"];
 const SEARCH_LIMIT = 1000;
+const RULE_KEPT = ["action", "level", "ttl_s"];  // kept for the next rule once one is added
+const RULE_FIELDS = [...RULE_KEPT, "note", "id", "path", "method", "user_id", "session_id",
+  "client_ip", "header", "status", "duration_ms"];
+const RULE_STRINGS = ["path", "user_id", "session_id", "client_ip"];
 const RECENT = 20;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 const state = {sort: "p95_ms", desc: true, routes: [], busy: false, again: false,
                rulesAsked: 0, rulesShown: 0, searchAsked: 0, found: null, requestAsked: 0,
-               openId: null};
+               openId: null, who: null};
 
 class Refused extends Error {}
 
@@ -101,13 +132,20 @@ class Failed extends Error {
 
 const token = () => sessionStorage.getItem(KEY);
 
+// The URL of an API call: always of the page's own origin, the token goes nowhere else.
+function apiUrl(path) {
+  const url = new URL(BASE + path, location.origin);
+  if (url.origin !== location.origin) throw new Error("refusing to call " + url.origin);
+  return url;
+}
+
 async function api(method, path, body) {
   const init = {method, cache: "no-store", headers: {Authorization: "Bearer " + token()}};
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(BASE + path, init);
+  const response = await fetch(apiUrl(path), init);
   if (response.status === 401) throw new Refused("token refused");
   const text = await response.text();
   let data = null;
@@ -313,8 +351,7 @@ function showSessions(list) {
   fill("sessions", list.map((s) => {
     let action = null;
     if (s.user_id !== null && s.user_id !== undefined) {
-      action = el("button", "detail 30 min", {type: "button", "data-testid": "detail"});
-      action.addEventListener("click", () => detail(s.user_id, action));
+      action = changeButton("detail 30 min", "detail", () => detail(s.user_id, action));
     }
     return tr([s.user_id, s.session, s.requests, s.slow, s.errors, ms(s.mean_ms),
       ms(s.p95_ms), ms(s.max_ms), time(s.last_seen), action],
@@ -322,10 +359,31 @@ function showSessions(list) {
   }));
 }
 
+// Who is signed in: the name and access of the token (GET /whoami).
+const mayChange = () => state.who !== null && state.who.access !== "read-only";
+const READ_ONLY = "the token signed in is read-only";
+
+function showWho() {
+  const who = state.who;
+  $("who").textContent = who ? "signed in as " + who.name + " (" + who.access + ")" : "";
+  $("rule-form").hidden = !mayChange();
+  $("read-only").hidden = !who || mayChange();
+}
+
+// A button that changes something: disabled, and saying why, for a read-only token.
+function changeButton(text, testid, work) {
+  const button = el("button", text, {type: "button", "data-testid": testid});
+  button.addEventListener("click", work);
+  if (!mayChange()) {
+    button.disabled = true;
+    button.title = READ_ONLY;
+  }
+  return button;
+}
+
 function showRules(list) {
   fill("rules", list.map((r) => {
-    const remove = el("button", "remove", {type: "button", "data-testid": "remove"});
-    remove.addEventListener("click", () => removeRule(r.id, remove));
+    const remove = changeButton("remove", "remove", () => removeRule(r.id, remove));
     const expires = r.expires_at ? new Date(r.expires_at).toLocaleString() + " (" +
       Math.ceil(r.ttl_s / 60) + " min left)" : "never";
     return tr([r.id, r.action + (r.dry_run ? " (dry run)" : ""), JSON.stringify(r.match),
@@ -365,6 +423,10 @@ async function refresh() {
   state.busy = true;
   const w = "window=" + encodeURIComponent($("window").value);
   try {
+    if (state.who === null) {  // once per token: it also checks the token
+      state.who = await api("GET", "/whoami");
+      showWho();
+    }
     const [stats, slow, sessions, timeline] = await Promise.all([api("GET", "/stats?" + w),
       api("GET", "/stats/slow?limit=20&" + w), api("GET", "/stats/sessions?limit=20&" + w),
       api("GET", "/stats/timeline"), loadRules(), loadRecent()]);
@@ -448,6 +510,8 @@ function showFound() {
   if (list.length) text += "; " + pending + " not released";
   $("search-summary").textContent = text + ".";
   button.hidden = pending === 0;
+  button.disabled = !mayChange();
+  button.title = mayChange() ? "" : READ_ONLY;
   button.textContent = "release " + plural(pending, "request");
   fill("found", list.map(requestRow), "no request in the window matches");
 }
@@ -459,7 +523,8 @@ function statusMatch(text) {
   if (klass) return {gte: klass[1] * 100, lte: klass[1] * 100 + 99};
   const span = /^(\\d{3})-(\\d{3})$/.exec(given);
   if (span) return {gte: Number(span[1]), lte: Number(span[2])};
-  const numbers = given.split(",").map(Number);
+  const numbers = given.split(",").map((n) => n.trim() ? Number(n) : NaN);
+  if (numbers.some(Number.isNaN)) return given;  // as typed: the API says what is wrong
   return numbers.length === 1 ? numbers[0] : numbers;
 }
 
@@ -610,10 +675,90 @@ function detail(user, button) {
 }
 
 function removeRule(id, button) {
+  if (!confirm("Remove rule " + id + "?")) return;
   act(button, async () => {
     await api("DELETE", "/rules/" + encodeURIComponent(id));
     return "Removed rule " + id + ".";
   });
+}
+
+// -- adding a rule -------------------------------------------------------------------
+
+// A number as typed, or the text itself: the API names the field if it is no number.
+const numberOr = (text) => text !== "" && Number.isFinite(Number(text)) ? Number(text) : text;
+
+// "> 300", ">= 300", "< 50" or "300" (more than 300) as a number range.
+function durationMatch(text) {
+  const [, op, value] = /^(>=|<=|>|<)?\\s*(.*)$/.exec(text);
+  const names = {">": "gt", ">=": "gte", "<": "lt", "<=": "lte"};
+  return {[names[op || ">"]]: numberOr(value)};
+}
+
+// "X-Tenant: acme" as {"X-Tenant": "acme"}; without a colon, as typed (the API refuses it).
+function headerMatch(text) {
+  const colon = text.indexOf(":");
+  if (colon < 0) return text;
+  return {[text.slice(0, colon).trim()]: text.slice(colon + 1).trim()};
+}
+
+// The form as a rule in the API's format; what it cannot read is sent as typed.
+function ruleBody() {
+  const value = (name) => $("rule-" + name).value.trim();
+  const rule = {action: value("action"), match: {}};
+  for (const name of RULE_STRINGS) if (value(name)) rule.match[name] = value(name);
+  if (value("method")) rule.match.method = value("method").toUpperCase();
+  if (value("header")) rule.match.header = headerMatch(value("header"));
+  if (value("status")) rule.match.status = statusMatch(value("status"));
+  if (value("duration_ms")) rule.match.duration_ms = durationMatch(value("duration_ms"));
+  if (value("ttl_s")) rule.ttl_s = numberOr(value("ttl_s"));
+  if (value("note")) rule.note = value("note");
+  if (value("id")) rule.id = value("id");
+  if (rule.action === "detail") rule.level = value("level");
+  return rule;
+}
+
+// The API's errors next to the fields they name ("match.duration_ms.gt": duration_ms);
+// the others, or the message when it names none, under the form.
+function ruleErrors(details, message) {
+  const byField = new Map();
+  const rest = [];
+  for (const d of details) {
+    const name = String(d.field).replace(/^match\\./, "").split(".")[0];
+    if (RULE_FIELDS.includes(name)) byField.set(name, [...(byField.get(name) || []), d.error]);
+    else rest.push(d.field + ": " + d.error);
+  }
+  for (const name of RULE_FIELDS) {
+    const errors = byField.get(name);
+    $("rule-error-" + name).textContent = errors ? errors.join("; ") : "";
+    if (errors) $("rule-" + name).setAttribute("aria-invalid", "true");
+    else $("rule-" + name).removeAttribute("aria-invalid");
+  }
+  if (byField.size) rest.unshift("The rule was not added: see the fields marked.");
+  $("rule-error").textContent = rest.length ? rest.join(" ") : message || "";
+}
+
+function showLevel() {
+  $("rule-level-field").hidden = $("rule-action").value !== "detail";
+}
+
+async function addRule() {
+  const rule = ruleBody();
+  if (!Object.keys(rule.match).length &&
+      !confirm("This " + rule.action + " rule matches every request. Add it?")) return;
+  const button = $("rule-submit");
+  button.disabled = true;
+  ruleErrors([]);
+  $("rule-answer").textContent = "";
+  try {
+    const made = await api("POST", "/rules", rule);
+    $("rule-answer").textContent = "Added " + made.action + " rule " + made.id + ".";
+    for (const name of RULE_FIELDS) if (!RULE_KEPT.includes(name)) $("rule-" + name).value = "";
+    await loadRules();
+  } catch (e) {
+    if (e instanceof Failed) ruleErrors(e.details, e.message);
+    else failed(e);
+  }
+  button.disabled = false;
 }
 
 function showDashboard(on) {
@@ -632,6 +777,10 @@ function askToken(message, refused) {
   state.found = null;
   state.searchAsked++;
   state.requestAsked++;
+  state.who = null;
+  showWho();
+  ruleErrors([]);
+  $("rule-answer").textContent = "";
   showFound();
   searchError([]);
   releaseAnswer("");
@@ -673,7 +822,13 @@ $("search").addEventListener("submit", (ev) => {
   search(false);
 });
 $("release").addEventListener("click", releaseFound);
+$("rule-action").addEventListener("change", showLevel);
+$("rule-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  addRule();
+});
 $("request-close").addEventListener("click", () => { $("request").hidden = true; });
+showLevel();
 setInterval(() => { if (!document.hidden) refresh(); }, 5000);
 if (token()) {
   $("token-form").hidden = true;
@@ -683,6 +838,21 @@ if (token()) {
   askToken("Enter the admin token to see the dashboard.", false);
 }
 """
+
+
+def _sha256(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+# Only the page's own script runs: by its hash, so that neither an inline event handler
+# (onerror=...) nor a script element that found its way into the page would run, even
+# under a header that allows 'unsafe-inline'. (frame-ancestors has no effect in a
+# <meta> policy: the admin's header says it.)
+CSP = (
+    f"default-src 'none'; script-src 'sha256-{_sha256(_SCRIPT)}'; "
+    "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'"
+)
 
 _REQUEST_COLUMNS = "".join(
     f"<th>{name}</th>"
@@ -699,11 +869,57 @@ _REQUEST_COLUMNS = "".join(
     )
 )
 
+
+def _rule_field(name: str, label: str, placeholder: str = "") -> str:
+    """One input of the rule form, with the place where the API's error for it goes."""
+    hint = f' placeholder="{html.escape(placeholder)}"' if placeholder else ""
+    return (
+        f'<label>{label} <input id="rule-{name}" data-testid="rule-{name}"{hint}>'
+        f'<span class="field-error" id="rule-error-{name}" data-testid="rule-error-{name}">'
+        "</span></label>"
+    )
+
+
+def _rule_select(name: str, label: str, options: tuple[str, ...], wrapper: str = "") -> str:
+    shown = "".join(f'<option value="{o}">{o}</option>' for o in options)
+    around = f' id="{wrapper}"' if wrapper else ""
+    return (
+        f'<label{around}>{label} <select id="rule-{name}" data-testid="rule-{name}">{shown}'
+        f'</select><span class="field-error" id="rule-error-{name}" '
+        f'data-testid="rule-error-{name}"></span></label>'
+    )
+
+
+# Start-time keys first; status and duration are known only when the request ends, so a
+# detail rule (looked up when the request starts) may not use them: the API says so.
+_RULE_FORM = f"""<form id="rule-form" autocomplete="off" data-testid="rule-form" hidden>
+  <fieldset><legend>rule</legend>
+    {_rule_select("action", "action", ("release", "drop", "detail"))}
+    {_rule_select("level", "level (detail)", ("DEBUG", "INFO", "WARNING"), "rule-level-field")}
+    {_rule_field("ttl_s", "ttl_s (empty: until removed)", "3600")}
+    {_rule_field("note", "note", "ticket 4711")}
+    {_rule_field("id", "id (empty: a new one)", "checkout-slow")}
+  </fieldset>
+  <fieldset><legend>match: every field given (* in a path matches anything)</legend>
+    {_rule_field("path", "path", "/checkout/*")}
+    {_rule_field("method", "method", "POST")}
+    {_rule_field("user_id", "user id")}
+    {_rule_field("session_id", "session id")}
+    {_rule_field("client_ip", "client ip", "10.0.0.0/8")}
+    {_rule_field("header", "header", "X-Tenant: acme")}
+    {_rule_field("status", "status (not detail)", "500, 5xx, 400-499")}
+    {_rule_field("duration_ms", "duration ms (not detail)", "> 300")}
+  </fieldset>
+  <button type="submit" id="rule-submit" data-testid="rule-submit">add rule</button>
+  <p id="rule-error" class="error" role="alert" data-testid="rule-error"></p>
+  <p id="rule-answer" role="status" data-testid="rule-answer"></p>
+</form>"""
+
 _PAGE = f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
 <meta name="referrer" content="no-referrer">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
@@ -722,6 +938,7 @@ _PAGE = f"""<!doctype html>
     <button type="button" id="refresh" data-testid="refresh">refresh</button>
     <button type="button" id="forget" data-testid="forget">forget token</button>
   </span>
+  <span id="who" data-testid="who"></span>
   <span id="status" role="status"></span>
 </header>
 <noscript><p class="error">The dashboard needs JavaScript.</p></noscript>
@@ -823,6 +1040,10 @@ _PAGE = f"""<!doctype html>
       <th>note</th><th></th></tr></thead>
     <tbody></tbody>
   </table>
+  <h2>Add a rule</h2>
+  <p id="read-only" class="muted" data-testid="read-only" hidden>The token signed in is
+    read-only: it may look, not add or remove rules.</p>
+{_RULE_FORM}
 </main>
 <script>{_SCRIPT}</script>
 </body>

@@ -416,9 +416,11 @@ def test_remove_button_removes_the_rule(shop: Server, tab_for: Callable[[Server]
         row = page.locator('#rules tr[data-rule-id="dash-remove-me"]')
         expect(row).to_contain_text("remove me")
         expect(row).to_contain_text("never")
+        tab.answer = True
         row.get_by_test_id("remove").click()
         expect(page.get_by_test_id("notice")).to_have_text("Removed rule dash-remove-me.")
         expect(row).to_have_count(0)
+        assert tab.dialogs == ["Remove rule dash-remove-me?"]
         assert admin(shop, "GET", "/rules/dash-remove-me").status_code == 404
         tab.check_clean()
     finally:
