@@ -39,13 +39,8 @@ JSON_HEADERS = [("content-type", "application/json"), ("cache-control", "no-stor
 PAGE_HEADERS = [
     ("content-type", "text/html; charset=utf-8"),
     ("cache-control", "no-store"),
-    # The page runs only its own inline script and talks only to its own origin.
-    (
-        "content-security-policy",
-        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'none'",
-    ),
+    # The page runs only its own script (by its hash) and talks only to its own origin.
+    ("content-security-policy", dashboard.CSP + "; frame-ancestors 'none'"),
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "no-referrer"),
 ]

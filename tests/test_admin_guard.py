@@ -190,6 +190,18 @@ def test_a_clients_failures_are_forgotten_after_a_minute_and_never_grow_without_
     assert len(failures._clients) <= 10_000
 
 
+def test_the_dashboard_page_allows_only_its_own_script(make: Make) -> None:
+    client = make(admin_token=ADMIN_T)
+    page = client.admin("GET", "/", token=None)
+    assert page.status_code == 200
+    policy = page.headers["content-security-policy"]
+    script = policy.split("script-src")[1].split(";")[0].strip()
+    assert script.startswith("'sha256-")
+    assert "unsafe" not in script
+    assert "frame-ancestors 'none'" in policy
+    assert "connect-src 'self'" in policy
+
+
 # -- bodies and paths ----------------------------------------------------------------------------
 
 
@@ -219,6 +231,24 @@ def test_nesting_up_to_the_bound_is_answered_with_the_fields_error(make: Make) -
     response = client.admin("POST", "/rules", token=ADMIN_T, content=nested(31))
     assert response.status_code in (400, 422), response.text
     assert response.json()["details"][0]["field"] == "note"
+
+
+def test_bodies_that_are_not_utf8_or_hide_their_nesting_are_refused(make: Make) -> None:
+    client = make(admin_token=ADMIN_T)
+    deep = '{"note": "\u5c00", "action": "release", "ttl_s": ' + "[" * 985 + "]" * 985 + "}"
+    for encoding in ("utf-16-le", "utf-16", "utf-32"):
+        response = client.admin("POST", "/rules", token=ADMIN_T, content=deep.encode(encoding))
+        assert response.status_code == 400, (encoding, response.text)
+        # read as UTF-8 (NUL bytes and all), never guessed: not JSON, or not UTF-8
+        [detail] = response.json()["details"]
+        assert detail["field"] == "body"
+        assert detail["error"] in ("not UTF-8", "malformed JSON")
+    latin = client.admin("POST", "/rules", token=ADMIN_T, content=b'{"note": "caf\xe9"}')
+    assert latin.json()["details"] == [{"field": "body", "error": "not UTF-8"}]
+    unclosed = b'"' + b'\\"' * 20_000  # a string that never ends: scanned once
+    response = client.admin("POST", "/rules", token=ADMIN_T, content=unclosed)
+    assert response.status_code == 400, response.text
+    assert client.admin("GET", "/rules", token=ADMIN_T).json()["rules"] == []
 
 
 @pytest.mark.parametrize(

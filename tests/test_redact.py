@@ -10,6 +10,7 @@ metrics, audit) and every byte of the store's files.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import sqlite3
@@ -63,6 +64,22 @@ log = logging.getLogger("app.redact")
         ("user_password=hunter2 done", (), "user_password=[redacted] done"),
         ("%(user)s %(password)s", ({"user": "u", "password": "p"},), "u [redacted]"),
         ("token refreshed for %s", ("bob",), "token refreshed for bob"),
+        ("%s=%s", ("password", "hunter2"), "password=[redacted]"),
+        ("header %s: %s", ("Authorization", "Bearer abc"), "header Authorization: [redacted]"),
+        ("charge cvv=%d pin=%04d", (123, 42), "charge cvv=[redacted] pin=0042"),
+        (
+            "data %s",
+            (collections.OrderedDict(password="x"),),
+            "data {'password': '[redacted]'}",
+        ),
+        (
+            "headers %s",
+            ([("Authorization", "Bearer x")],),
+            "headers [('Authorization', '[redacted]')]",
+        ),
+        ("body %s", ('{\\"password\\": \\"x\\"}',), 'body {\\"password\\": \\"[redacted]\\"}'),
+        ("db postgres://app:pw@db/x", (), "db postgres://app:[redacted]@db/x"),
+        ("sent Bearer abcdef123", (), "sent Bearer [redacted]"),
         ("password=", (), "password="),
         ("step %d of %s: value=%r", (1, "request", 42), "step 1 of request: value=42"),
     ],
@@ -74,6 +91,12 @@ def test_key_shapes_and_fields_are_redacted_in_messages_and_arguments(
     kept_msg, kept_args = redactor.call(msg, args)  # as a logger keeps them: args a tuple
     record = logging.LogRecord("app", logging.DEBUG, __file__, 1, kept_msg, kept_args, None)
     assert record.getMessage() == shown
+
+
+def test_a_message_that_cannot_be_formatted_keeps_no_argument_of_a_secret_shape() -> None:
+    # str.format style: "%" formatting fails, and its error text would show the arguments
+    _, args = Redactor().call("token={}", ("x",))
+    assert args == (REDACTED,)
 
 
 def test_a_format_string_is_kept_apart_from_its_arguments_when_only_arguments_are_secret() -> None:
