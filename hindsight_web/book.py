@@ -188,20 +188,19 @@ class RuleBook:
             TooManyRules: `max_rules` are held already (besides those replaced).
             store.StoreError: the store cannot be used now.
         """
-        self.sync()
-        mine = [held.id for held in self.active.rules() if _details_user(held, user_id)]
         now = self._clock()
         replaced: list[Rule] = []
 
         def plan(view: RulesView) -> Change:
+            # Read in the change's own transaction: a detail rule another process added
+            # a moment ago is replaced too.
             replaced.clear()
             change = Change(put=[_stored(rule, ADMIN)])
-            for rule_id in mine:
-                held = view.get(rule_id)
-                old = None if held is None else self._restore(held)
+            for held in view.of_origin(ADMIN):
+                old = self._restore(held)
                 if old is not None and old.live(now) and _details_user(old, user_id):
                     replaced.append(old)
-                    change.delete.append(rule_id)
+                    change.delete.append(old.id)
                     change.events.append(audit.event("replaced", old.to_json(now), by, now))
             if view.get(rule.id) is not None:
                 raise KeyError(rule.id)

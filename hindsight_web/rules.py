@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import heapq
 import ipaddress
 import itertools
@@ -41,7 +42,7 @@ from functools import lru_cache
 from typing import Protocol, TypeVar
 
 from ._sync import new_lock
-from .redact import hash_session
+from .redact import Redactor, hash_session
 
 __all__ = [
     "RequestFacts",
@@ -90,6 +91,8 @@ _MAX_ITEMS = 1000
 _MAX_TEXT = 1000
 _MAX_IDENTITY = 256
 _HASHED_SESSION = re.compile(r"[0-9a-f]{16}")  # as `redact.hash_session` makes them
+_HASHED_HEADER = re.compile(r"sha256:[0-9a-f]{64}")  # as `_hashed_header` makes them
+_SECRETS = Redactor()  # which header names are secret: the built-in keys
 _MAX_HEADERS = 20
 _MAX_PROBLEMS = 100
 _MIN_TTL_S = 1.0  # the shortest a rule may live: one that expires at once never acts
@@ -337,11 +340,27 @@ def _check_client(values: list[str]) -> StartCheck:
 
 
 def _check_headers(headers: dict[str, frozenset[str]]) -> StartCheck:
-    items = tuple(headers.items())
+    items = tuple((name, values, _SECRETS.secret(name)) for name, values in headers.items())
+
+    def value(facts: RequestFacts, name: str, secret: bool) -> str | None:
+        given = facts.header(name)
+        return _hashed_header(given) if secret and given is not None else given
+
     if len(items) == 1:
-        ((name, values),) = items
-        return lambda facts: facts.header(name) in values
-    return lambda facts: all(facts.header(name) in values for name, values in items)
+        ((name, values, secret),) = items
+        if not secret:
+            return lambda facts: facts.header(name) in values
+    return lambda facts: all(value(facts, n, secret) in v for n, v, secret in items)
+
+
+def _header_kept(value: str) -> str:
+    return value if _HASHED_HEADER.fullmatch(value) else _hashed_header(value)
+
+
+def _hashed_header(value: str) -> str:
+    """How a rule keeps the value of a secret header (``authorization``, ``cookie``...):
+    its hash, so that neither the store, nor ``GET /rules``, nor the audit trail holds it."""
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _check_status(values: frozenset[int] | _Range) -> EndCheck:
@@ -612,6 +631,11 @@ def _parse_header(p: _Problems, field: str, value: object, match: _Match) -> Non
             continue
         parsed = _one_or_many(p, name_field, given, item, "a header value")
         if parsed is not None:
+            if _SECRETS.secret(name):  # kept hashed; a hash given is kept as it is
+                hashed = [
+                    v if _HASHED_HEADER.fullmatch(v) else _hashed_header(v) for v in parsed[1]
+                ]
+                parsed = (hashed if isinstance(parsed[0], list) else hashed[0], hashed)
             normalised[name.lower()], values = parsed
             headers[name.lower()] = frozenset(values)
     if len(headers) == len(value):

@@ -155,6 +155,16 @@ def test_null_optional_fields_mean_absent() -> None:
     assert rule == parse_rule({"action": "drop", "id": rule.id}, now=NOW)
 
 
+def test_secret_header_values_are_kept_only_hashed() -> None:
+    rule = make(match={"header": {"Authorization": "Bearer hunter2", "X-Tenant": "acme"}})
+    shown = rule.to_json(NOW)["match"]["header"]
+    assert shown["x-tenant"] == "acme"
+    assert shown["authorization"].startswith("sha256:")
+    assert "hunter2" not in repr(rule.to_json(NOW))
+    again = make(match={"header": shown})  # the stored form, given back, means the same
+    assert again.to_json(NOW)["match"]["header"] == shown
+
+
 def test_match_is_normalised_in_the_stored_form() -> None:
     rule = make(
         match={
@@ -244,6 +254,21 @@ START_CASES = [
     ({"header": {"X-TENANT": "acme"}}, Facts(headers={"x-tenant": "Acme"}), False),
     ({"header": {"X-Tenant": "acme"}}, Facts(headers={}), False),
     ({"header": {"X-Tenant": ["a", "b"]}}, Facts(headers={"x-tenant": "b"}), True),
+    (
+        {"header": {"Authorization": "Bearer t1"}},
+        Facts(headers={"authorization": "Bearer t1"}),
+        True,
+    ),
+    (
+        {"header": {"Authorization": "Bearer t1"}},
+        Facts(headers={"authorization": "Bearer t2"}),
+        False,
+    ),
+    (
+        {"header": {"X-Api-Key": ["k1", "k2"], "X-Tenant": "acme"}},
+        Facts(headers={"x-api-key": "k2", "x-tenant": "acme"}),
+        True,
+    ),
     ({"header": {"A": "1", "B": "2"}}, Facts(headers={"a": "1", "b": "2"}), True),
     ({"header": {"A": "1", "B": "2"}}, Facts(headers={"a": "1"}), False),
     ({"method": "POST", "user_id": "u"}, Facts(method="POST", user_id="u"), True),
