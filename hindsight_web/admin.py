@@ -207,6 +207,8 @@ def _table(segments: list[str]) -> dict[str, Action] | None:
         return {"GET": _show}
     if n == 1 and head == "release":
         return {"POST": _release}
+    if n == 1 and head == "sinks":
+        return {"GET": _sinks}
     if (n == 1 and head in ("stats", "metrics")) or (n == 2 and head == "stats"):
         return _stats_table(segments)
     return None
@@ -430,6 +432,12 @@ def _audit(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     limit = query_limit(request.query, default=100)
     events, stale = hs.book.audit(limit)
     return _json(200, _marked({"events": events}, stale))
+
+
+def _sinks(hs: Hindsight, request: AdminRequest) -> AdminResponse:
+    """This process's sinks: ``{"sinks": [{"id", "type", "default", "queued", "sent",
+    "dropped", "failed", "retries", "last_error", "last_error_at", ...}, ...]}``."""
+    return _json(200, {"sinks": hs.sinks.state()})
 
 
 def _stats(hs: Hindsight, request: AdminRequest) -> AdminResponse:
