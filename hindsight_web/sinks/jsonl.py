@@ -68,22 +68,43 @@ class JsonlSink(QueuedSink):
         return {**super().state(), "path": self.path}
 
     def send(self, batch: list[Any]) -> None:
-        data = "".join(batch).encode("utf-8", "backslashreplace")
+        lines = [line.encode("utf-8", "backslashreplace") for line in batch]
         lock = os.open(self.path + ".lock", _FLAGS, 0o644) if fcntl is not None else None
         try:
             if lock is not None:
                 fcntl.flock(lock, fcntl.LOCK_EX)
             fd = self._current()
-            if self.max_bytes and len(data):
-                size = os.fstat(fd).st_size
-                if size and size + len(data) > self.max_bytes:
-                    fd = self._rotate()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            size = os.fstat(fd).st_size
+            for chunk in self._chunks(lines, size):
+                if self.max_bytes and size and size + len(chunk) > self.max_bytes:
+                    fd, size = self._rotate(), 0
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+                size += len(chunk)
         finally:
             if lock is not None:
                 os.close(lock)  # closing the descriptor releases the lock
+
+    def _chunks(self, lines: list[bytes], size: int) -> list[bytes]:
+        """`lines` joined into as few writes as fit the file (one file each: a rotation
+        falls between two writes, never within a line)."""
+        if not self.max_bytes:
+            return [b"".join(lines)]
+        chunks: list[bytes] = []
+        part: list[bytes] = []
+        room = self.max_bytes - size
+        for line in lines:
+            if part and len(line) > room:
+                chunks.append(b"".join(part))
+                part, room = [], self.max_bytes
+            elif not part and len(line) > room and size:
+                room = self.max_bytes  # the first write will rotate first
+            part.append(line)
+            room -= len(line)
+        if part:
+            chunks.append(b"".join(part))
+        return chunks
 
     def _current(self) -> int:
         """The descriptor of the file now at `path` (opened again when it changed)."""
