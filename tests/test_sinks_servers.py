@@ -4,6 +4,7 @@ rotated while they write, and four uvicorn workers POSTing to one endpoint."""
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .servers import gunicorn_argv, launch, uvicorn_argv, write_app
+from .servers import REPO, gunicorn_argv, launch, uvicorn_argv, write_app
 from .sink_servers import Receiver
 
 pytestmark = pytest.mark.server
@@ -119,3 +120,40 @@ def test_four_uvicorn_workers_post_to_one_endpoint(
         assert set(kinds.values()) == {1}
     finally:
         receiver.stop()
+
+
+def test_the_readme_siem_example_works_as_printed(
+    launch: launch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/siem_receiver.py and examples/siem_app.py, started as the README says."""
+    monkeypatch.setenv("SIEM_FILE", str(tmp_path / "released.jsonl"))
+    receiver = launch(
+        lambda port: [
+            sys.executable,
+            str(REPO / "examples" / "siem_receiver.py"),
+            "--port",
+            str(port),
+            "--token",
+            "demo-siem-token",
+        ],
+        "receiver",
+    )
+    monkeypatch.setenv("SIEM_URL", f"http://127.0.0.1:{receiver.port}/ingest")
+    app = launch(uvicorn_argv(REPO, "examples.siem_app"), "app")
+    with httpx.Client(base_url=app.base_url, timeout=10) as client:
+        assert client.get("/orders/13").status_code == 500
+        assert client.get("/refunds/7").status_code == 200
+        assert client.get("/orders/1").status_code == 200
+
+    def received() -> list[dict[str, object]]:
+        text = receiver.stdout_path.read_text()
+        return [json.loads(line) for line in text.splitlines()]
+
+    receiver.wait_for(lambda: len(received()) == 5, "five objects at the receiver")
+    paths = [o["path"] for o in received() if o["kind"] == "release"]
+    assert paths == ["/orders/13", "/refunds/7"]
+    app.wait_for(lambda: (tmp_path / "released.jsonl").exists(), "the jsonl file")
+    app.wait_for(lambda: len((tmp_path / "released.jsonl").read_text().splitlines()) == 3, "lines")
+    in_file = [json.loads(x) for x in (tmp_path / "released.jsonl").read_text().splitlines()]
+    assert [o["path"] for o in in_file if o["kind"] == "release"] == ["/orders/13"]
+    assert "HTTP Request: POST" not in app.output()  # the sink's own traffic stays out

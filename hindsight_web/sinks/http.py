@@ -14,7 +14,9 @@ path read and change what is sent: only for a test endpoint.
 from __future__ import annotations
 
 import json
+import logging
 import ssl
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +32,24 @@ MAX_BACKOFF_S = 5.0
 """The longest pause between two tries of a batch, in seconds."""
 
 _RETRIED = frozenset((408, 429))
+
+
+class _NotFromSinks(logging.Filter):
+    """Drops the records httpx and httpcore log in a sink's thread (one INFO line per
+    POST would otherwise fill the app's log with the sink's own traffic)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not threading.current_thread().name.startswith("hindsight-sink-")
+
+
+_QUIET = _NotFromSinks()
+
+
+def _quiet_httpx() -> None:
+    for name in ("httpx", "httpcore"):
+        log = logging.getLogger(name)
+        if _QUIET not in log.filters:
+            log.addFilter(_QUIET)
 
 
 def shown_url(url: str) -> str:
@@ -80,6 +100,7 @@ class HttpSink(QueuedSink):
                 f"sink {sink_id!r} of type 'http' needs httpx: pip install 'hindsight-web[http]'"
             ) from None
         self._httpx = httpx
+        _quiet_httpx()
         self.url = url
         self.headers = {**headers, "content-type": "application/json"}
         self.verify = verify
