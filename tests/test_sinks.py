@@ -354,6 +354,21 @@ def test_jsonl_sink_keeps_only_backups(tmp_path: Path) -> None:
     assert last["message"] == "second look at /fail/39"
 
 
+def test_a_sink_that_cannot_write_never_reaches_the_app(tmp_path: Path) -> None:
+    directory = tmp_path / "gone"
+    directory.mkdir()
+    hs = hindsight({"id": "file", "type": "jsonl", "path": str(directory / "out.jsonl")})
+    directory.rmdir()  # the disk went away after start
+    app = make_app(hs)
+    assert [run_asgi(app, f"/fail/{n}")["status"] for n in range(3)] == [500] * 3
+    assert hs.flush(10)
+    state = sink_state(app, "file")
+    assert state["failed"] == 9
+    assert state["sent"] == 0
+    assert "FileNotFoundError" in state["last_error"]
+    assert hs.counters()["internal_errors"] >= 1
+
+
 # -- otel -------------------------------------------------------------------------------------
 
 

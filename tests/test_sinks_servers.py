@@ -82,7 +82,9 @@ def test_four_gunicorn_workers_write_one_jsonl_file_without_cutting_a_line(
     target.parent.mkdir()
     monkeypatch.setenv("HS_JSONL", str(target))
     write_app(tmp_path, "flask_sinks", FLASK_APP)
-    argv = gunicorn_argv(tmp_path, "flask_sinks", "--threads", "4", workers=WORKERS)
+    # --preload: the sinks are made in the master, and each worker, forked from it,
+    # starts with a queue and a thread of its own.
+    argv = gunicorn_argv(tmp_path, "flask_sinks", "--preload", "--threads", "4", workers=WORKERS)
     server = launch(argv, "gunicorn")
     pids = _hammer(server.base_url, REQUESTS)
     assert len(pids) == WORKERS  # every worker wrote

@@ -345,7 +345,21 @@ class Collector:
         self.json = any(sink.type != "otel" for sink in sinks)
 
     def summary(self, job: Any, message: str) -> None:
-        """Add the summary of release `job` (a `release.Release`)."""
+        """Add the summary of release `job` (a `release.Release`).
+
+        A sink whose queue is full already gets nothing of the release: its records
+        are counted as dropped without being made (a sink that is down costs the
+        writer thread nothing once its queue has filled)."""
+        full = [sink.full() for sink in self.sinks]
+        if any(full):
+            for sink, is_full in zip(self.sinks, full, strict=True):
+                if is_full:
+                    sink.drop(len(job.entries) + 1)
+            self.sinks = tuple(s for s, f in zip(self.sinks, full, strict=True) if not f)
+            self.items = [items for items, f in zip(self.items, full, strict=True) if not f]
+            self.json = any(sink.type != "otel" for sink in self.sinks)
+            if not self.sinks:
+                return
         state = _current.get()
         line = None
         if self.json:
@@ -377,6 +391,8 @@ class Collector:
 
     def entry(self, entry: Entry, request_id: str) -> None:
         """Add one kept record of the release (called in the record's context)."""
+        if not self.sinks:
+            return
         obj = records_json([entry])[0]
         state = _current.get()
         who = _who(state)

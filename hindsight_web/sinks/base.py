@@ -111,6 +111,18 @@ class QueuedSink:
             )
         return dropped
 
+    def full(self) -> bool:
+        """Whether the queue holds as much as it may (what comes now would be dropped)."""
+        return len(self._items) >= self.max_queued or self._bytes >= self.max_queued_bytes
+
+    def drop(self, n: int) -> None:
+        """Count `n` records dropped without making them (the queue is full); report once."""
+        with self._lock:
+            self.dropped += n
+        errors.report(
+            f"sink {self.id}", OverflowError(f"sink {self.id!r}: queue full, {n} records dropped")
+        )
+
     def flush(self, timeout_s: float) -> bool:
         """Wait until every item queued so far is settled (sent, failed or dropped);
         False if `timeout_s` seconds passed first."""
