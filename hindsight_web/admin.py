@@ -217,6 +217,8 @@ def _table(segments: list[str]) -> dict[str, Action] | None:
         return {"GET": _show}
     if n == 1 and head == "release":
         return {"POST": _release}
+    if n == 1 and head == "sinks":
+        return {"GET": _sinks}
     if (n == 1 and head in ("stats", "metrics")) or (n == 2 and head == "stats"):
         return _stats_table(segments)
     return None
@@ -506,6 +508,12 @@ def _epoch(at: object) -> float:
         return iso_moment(at).timestamp() if isinstance(at, str) else -1.0
     except ValueError:
         return -1.0
+
+
+def _sinks(hs: Hindsight, request: AdminRequest) -> AdminResponse:
+    """This process's sinks: ``{"sinks": [{"id", "type", "default", "queued", "sent",
+    "dropped", "failed", "retries", "last_error", "last_error_at", ...}, ...]}``."""
+    return _json(200, {"sinks": hs.sinks.state()})
 
 
 def _stats(hs: Hindsight, request: AdminRequest) -> AdminResponse:

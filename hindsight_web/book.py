@@ -67,6 +67,7 @@ class RuleBook:
         default_detail_ttl_s: how long, in seconds, a ``detail`` rule given no
             expiry lives.
         clock: the time in epoch seconds (for tests).
+        sinks: the sink ids a rule's ``"sinks"`` may name (None: any).
 
     Every change raises:
         RuleError: the rule is malformed (`TooManyRules`: there would be too many).
@@ -83,8 +84,10 @@ class RuleBook:
         max_detail_ttl_s: float,
         default_detail_ttl_s: float,
         clock: Callable[[], float] = time.time,
+        sinks: tuple[str, ...] | None = None,
     ) -> None:
         self.store = store
+        self.sinks = sinks
         self.health = health
         self.max_rules = max_rules
         self.max_detail_ttl_s = max_detail_ttl_s
@@ -116,6 +119,7 @@ class RuleBook:
             now=self._clock(),
             max_detail_ttl_s=self.max_detail_ttl_s,
             default_detail_ttl_s=self.default_detail_ttl_s,
+            sinks=self.sinks,
         )
 
     # -- changes ----------------------------------------------------------------------

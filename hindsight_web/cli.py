@@ -12,6 +12,7 @@ Usage::
     hindsight-web detail alice --backfill 15m   # ... and release hers of the last 15 minutes
     hindsight-web undetail alice
     hindsight-web audit --limit 20
+    hindsight-web sinks                         # where releases go: sent, queued, dropped, errors
     hindsight-web stats [--slow | --sessions] [--limit N]
     hindsight-web requests --user-id alice --status 5xx --since -15m   # the window, newest first
     hindsight-web show 6cf5e022f83c427895fd405f17114c34                 # one request's records
@@ -313,6 +314,12 @@ def audit(api: Api, args: argparse.Namespace) -> int:
     return _emit(args, answer, lambda answer: _audit_table(answer["events"]))
 
 
+def sinks(api: Api, args: argparse.Namespace) -> int:
+    """``sinks``: the outputs of the process that answers, with their counts and last error."""
+    answer = api.call("GET", "/sinks")
+    return _emit(args, answer, lambda answer: _sinks_table(answer["sinks"]))
+
+
 def stats(api: Api, args: argparse.Namespace) -> int:
     """``stats``: totals and routes, or the slowest requests (--slow) or sessions (--sessions)."""
     path, render = "/stats", lambda answer: _stats_text(answer, args.limit)
@@ -609,6 +616,16 @@ def _audit_table(events: list[dict[str, Any]]) -> str:
         for row, e in zip(rows, events, strict=True):
             row += [e.get("count"), e.get("query")]
     return table(headers, rows)
+
+
+def _sinks_table(shown: list[dict[str, Any]]) -> str:
+    keys = ["id", "type", "queued", "sent", "dropped", "failed", "retries", "last_error"]
+    rows = [[sink.get(key) for key in keys] for sink in shown]
+    headers = [key.replace("_", " ") for key in keys]
+    return table(
+        [*headers, "target"],
+        [[*r, s.get("url") or s.get("path")] for r, s in zip(rows, shown, strict=True)],
+    )
 
 
 def _stats_text(answer: dict[str, Any], limit: int | None) -> str:
@@ -937,6 +954,7 @@ def _parser() -> argparse.ArgumentParser:
     trail.add_argument("--action", choices=AUDIT_ACTIONS, help="only this kind of event")
     trail.add_argument("--since", type=parse_moment, metavar="TIME", help=TIME_FORMS)
     trail.add_argument("--until", type=parse_moment, metavar="TIME", help=TIME_FORMS)
+    command(commands, "sinks", sinks, "where releases go, with what each sent, holds and dropped")
     numbers = command(commands, "stats", stats, "request statistics per route")
     which = numbers.add_mutually_exclusive_group()
     which.add_argument("--slow", action="store_true", help="the slowest requests")

@@ -19,7 +19,7 @@ from random import getrandbits
 from time import perf_counter
 from typing import Any, TypeVar
 
-from . import capture, errors, options
+from . import capture, errors, options, sources
 from .book import RuleBook
 from .buffer import Budget, Counts, release_memory
 from .context import CLOSED_LEVEL, RequestState, _current, let_go
@@ -29,6 +29,7 @@ from .release import MAX_QUEUED, RateLimit, Release, Writer, write_now
 from .retain import Retainer
 from .rules import Rule
 from .search import Search, StoredRequest, facts_json, records_json
+from .sinks import Sinks, parse_sinks
 from .sources import RulesPoller, load_initial
 from .stats import Stats
 from .stats_share import SharedStats
@@ -140,6 +141,11 @@ class Hindsight:
             in names ignoring case and ``-``, ``_``, ``.``).
         redact_patterns: regular expressions whose matches are redacted in every
             kept message and text (each kept message is then formatted at log time).
+        sinks: outputs for releases besides the app's handlers (the ``logging``
+            sink ``app``, always there): a list of sink objects, ``jsonl``,
+            ``http`` or ``otel`` (see `hindsight_web.sinks`); a rules file may
+            hold more under ``"sinks"``. A release goes to every sink, unless the
+            rule that released it names its ``"sinks"``.
 
     Raises:
         ValueError: a bad option (the message names it and what is allowed).
@@ -191,6 +197,7 @@ class Hindsight:
         redact: bool = True,
         redact_keys: list[str] | tuple[str, ...] = (),
         redact_patterns: list[str] | tuple[str, ...] = (),
+        sinks: list[Any] | None = None,
     ) -> None:
         self.slow_ms = options.optional_number("slow_ms", slow_ms)
         self.release_on_status = options.optional_status(release_on_status)
@@ -223,7 +230,11 @@ class Hindsight:
         self.max_releases_per_s = options.positive_number("max_releases_per_s", max_releases_per_s)
         self._limit = RateLimit(self.max_releases_per_s, burst=2 * self.max_releases_per_s)
         self._counts = Counts()
-        self.writer = Writer(self._counts)
+        # Sinks (the option's, then a rules file's): releases go to them from the writer
+        # thread; a rule may name only their ids.
+        file_sinks = parse_sinks(sources.file_sinks(rules), "rules file 'sinks'")
+        self.sinks = Sinks([*parse_sinks(sinks), *file_sinks])
+        self.writer = Writer(self._counts, self.sinks)
         self.stats = Stats(max_routes=self._stats_limits[0], max_sessions=self._stats_limits[1])
 
         self.store = open_store(store)
@@ -234,6 +245,7 @@ class Hindsight:
             max_rules=max_rules,
             max_detail_ttl_s=max_detail_ttl_s,
             default_detail_ttl_s=min(DEFAULT_DETAIL_TTL_S, max_detail_ttl_s),
+            sinks=self.sinks.ids,
         )
         self.rules = self.book.active
         if rules is not None:
@@ -510,7 +522,15 @@ class Hindsight:
             budget=self.budget,
             reserved=0,
             release_level=self.release_handler_level,
+            sinks=self._routed(reason),
         )
+
+    def _routed(self, reason: str) -> tuple[str, ...] | None:
+        """The sinks a release goes to: those its rule names, else None (the defaults)."""
+        if reason.startswith("rule:"):
+            rule = self.rules.get(reason[5:])
+            return None if rule is None else rule.sinks
+        return None
 
     def _submit(self, job: Release) -> bool:
         """Hand `job` to the writer thread; False (dropped, counted, reported) when its
@@ -620,12 +640,15 @@ class Hindsight:
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every release handed over so far is written (by the background
-        thread); returns False if `timeout_s` seconds passed first.
+        thread) and the queued sinks have sent it (or given it up); returns False if
+        `timeout_s` seconds passed first.
 
         Releases are written off the request path; call this where the next step
         reads what they wrote (a test, the end of a batch job).
         """
-        return self.writer.flush(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        written = self.writer.flush(timeout_s)
+        return self.sinks.flush(max(0.0, deadline - time.monotonic())) and written
 
     # -- rules: the Python API (through the rule book, like the admin API) ----------
 
@@ -675,6 +698,7 @@ class Hindsight:
         counts["window_bytes"] = 0 if window is None else window.used
         counts["window_evicted"] = 0 if window is None else window.evicted
         counts.update(self.retainer.counts())
+        counts.update(self.sinks.counters())
         return counts
 
 

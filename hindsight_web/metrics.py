@@ -105,6 +105,7 @@ _COUNTERS = {
     ),
 }
 _COVERED = frozenset(("requests", "releases"))
+_SINK = "sink_"
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _LE = [repr(bound / 1000) for bound in BOUNDS_MS] + ["+Inf"]
 
@@ -140,7 +141,10 @@ def render(source: StatsView | Stats, counters: Mapping[str, int | float] | None
     ``hindsight_records_captured_total``, ``buffer_bytes`` -> the gauge
     ``hindsight_buffer_bytes``, ``store_up`` -> the gauge ``hindsight_store_up``,
     ...; ``requests`` and ``releases`` are left out since the labelled families
-    carry them; another key ``k`` becomes the untyped ``hindsight_k``).
+    carry them; ``sink_<outcome>:<id>`` keys become ``hindsight_sink_records_total``
+    by ``sink`` and ``outcome`` (sent, dropped, failed) and the gauge
+    ``hindsight_sink_queued`` by ``sink``; another key ``k`` becomes the untyped
+    ``hindsight_k``).
 
     Raises:
         TypeError: `source` is neither, a counter is not a number, or counters come
@@ -214,10 +218,15 @@ def _lines(view: StatsView) -> Iterator[str]:
 
 
 def _counter_lines(counters: Mapping[str, int | float]) -> Iterator[str]:
+    sinks: dict[str, dict[str, int | float]] = {}
     for key, value in counters.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"invalid counter {key!r} {value!r}: expected a number")
         if key in _COVERED:
+            continue
+        if key.startswith(_SINK) and ":" in key:  # sink_<outcome>:<sink id>
+            outcome, _, sink = key[len(_SINK) :].partition(":")
+            sinks.setdefault(sink, {})[outcome] = value
             continue
         known = _COUNTERS.get(key)
         if known is not None:
@@ -228,6 +237,24 @@ def _counter_lines(counters: Mapping[str, int | float]) -> Iterator[str]:
             raise ValueError(f"invalid counter name {key!r}: expected letters, digits and '_'")
         yield from _head(name, kind, text)
         yield f"{name} {_value(value)}"
+    if sinks:
+        yield from _sink_lines(sinks)
+
+
+def _sink_lines(sinks: Mapping[str, Mapping[str, int | float]]) -> Iterator[str]:
+    """The sinks' families, labelled by the configured sink ids (a bounded set)."""
+    name = "hindsight_sink_records_total"
+    yield from _head(name, "counter", "Records a sink sent, dropped (queue full) or failed.")
+    for sink, counts in sorted(sinks.items()):
+        for outcome in ("sent", "dropped", "failed"):
+            if outcome in counts:
+                value = _value(counts[outcome])
+                yield f'{name}{{sink="{_label(sink)}",outcome="{outcome}"}} {value}'
+    name = "hindsight_sink_queued"
+    yield from _head(name, "gauge", "Records waiting in a sink's queue.")
+    for sink, counts in sorted(sinks.items()):
+        if "queued" in counts:
+            yield f'{name}{{sink="{_label(sink)}"}} {_value(counts["queued"])}'
 
 
 def _head(name: str, kind: str, text: str) -> Iterator[str]:

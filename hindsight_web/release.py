@@ -34,7 +34,7 @@ import weakref
 from collections import deque
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
-from typing import Any
+from typing import Any, Protocol
 
 from . import errors
 from ._sync import new_lock
@@ -60,6 +60,8 @@ from .escaping import shown
 __all__ = [
     "LINGER_S",
     "MAX_QUEUED",
+    "Collector",
+    "Outputs",
     "RateLimit",
     "Release",
     "Writer",
@@ -212,6 +214,8 @@ class Release:
         at: when it ended, epoch seconds.
         budget, reserved: the bytes its records hold, given back once written.
         release_level: ``release_handler_level``.
+        sinks: the ids of the sinks it goes to (a rule's ``sinks``), or None for the
+            default ones.
     """
 
     request_id: str
@@ -229,6 +233,32 @@ class Release:
     budget: Budget
     reserved: int
     release_level: int
+    sinks: tuple[str, ...] | None = None
+
+
+class Outputs(Protocol):
+    """Where releases go besides the app's handlers (`sinks.Sinks`)."""
+
+    app_sent: int
+
+    def route(self, names: tuple[str, ...] | None) -> tuple[bool, tuple[Any, ...]]:
+        """Whether the app's handlers take a release for `names`, and which other sinks."""
+
+    def collector(self, sinks: tuple[Any, ...]) -> Collector:
+        """What gathers one release's items for `sinks`."""
+
+
+class Collector(Protocol):
+    """Gathers the items of one release for the sinks (`sinks.Collector`)."""
+
+    def summary(self, job: Release, message: str) -> None:
+        """The summary (in the release's context)."""
+
+    def entry(self, entry: Entry, request_id: str) -> None:
+        """A record (in its own context)."""
+
+    def done(self) -> None:
+        """Hand the items over."""
 
 
 def _summary(job: Release) -> logging.LogRecord:
@@ -274,20 +304,30 @@ def _summary(job: Release) -> logging.LogRecord:
     return record
 
 
-def write(job: Release, counts: Counts) -> None:
-    """Write a release: its summary, then its records in order, each in its own context."""
+def write(job: Release, counts: Counts, outputs: Outputs | None = None) -> None:
+    """Write a release: its summary, then its records in order, each in its own context,
+    to the app's handlers and to the sinks it is routed to (`outputs`)."""
     written = 0
+    app, others = (True, ()) if outputs is None else outputs.route(job.sinks)
+    collect = outputs.collector(others) if outputs is not None and others else None
     try:
-        job.context.run(_write_summary, job)
+        job.context.run(_write_summary, job, app, collect)
         for entry in job.entries:
             # A record of the window holds its context no more: its request's stands in.
             context = entry[CONTEXT][0] or job.context
-            if context.run(_write_entry, entry, job.release_level):
+            if context.run(_write_entry, entry, job.release_level, app, collect, job.request_id):
                 written += 1
     finally:
+        if collect is not None:
+            try:
+                collect.done()
+            except Exception as exc:
+                errors.report("sinks", exc)
         job.entries = []
         job.budget.give_back(job.reserved)
         counts.add(records_released=written)
+        if app and outputs is not None:
+            outputs.app_sent += written + 1
 
 
 def write_now(entries: list[Entry], release_level: int) -> int:
@@ -299,20 +339,38 @@ def write_now(entries: list[Entry], release_level: int) -> int:
     )
 
 
-def _write_summary(job: Release) -> None:
+def _write_summary(job: Release, app: bool = True, collect: Collector | None = None) -> None:
     try:
-        deliver(logger, _summary(job), job.release_level)
+        record = _summary(job)
+        if app:
+            deliver(logger, record, job.release_level)
+        if collect is not None:
+            collect.summary(job, record.getMessage())
     except Exception as exc:
         errors.report("release", exc)
 
 
-def _write_entry(entry: Entry, release_level: int) -> bool:
+def _write_entry(
+    entry: Entry,
+    release_level: int,
+    app: bool = True,
+    collect: Collector | None = None,
+    request_id: str = "",
+) -> bool:
+    written = False
     try:
-        deliver(entry[LOGGER], build_record(entry), release_level)
-        return True
+        if app:
+            deliver(entry[LOGGER], build_record(entry), release_level)
+            written = True
     except Exception as exc:
         errors.report("release", exc)
-        return False
+    if collect is not None:
+        try:
+            collect.entry(entry, request_id)
+            written = True
+        except Exception as exc:
+            errors.report("sinks", exc)
+    return written
 
 
 class RateLimit:
@@ -348,8 +406,9 @@ class Writer:
     writer is gone and nothing is left to write.
     """
 
-    def __init__(self, counts: Counts) -> None:
+    def __init__(self, counts: Counts, outputs: Outputs | None = None) -> None:
         self.counts = counts
+        self.outputs = outputs
         self._jobs: SimpleQueue[Release | threading.Event] = SimpleQueue()
         self._hurry = threading.Event()  # a flush waits: stop lingering
         self._thread: threading.Thread | None = None
@@ -381,7 +440,7 @@ class Writer:
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=_run,
-                    args=(weakref.ref(self), self._jobs, self._hurry, self.counts),
+                    args=(weakref.ref(self), self._jobs, self._hurry, self.counts, self.outputs),
                     name="hindsight-release",
                     daemon=True,
                 )
@@ -393,6 +452,7 @@ def _run(
     jobs: SimpleQueue[Release | threading.Event],
     hurry: threading.Event,
     counts: Counts,
+    outputs: Outputs | None = None,
 ) -> None:
     while True:
         if jobs.empty():  # let releases gather: one thread switch per batch, not per release
@@ -408,7 +468,7 @@ def _run(
             job.set()
             continue
         try:
-            write(job, counts)
+            write(job, counts, outputs)
         except Exception as exc:
             errors.report("release", exc)
         del job  # its records and context go now, not when the next one comes

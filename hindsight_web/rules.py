@@ -72,6 +72,7 @@ _TOP_KEYS = (
     "priority",
     "retain_s",
     "sample_rate",
+    "sinks",
     "starts_at",
     "ttl_s",
 )
@@ -970,6 +971,7 @@ class Rule:
         sample_rate: the share of matching requests the rule acts on (0 < x <= 1).
         dry_run: True when the rule only counts the requests it would act on.
         note: free text for the humans, or None.
+        sinks: the ids of the sinks its releases go to, or None (the default sinks).
         created_at, starts_at, expires_at: epoch seconds (the last two may be None).
         hits: requests the rule matched (after sampling), counted by the RuleSet.
     """
@@ -995,6 +997,7 @@ class Rule:
         "priority",
         "retain_s",
         "sample_rate",
+        "sinks",
         "starts_at",
     )
 
@@ -1006,6 +1009,7 @@ class Rule:
     sample_rate: float
     dry_run: bool
     note: str | None
+    sinks: tuple[str, ...] | None
     created_at: float
     starts_at: float | None
     expires_at: float | None
@@ -1036,6 +1040,7 @@ class Rule:
         expires_at: float | None,
         hits: int = 0,
         retain_s: int | None = None,
+        sinks: tuple[str, ...] | None = None,
     ) -> None:
         put = object.__setattr__
         for name, value in (
@@ -1050,6 +1055,7 @@ class Rule:
             ("starts_at", starts_at),
             ("expires_at", expires_at),
             ("retain_s", retain_s),
+            ("sinks", sinks),
         ):
             put(self, name, value)
         bucket = next((key for key in _INDEX_ORDER if key in match.keys), None)
@@ -1113,6 +1119,7 @@ class Rule:
             "ttl_s": left,
             "hits": self.hits,
             **({} if self.retain_s is None else {"retain_s": self.retain_s}),
+            **({} if self.sinks is None else {"sinks": list(self.sinks)}),
         }
 
     def _identity(self) -> tuple[object, ...]:
@@ -1125,6 +1132,7 @@ class Rule:
             self.sample_rate,
             self.dry_run,
             self.note,
+            self.sinks,
             self.created_at,
             self.starts_at,
             self.expires_at,
@@ -1152,6 +1160,7 @@ def parse_rule(
     now: float,
     max_detail_ttl_s: float = 86400.0,
     default_detail_ttl_s: float = 1800.0,
+    sinks: Iterable[str] | None = None,
 ) -> Rule:
     """Validate a decoded JSON rule and compile it.
 
@@ -1165,6 +1174,7 @@ def parse_rule(
         max_detail_ttl_s: the longest a ``detail`` rule may last.
         default_detail_ttl_s: how long a ``detail`` rule given no ``ttl_s`` nor
             ``expires_at`` lasts.
+        sinks: the ids of the sinks a rule's ``"sinks"`` may name (None: any id).
 
     Raises:
         RuleError: the rule is refused; its ``status`` (400 or 422) and
@@ -1178,7 +1188,8 @@ def parse_rule(
         )
         rules.add(rule)
     """
-    return _parse(obj, now, max_detail_ttl_s, default_detail_ttl_s, stored=False)
+    known = None if sinks is None else tuple(sinks)
+    return _parse(obj, now, max_detail_ttl_s, default_detail_ttl_s, stored=False, sinks=known)
 
 
 def restore_rule(
@@ -1208,6 +1219,7 @@ def _parse(
     default_detail_ttl_s: float,
     *,
     stored: bool,
+    sinks: tuple[str, ...] | None = None,
 ) -> Rule:
     if not 0 < default_detail_ttl_s <= max_detail_ttl_s:
         raise ValueError(
@@ -1231,6 +1243,7 @@ def _parse(
     sample_rate = _parse_sample_rate(p, obj.get("sample_rate"))
     dry_run = _parse_bool(p, "dry_run", obj.get("dry_run"))
     note = _parse_note(p, obj.get("note"))
+    routed = _parse_sinks(p, obj.get("sinks"), sinks)
     retain_s = _parse_retain_s(p, action, obj.get("retain_s"))
     starts_at, expires_at = _window(
         p,
@@ -1261,7 +1274,30 @@ def _parse(
         expires_at=expires_at,
         hits=hits,
         retain_s=retain_s,
+        sinks=routed,
     )
+
+
+def _parse_sinks(
+    p: _Problems, value: object, known: tuple[str, ...] | None
+) -> tuple[str, ...] | None:
+    """A rule's ``sinks``: a non-empty list of sink ids (of `known`, when given)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        p.wrong_type("sinks", value, 'expected a list of sink ids such as ["app", "support"]')
+        return None
+    if not value or len(value) > 100:
+        p.wrong_value("sinks", value, "expected 1 to 100 sink ids")
+        return None
+    if known is not None:
+        unknown = [item for item in value if item not in known]
+        if unknown:
+            p.wrong_value(
+                "sinks", unknown[0], "no sink has this id; known sinks: " + ", ".join(known)
+            )
+            return None
+    return tuple(dict.fromkeys(value))
 
 
 def _parse_retain_s(p: _Problems, action: str, value: object) -> int | None:

@@ -26,6 +26,7 @@ __all__ = [
     "FETCH_TIMEOUT_S",
     "MAX_DOCUMENT_BYTES",
     "RulesPoller",
+    "file_sinks",
     "load_initial",
     "parse_document",
 ]
@@ -66,9 +67,24 @@ def load_initial(rules: Any, parse: Callable[[object], Rule]) -> tuple[list[Rule
     return parse_document(rules, where, parse), fingerprint(rules)
 
 
+def file_sinks(rules: Any) -> Any:
+    """The ``"sinks"`` of a rules file (``{"rules": [...], "sinks": [...]}``), or None when
+    `rules` is not a path or its file has none (an unreadable file is reported by
+    `load_initial`)."""
+    if not isinstance(rules, (str, os.PathLike)):
+        return None
+    try:
+        with Path(rules).open("rb") as file:
+            document = json.loads(file.read(MAX_DOCUMENT_BYTES + 1))
+    except (OSError, ValueError):
+        return None
+    return document.get("sinks") if isinstance(document, dict) else None
+
+
 def parse_document(document: Any, where: str, parse: Callable[[object], Rule]) -> list[Rule]:
-    """The rules of a decoded JSON document: a list of rules or ``{"rules": [...]}``."""
-    if isinstance(document, dict) and set(document) == {"rules"}:
+    """The rules of a decoded JSON document: a list of rules or ``{"rules": [...]}``
+    (a ``"sinks"`` key beside them is read by `file_sinks`)."""
+    if isinstance(document, dict) and set(document) in ({"rules"}, {"rules", "sinks"}):
         document = document["rules"]
     if not isinstance(document, list):
         raise ValueError(

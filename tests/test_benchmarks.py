@@ -135,3 +135,14 @@ def test_window_benchmark_runs_and_every_measure_proves_its_work() -> None:
     for kind in ("plain", "str", "dict", "exc", "mix"):
         assert f"| {kind}: " in out, kind
     assert out.count("| by message substring, found nowhere |") == 2
+
+
+@pytest.mark.timeout(300)
+def test_sinks_benchmark_runs_and_every_sink_proves_its_work() -> None:
+    """Each throughput worker checks that its sink got every record; each request-path
+    worker that nothing was lost on the way to the writer and the down sink sent nothing."""
+    out = run_smoke("sinks.py", 250)
+    assert "### Release throughput per sink" in out
+    for sink in ("logging", "jsonl", "http", "otel"):
+        assert f"| {sink} | " in out, sink
+    assert "| http sink down | " in out

@@ -326,6 +326,16 @@ def test_audit_shows_changes_by_token_name_and_filters_them(env: dict[str, str])
     assert nobody.stdout.strip() == "no rule changes"
 
 
+def test_sinks_lists_the_outputs_and_their_counts(env: dict[str, str]) -> None:
+    done = run("sinks", env=env)
+    assert done.returncode == 0, done.stderr
+    app = row_of(done.stdout, "id", "app")
+    assert app["type"] == "logging"
+    assert app["dropped"] == "0"
+    answer = json.loads(run("sinks", "--json", env=env).stdout)
+    assert answer["sinks"][0]["id"] == "app"
+
+
 def test_stats_show_routes_slow_requests_and_sessions(app: Server, env: dict[str, str]) -> None:
     user = "cli-stats"
     wait_until_served(app, get_item(app, user, 3), user, 3)
