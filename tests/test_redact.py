@@ -327,6 +327,7 @@ app.add_middleware(
     slow_ms=None, stats_flush_s=0.3,
     rules=[{"id": "keep-logins", "action": "retain", "match": {"path": "/login"},
             "retain_s": 3600}],
+    sinks=[{"id": "file", "type": "jsonl", "path": os.environ["HS_JSONL"]}],
 )
 
 @app.post("/login")
@@ -353,6 +354,8 @@ def test_no_secret_reaches_any_output_of_a_real_server(
     db = tmp_path / "hindsight.db"
     monkeypatch.setenv("HS_STORE", f"sqlite:///{db}")
     monkeypatch.setenv("HS_TOKEN", TOKEN)
+    jsonl = tmp_path / "released.jsonl"
+    monkeypatch.setenv("HS_JSONL", str(jsonl))
     app_dir = write_app(tmp_path, "redact_app", APP)
     server: Server = launch(
         lambda port: [*uvicorn_argv(app_dir, "redact_app")(port), "--workers", "2"]
@@ -418,7 +421,18 @@ def test_no_secret_reaches_any_output_of_a_real_server(
     with sqlite3.connect(db) as connection:
         dump = "\n".join(connection.iterdump())
     assert "keep-logins" in dump
-    everything = {"server output": output, "admin answers": "\n".join(answers), "store": dump}
+    sink_lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    sunk = [
+        line for line in sink_lines if line.get("message") == "login user=alice password=[redacted]"
+    ]
+    assert len(sunk) >= 5  # the status release and the retroactive ones
+    assert {line["session_id"] for line in sunk} == {hash_session("sess-raw-SECRET-9")}
+    everything = {
+        "server output": output,
+        "admin answers": "\n".join(answers),
+        "store": dump,
+        "jsonl sink": jsonl.read_text(),
+    }
     for where, text in everything.items():
         for secret in SERVER_SECRETS:
             assert secret not in text, (secret, where)
