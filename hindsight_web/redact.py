@@ -95,22 +95,27 @@ class Plan:
         slots: the positions (ints) or mapping keys (strs) of the arguments that
             fill the value of a key shape.
         whole: the message must be formatted to be redacted (a literal value).
-        keyed: an argument is followed by ``=`` or ``:`` (``"%s=%s"``): it may be a
-            key, so the formatted message is looked at.
+        keys: the positions of the arguments followed by ``=`` or ``:`` (``"%s=%s"``):
+            they may be keys; when one is, the formatted message is looked at.
+        look: the call is looked at whatever its arguments (slots, whole, patterns).
     """
 
-    __slots__ = ("keyed", "slots", "whole")
+    __slots__ = ("keys", "look", "slots", "whole")
 
-    def __init__(self, slots: frozenset[int | str], whole: bool, keyed: bool = False) -> None:
+    def __init__(
+        self, slots: frozenset[int | str], whole: bool, keys: tuple[int, ...] = ()
+    ) -> None:
         self.slots = slots
         self.whole = whole
-        self.keyed = keyed
+        self.keys = keys
+        self.look = whole or bool(slots)
 
 
 CLEAN = Plan(frozenset(), False)
 """The plan of a format string that mentions no key: nothing to do but look at the arguments."""
 
 _LOOK = Plan(frozenset(), False)  # CLEAN, but every call is looked at (there are patterns)
+_LOOK.look = True
 
 
 def hash_session(value: str) -> str:
@@ -181,6 +186,8 @@ class Redactor:
         self.patterns = tuple(compiled)
         # format string -> its Plan; looked up on the request path, filled on first sight
         self.plans: dict[str, Plan] = {}
+        # argument in the place of a key -> whether it names a secret (`key_named`)
+        self.names: dict[str, bool] = {}
 
     # -- names and values -----------------------------------------------------------
 
@@ -188,6 +195,19 @@ class Redactor:
         """Whether a field called `name` holds a secret (its name contains a key)."""
         low = name.lower()
         return self._words.search(low) is not None and self._mention.search(low) is not None
+
+    def key_named(self, value: object) -> bool:
+        """Whether `value`, an argument in the place of a key (``"%s=%s"``), names a secret;
+        remembered in `names` (for the request path's quick look)."""
+        if type(value) is not str:
+            return False
+        known = self.names.get(value)
+        if known is None:
+            known = len(value) <= _MAX_KEY and self.secret(value)
+            if len(self.names) >= MAX_PLANS:
+                self.names = {}
+            self.names[value] = known
+        return known
 
     def mentions(self, value: str) -> bool:
         """Whether `value` holds a key anywhere (ignoring case and separators), a URL's
@@ -270,7 +290,9 @@ class Redactor:
             return self.text(shown), ()
         if type(args) is not tuple:  # a mapping kept as the record's args
             return msg, self._mapping(args, plan.slots)
-        look = plan.keyed or bool(self.patterns)
+        look = bool(self.patterns) or any(
+            i < len(args) and self.key_named(args[i]) for i in plan.keys
+        )
         if len(args) == 1 and isinstance(args[0], Mapping) and 0 not in plan.slots:
             # log.debug("%(user)s %(password)s", {...}): the mapping's secret keys
             args = (self._mapping(args[0], plan.slots),)
@@ -311,7 +333,7 @@ class Redactor:
 
     def _plan(self, msg: str) -> Plan:
         placeholders = []  # (start, end, slot, conversion)
-        keyed = False
+        keys: list[int] = []
         index = 0
         if "%" in msg:
             for found in _PLACEHOLDER.finditer(msg):
@@ -324,11 +346,12 @@ class Redactor:
                 placeholders.append((found.start(), found.end(), slot, conversion))
                 index += 1
                 # "%s=%s", "header %s: %s": an argument may be a key
-                keyed = keyed or _KEY_END.match(msg, found.end()) is not None
+                if key is None and _KEY_END.match(msg, found.end()) is not None:
+                    keys.append(slot)  # type: ignore[arg-type]  # an int: key is None
         if not self.mentions(msg):
-            return Plan(frozenset(), False, keyed) if keyed else CLEAN
+            return Plan(frozenset(), False, tuple(keys)) if keys else CLEAN
         if ("://" in msg and _USERINFO.search(msg)) or _BEARER.search(msg):
-            return Plan(frozenset(), True, keyed)  # a URL's password, a token: formatted
+            return Plan(frozenset(), True, tuple(keys))  # a URL's password, a token: formatted
         starts = [p[0] for p in placeholders]
         slots: set[int | str] = set()
         for start, end, _ in self._secret_values(msg):
@@ -337,9 +360,9 @@ class Redactor:
             for p_start, p_end, _, _ in reversed(inside):
                 rest = rest[: p_start - start] + rest[p_end - start :]
             if rest.strip("\"' \t") or any(p[3] not in "sra" for p in inside):
-                return Plan(frozenset(), True, keyed)  # a literal value, a number: formatted
+                return Plan(frozenset(), True, tuple(keys))  # a literal or a number: formatted
             slots.update(p[2] for p in inside)
-        return Plan(frozenset(slots), False, keyed) if slots or keyed else CLEAN
+        return Plan(frozenset(slots), False, tuple(keys)) if slots or keys else CLEAN
 
     def _mapping(self, args: Any, slots: frozenset[int | str]) -> Any:
         if not isinstance(args, Mapping):
