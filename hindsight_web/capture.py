@@ -182,28 +182,20 @@ def _level_method(level: int) -> Callable[..., None]:
                     # reads it). The arguments are kept as they are now: as given when
                     # they cannot change, else frozen. The size as `entry_size` has it.
                     # Redaction looks closer only at a format string that mentions a
-                    # key (or was never seen), an argument in a key's place ("%s=%s")
-                    # that names a secret (or was never seen there), a str argument
-                    # holding "=" or ":", or an argument of another kind.
+                    # key (or was never seen), a str argument holding "=" or ":" or
+                    # that is a secret's usual name, or an argument of another kind.
                     size = ENTRY_OVERHEAD + len(msg)
                     redactor = state.redactor
-                    look = False
-                    if redactor is not None:
-                        plan = redactor.plans.get(msg)
-                        if plan is not CLEAN:
-                            if plan is None or plan.look:
-                                look = True
-                            else:  # "%s=%s": an argument that names a secret
-                                names = redactor.names
-                                for i in plan.keys:
-                                    key = args[i] if i < len(args) else None
-                                    if type(key) is str and names.get(key, True):
-                                        look = True
+                    look = redactor is not None and redactor.plans.get(msg) is not CLEAN
                     for arg in args:
                         kind = type(arg)
                         if kind is str:
                             size += len(arg)  # type: ignore[arg-type]  # a str
-                            if redactor is not None and ("=" in arg or ":" in arg):  # type: ignore[operator]
+                            if redactor is not None and (
+                                "=" in arg  # type: ignore[operator]
+                                or ":" in arg  # type: ignore[operator]
+                                or arg in redactor.names  # "%s=%s" % ("password", ...)
+                            ):
                                 look = True
                         elif kind not in SCALARS:
                             args = _freeze_args(args)

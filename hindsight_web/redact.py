@@ -84,7 +84,6 @@ _PLACEHOLDER = re.compile(
     r"(?P<conv>[diouxXeEfFgGcrsa%])"
 )
 _SCALARS = frozenset((int, float, bool, type(None), complex))
-_KEY_END = re.compile(r"""["']?[ \t]*[=:]""")  # after a placeholder: it fills a key
 _MAX_DEPTH = 8  # levels of containers walked
 
 
@@ -95,27 +94,19 @@ class Plan:
         slots: the positions (ints) or mapping keys (strs) of the arguments that
             fill the value of a key shape.
         whole: the message must be formatted to be redacted (a literal value).
-        keys: the positions of the arguments followed by ``=`` or ``:`` (``"%s=%s"``):
-            they may be keys; when one is, the formatted message is looked at.
-        look: the call is looked at whatever its arguments (slots, whole, patterns).
     """
 
-    __slots__ = ("keys", "look", "slots", "whole")
+    __slots__ = ("slots", "whole")
 
-    def __init__(
-        self, slots: frozenset[int | str], whole: bool, keys: tuple[int, ...] = ()
-    ) -> None:
+    def __init__(self, slots: frozenset[int | str], whole: bool) -> None:
         self.slots = slots
         self.whole = whole
-        self.keys = keys
-        self.look = whole or bool(slots)
 
 
 CLEAN = Plan(frozenset(), False)
 """The plan of a format string that mentions no key: nothing to do but look at the arguments."""
 
 _LOOK = Plan(frozenset(), False)  # CLEAN, but every call is looked at (there are patterns)
-_LOOK.look = True
 
 
 def hash_session(value: str) -> str:
@@ -186,8 +177,10 @@ class Redactor:
         self.patterns = tuple(compiled)
         # format string -> its Plan; looked up on the request path, filled on first sight
         self.plans: dict[str, Plan] = {}
-        # argument in the place of a key -> whether it names a secret (`key_named`)
-        self.names: dict[str, bool] = {}
+        # The usual spellings of the keys (and of the headers that hold secrets): a str
+        # argument that is one may be the key of the next ("%s=%s"), so the request
+        # path looks closer at its call.
+        self.names = frozenset(_spellings(self.keys))
 
     # -- names and values -----------------------------------------------------------
 
@@ -195,19 +188,6 @@ class Redactor:
         """Whether a field called `name` holds a secret (its name contains a key)."""
         low = name.lower()
         return self._words.search(low) is not None and self._mention.search(low) is not None
-
-    def key_named(self, value: object) -> bool:
-        """Whether `value`, an argument in the place of a key (``"%s=%s"``), names a secret;
-        remembered in `names` (for the request path's quick look)."""
-        if type(value) is not str:
-            return False
-        known = self.names.get(value)
-        if known is None:
-            known = len(value) <= _MAX_KEY and self.secret(value)
-            if len(self.names) >= MAX_PLANS:
-                self.names = {}
-            self.names[value] = known
-        return known
 
     def mentions(self, value: str) -> bool:
         """Whether `value` holds a key anywhere (ignoring case and separators), a URL's
@@ -290,9 +270,8 @@ class Redactor:
             return self.text(shown), ()
         if type(args) is not tuple:  # a mapping kept as the record's args
             return msg, self._mapping(args, plan.slots)
-        look = bool(self.patterns) or any(
-            i < len(args) and self.key_named(args[i]) for i in plan.keys
-        )
+        # "%s=%s" % ("password", ...): a key given as an argument shows only once formatted
+        look = bool(self.patterns) or any(_key_like(a) and self.secret(a) for a in args)
         if len(args) == 1 and isinstance(args[0], Mapping) and 0 not in plan.slots:
             # log.debug("%(user)s %(password)s", {...}): the mapping's secret keys
             args = (self._mapping(args[0], plan.slots),)
@@ -333,7 +312,6 @@ class Redactor:
 
     def _plan(self, msg: str) -> Plan:
         placeholders = []  # (start, end, slot, conversion)
-        keys: list[int] = []
         index = 0
         if "%" in msg:
             for found in _PLACEHOLDER.finditer(msg):
@@ -345,13 +323,10 @@ class Redactor:
                 slot = index if key is None else key
                 placeholders.append((found.start(), found.end(), slot, conversion))
                 index += 1
-                # "%s=%s", "header %s: %s": an argument may be a key
-                if key is None and _KEY_END.match(msg, found.end()) is not None:
-                    keys.append(slot)  # type: ignore[arg-type]  # an int: key is None
         if not self.mentions(msg):
-            return Plan(frozenset(), False, tuple(keys)) if keys else CLEAN
+            return CLEAN
         if ("://" in msg and _USERINFO.search(msg)) or _BEARER.search(msg):
-            return Plan(frozenset(), True, tuple(keys))  # a URL's password, a token: formatted
+            return Plan(frozenset(), True)  # a URL's password, a token: formatted
         starts = [p[0] for p in placeholders]
         slots: set[int | str] = set()
         for start, end, _ in self._secret_values(msg):
@@ -360,9 +335,9 @@ class Redactor:
             for p_start, p_end, _, _ in reversed(inside):
                 rest = rest[: p_start - start] + rest[p_end - start :]
             if rest.strip("\"' \t") or any(p[3] not in "sra" for p in inside):
-                return Plan(frozenset(), True, tuple(keys))  # a literal or a number: formatted
+                return Plan(frozenset(), True)  # a literal value, a number: formatted
             slots.update(p[2] for p in inside)
-        return Plan(frozenset(slots), False, tuple(keys)) if slots or keys else CLEAN
+        return Plan(frozenset(slots), False) if slots else CLEAN
 
     def _mapping(self, args: Any, slots: frozenset[int | str]) -> Any:
         if not isinstance(args, Mapping):
@@ -390,6 +365,9 @@ class Redactor:
             if name_start == name_end or not self.secret(value[name_start:name_end]):
                 continue
             start = separator.end()
+            if value.startswith(REDACTED, start):
+                done = start + len(REDACTED)
+                continue  # redacted already
             found = _VALUE.match(value, start)
             end = start if found is None else found.end()
             quote = value[start : start + 1]
@@ -426,6 +404,42 @@ class Redactor:
             done = end
         parts.append(value[done:])
         return "".join(parts)
+
+
+_SECRET_HEADERS = (
+    "Authorization",
+    "Proxy-Authorization",
+    "Cookie",
+    "Set-Cookie",
+    "X-Api-Key",
+    "X-Auth-Token",
+    "X-Csrf-Token",
+    "X-CSRFToken",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "client_secret",
+    "sessionid",
+    "csrftoken",
+)
+
+
+def _spellings(keys: tuple[str, ...]) -> set[str]:
+    """The usual ways of writing `keys` and the secret headers: as given, lower, upper and
+    title case, with ``_`` or ``-`` between words, and as HTTP headers and environ keys."""
+    found: set[str] = set()
+    for key in (*keys, *_SECRET_HEADERS):
+        words = [w for w in re.split(r"[-_. ]+", key) if w]
+        for joined in ("_".join(words), "-".join(words), "".join(words)):
+            found.update((key, joined, joined.lower(), joined.upper(), joined.title()))
+        found.add("HTTP_" + "_".join(words).upper())
+        found.add("".join(words[:1]).lower() + "".join(w.title() for w in words[1:]))  # apiKey
+    return found
+
+
+def _key_like(value: object) -> bool:
+    """Whether an argument could be a key given on its own: a short text, no shape."""
+    return type(value) is str and len(value) <= _MAX_KEY and "=" not in value and ":" not in value
 
 
 def _any_of(sources: set[str]) -> re.Pattern[str]:
