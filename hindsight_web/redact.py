@@ -12,6 +12,10 @@ app's own logging writes it at once. What is replaced with ``[redacted]``:
   value of the shapes ``key=value``, ``key: value`` (to the end of the line, as
   a header is: ``Authorization: Bearer ...``) and ``"key": "value"`` whose key
   contains a key;
+- pairs such as ``('Authorization', 'Bearer ...')``, a URL's password
+  (``postgres://app:...@db``) and a bearer token written alone;
+- a key given as its own argument (``log.debug("%s=%s", "password", value)``),
+  seen in the formatted message;
 - anything a pattern of `redact_patterns` matches, in the formatted message and
   the other texts.
 
@@ -24,8 +28,9 @@ matches across the format and its arguments) is kept formatted, without
 arguments.
 
 The fast path: a format string without a key costs one dict lookup, a string
-argument one test for ``=`` and ``:``; only texts that mention a key are
-scanned for shapes. Patterns, when given, are matched against every kept
+argument a test for ``=`` and ``:`` and a set lookup among the keys' usual
+spellings (`Redactor.names`); only texts that mention a key are scanned for
+shapes, in one pass. Patterns, when given, are matched against every kept
 message formatted.
 """
 
