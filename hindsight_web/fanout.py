@@ -15,7 +15,9 @@ time to the store, once it has served a request (a gunicorn master that imported
 the app, or a worker that has served nothing, has nothing to answer with: it neither
 answers nor is waited for); one silent for `LIVE_S` seconds counts as gone. A question
 carries its deadline: a process that sees it too late does not act on it (a
-release it would make is left for the next question).
+release it would make is left for the next question). A process's first look takes
+every question not yet expired, so that one that begins serving just after a
+question was asked (and is waited for, see `ask`) still answers it.
 
 The same thread does the window's other background work (`chores`): it settles
 the window (`Window.settle`) and writes what ``retain`` rules keep to the store.
@@ -89,7 +91,9 @@ class Fanout:
         self._served = served
         self._answer = answer
         self.timeout_s = timeout_s
-        self._seen: int | None = None  # the newest question looked at
+        # The newest question looked at; at first 0: every question not yet expired, so
+        # that a process that begins serving just after a question still answers it.
+        self._seen = 0
         self._next_beat = 0.0
         self._stop = threading.Event()
         _fanouts.add(self)
@@ -179,7 +183,7 @@ _fanouts: weakref.WeakSet[Fanout] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     # A forked process is another process: its own thread, no question seen yet.
     for fanout in list(_fanouts):
-        fanout._seen = None
+        fanout._seen = 0
         fanout._next_beat = 0.0
         if not fanout._stop.is_set():
             fanout._stop = threading.Event()
