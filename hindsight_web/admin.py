@@ -430,7 +430,8 @@ def _show(hs: Hindsight, request: AdminRequest) -> AdminResponse:
 
 
 def _release(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    spec = _checked(search.parse_release, _body(request))
+    body = _body(request)
+    spec = _checked(lambda given: search.parse_release(given, sinks=hs.sinks.ids), body)
     return _json(200, _release_window(hs, request, spec, note=spec.get("note")))
 
 
@@ -442,6 +443,8 @@ def _release_window(
     for key in ("since", "until"):
         moment = spec.get(key)
         query[key] = None if moment is None else iso(moment)
+    if spec.get("sinks") is not None:
+        query["sinks"] = spec["sinks"]
     answers, processes, complete = hs.ask({"kind": "release", "spec": spec, "reason": "retro"})
     released = sum(int(answer.get("released", 0)) for answer in answers)
     event = audit.released(query, released, note, _by(request), time.time())

@@ -92,6 +92,7 @@ _OPTIONS = {
     "limit": "--limit",
     "released": "--released/--not-released",
     "note": "--note",
+    "sinks": "--sink",
     "field": "--field",
     "backfill_s": "--backfill",
     "ttl_s": "--ttl",
@@ -384,7 +385,12 @@ def release(api: Api, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"match": _release_match(args)}
     body.update(
         (key, value)
-        for key, value in (("since", args.since), ("until", args.until), ("note", args.note))
+        for key, value in (
+            ("since", args.since),
+            ("until", args.until),
+            ("note", args.note),
+            ("sinks", args.sinks),
+        )
         if value is not None
     )
     answer = api.call("POST", "/release", body, options=_OPTIONS)
@@ -1017,6 +1023,13 @@ def _parser() -> argparse.ArgumentParser:
         [filters],
     )
     out.add_argument("--note", help="a note kept in the audit trail")
+    out.add_argument(
+        "--sink",
+        action="append",
+        dest="sinks",
+        metavar="ID",
+        help="send the releases to this sink (repeat for more; default: the default sinks)",
+    )
     out.add_argument(
         "--yes", action="store_true", help="release without asking (and without searching first)"
     )

@@ -563,8 +563,10 @@ class Hindsight:
                 return {"request": None}
             return {"request": {**facts_json(state), "records": records_json(list(state.records))}}
         if kind == "release":
-            search = Search(question["spec"])
-            released = self.release_window(search, question.get("reason", "retro"))
+            spec = question["spec"]
+            sinks = spec.get("sinks")
+            routed = None if sinks is None else tuple(sinks)
+            released = self.release_window(Search(spec), question.get("reason", "retro"), routed)
             # Written before the answer: what the process writes after comes after it.
             self.writer.flush(self.search_timeout_s)
             return {"released": released}
@@ -608,10 +610,13 @@ class Hindsight:
         limit (none when the window is off)."""
         return [] if self.window is None else search.newest(self.window.states())
 
-    def release_window(self, search: Search, reason: str = "retro") -> int:
+    def release_window(
+        self, search: Search, reason: str = "retro", sinks: tuple[str, ...] | None = None
+    ) -> int:
         """Release this process's kept requests that `search` finds and that were not
         released yet, oldest first, each with its summary (`reason`), never held back
-        by the release limit; returns how many were handed to the writer thread."""
+        by the release limit, to `sinks` (their ids; None: the default sinks); returns
+        how many were handed to the writer thread."""
         window = self.window
         if window is None:
             return 0
@@ -627,6 +632,8 @@ class Hindsight:
             context = contextvars.Context()  # the records are tagged with their request
             context.run(_current.set, state)
             job = self._job(state, reason, records, 0, context)
+            if sinks is not None:
+                job.sinks = sinks
             # An operator's release may wait for room in the writer's queue (up to
             # `search_timeout_s` in all); what finds none stays for the next release.
             if not self.writer.submit(job):

@@ -221,12 +221,16 @@ def parse_search(query: Mapping[str, str], now: float | None = None) -> dict[str
     return spec
 
 
-def parse_release(body: object, now: float | None = None) -> dict[str, Any]:
-    """The spec of a ``POST /release`` body: ``{"match": {...}, "since", "until", "note"}``.
+def parse_release(
+    body: object, now: float | None = None, sinks: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """The spec of a ``POST /release`` body: ``{"match": {...}, "since", "until", "note",
+    "sinks"}`` (``sinks``: the ids the releases go to, of `sinks` when given; by default
+    the default sinks).
 
     Raises:
-        FilterError: a body that is not such an object (400), or a match a rule
-            could not have (422).
+        FilterError: a body that is not such an object (400), or a match or sinks a
+            rule could not have (422).
     """
     now = time.time() if now is None else now
     if not isinstance(body, dict):
@@ -235,7 +239,7 @@ def parse_release(body: object, now: float | None = None) -> dict[str, Any]:
             '"since": "-10m"}',
             [{"field": "body", "error": "expected an object"}],
         )
-    allowed = ("match", "since", "until", "note")
+    allowed = ("match", "since", "until", "note", "sinks")
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         raise FilterError(
@@ -255,7 +259,8 @@ def parse_release(body: object, now: float | None = None) -> dict[str, Any]:
         )
     spec: dict[str, Any] = {"match": body.get("match", {}), "note": note}
     spec.update(_times(body.get("since"), body.get("until"), now))
-    _compile(spec, params=False)
+    routed = _compile(spec, params=False, sinks=body.get("sinks"), known=sinks).sinks
+    spec["sinks"] = None if routed is None else list(routed)
     return spec
 
 
@@ -274,10 +279,20 @@ def _field_name(name: str) -> bool:
     return name.startswith(_FIELD) and name[len(_FIELD) :].isidentifier()
 
 
-def _compile(spec: Mapping[str, Any], *, params: bool) -> Rule:
-    """The rule whose match is the spec's: what a request must match."""
+def _compile(
+    spec: Mapping[str, Any],
+    *,
+    params: bool,
+    sinks: object = None,
+    known: tuple[str, ...] | None = None,
+) -> Rule:
+    """The rule whose match is the spec's: what a request must match (and, for a
+    release, the `sinks` it goes to, of the `known` ones)."""
+    rule: dict[str, Any] = {"action": "release", "match": spec["match"]}
+    if sinks is not None:
+        rule["sinks"] = sinks
     try:
-        return parse_rule({"action": "release", "match": spec["match"]}, now=time.time())
+        return parse_rule(rule, now=time.time(), sinks=known)
     except RuleError as exc:
         if not params:
             raise FilterError(str(exc), exc.details, status=exc.status) from None

@@ -475,6 +475,33 @@ def test_a_sink_out_of_the_default_gets_only_the_rules_that_name_it(tmp_path: Pa
     assert {o["path"] for o in lines_of(path) if o["kind"] == "release"} == {"/vip/1"}
 
 
+def test_a_retroactive_release_goes_to_the_sinks_it_names(tmp_path: Path, out: ListHandler) -> None:
+    path = tmp_path / "support.jsonl"
+    hs = hindsight({"id": "support", "type": "jsonl", "path": str(path), "default": False})
+    app = make_app(hs)
+    run_asgi(app, "/ok/1")  # discarded: kept in the window
+    run_asgi(app, "/ok/2")
+    out.records.clear()
+    status, body = admin_post(app, "release", {"match": {"path": "/ok/1"}, "sinks": ["nope"]})
+    assert status == 422
+    assert body["details"][0]["field"] == "sinks"
+    status, body = admin_post(app, "release", {"match": {"path": "/ok/1"}, "sinks": ["support"]})
+    assert (status, body["released"]) == (200, 1)
+    assert hs.flush(10)
+    written = lines_of(path)
+    assert [(o["kind"], o["path"], o["reason"]) for o in written if o["kind"] == "release"] == [
+        ("release", "/ok/1", "retro")
+    ]
+    assert not [r for r in out.records if r.name == "shop"]  # not to the app's handlers
+    status, body = admin_post(app, "release", {"match": {"path": "/ok/2"}})
+    assert (status, body["released"]) == (200, 1)
+    assert hs.flush(10)
+    assert [o["path"] for o in lines_of(path) if o["kind"] == "release"] == ["/ok/1"]
+    assert [r.getMessage() for r in out.records if r.name == "shop"]  # the default: app
+    query = admin_get(app, "audit")["events"][1]["query"]
+    assert query["sinks"] == ["support"]
+
+
 def test_an_unknown_sink_in_a_rule_is_a_422_naming_sinks(receiver: Receiver) -> None:
     hs = hindsight({"id": "siem", "type": "http", "url": receiver.url})
     app = make_app(hs)
