@@ -53,7 +53,7 @@ from typing import Any
 from . import errors
 from .buffer import ENTRY_OVERHEAD, SCALARS, call_size, keep, make_room
 from .context import RequestState, _current, new_cell, of_exception
-from .messages import Shown, text
+from .messages import Shown
 from .redact import CLEAN
 from .release import delivering, write_live
 
@@ -200,10 +200,11 @@ def _level_method(level: int) -> Callable[..., None]:
                         elif kind not in SCALARS:
                             args = _freeze_args(args)
                             look = redactor is not None
-                            size = ENTRY_OVERHEAD + len(text(msg, args))
+                            size = -1  # the formatted message's: after redaction
                             break
                     if look:
                         msg, args = redactor.call(msg, args)  # type: ignore[union-attr]
+                    if look or size < 0:
                         size = call_size(msg, args)
                     context = _copy_context()  # see `context_now`
                     cell = state.context

@@ -504,8 +504,10 @@ class Hindsight:
         entries: deque[Any],
         suppressed: int,
         context: contextvars.Context,
+        sinks: tuple[str, ...] | None = None,
     ) -> Release:
-        """The release of `state` (ended) with `entries`, for the writer thread."""
+        """The release of `state` (ended) with `entries`, for the writer thread, to
+        `sinks` (their ids) or else to those its rule names, or the default ones."""
         return Release(
             request_id=state.request_id,
             method=state.method,
@@ -522,7 +524,7 @@ class Hindsight:
             budget=self.budget,
             reserved=0,
             release_level=self.release_handler_level,
-            sinks=self._routed(reason),
+            sinks=sinks if sinks is not None else self._routed(reason),
         )
 
     def _routed(self, reason: str) -> tuple[str, ...] | None:
@@ -631,9 +633,7 @@ class Hindsight:
             records, suppressed = taken
             context = contextvars.Context()  # the records are tagged with their request
             context.run(_current.set, state)
-            job = self._job(state, reason, records, 0, context)
-            if sinks is not None:
-                job.sinks = sinks
+            job = self._job(state, reason, records, 0, context, sinks)
             # An operator's release may wait for room in the writer's queue (up to
             # `search_timeout_s` in all); what finds none stays for the next release.
             if not self.writer.submit(job):

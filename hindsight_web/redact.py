@@ -169,7 +169,6 @@ class Redactor:
         firsts = {re.escape(re.split(r"[-_. ]+", k.lower())[0]) for k in self.keys}
         self._words = _any_of(firsts)
         self._mention = _any_of({_key_source(k.lower()) for k in self.keys})
-        self.patterns: tuple[re.Pattern[str], ...] = ()
         compiled = []
         for i, pattern in enumerate(_strings("redact_patterns", patterns)):
             try:
@@ -179,7 +178,7 @@ class Redactor:
                     f"invalid 'redact_patterns[{i}]' {pattern[:60]!r}: not a regular "
                     f"expression ({exc})"
                 ) from None
-        self.patterns = tuple(compiled)
+        self.patterns: tuple[re.Pattern[str], ...] = tuple(compiled)
         # format string -> its Plan; looked up on the request path, filled on first sight
         self.plans: dict[str, Plan] = {}
         # The usual spellings of the keys (and of the headers that hold secrets): a str
@@ -191,14 +190,18 @@ class Redactor:
 
     def secret(self, name: str) -> bool:
         """Whether a field called `name` holds a secret (its name contains a key)."""
-        low = name.lower()
+        return self._holds_key(name.lower())
+
+    def _holds_key(self, low: str) -> bool:
+        """Whether lower-case text `low` holds a key: a quick look for a key's first
+        word, then the keys themselves."""
         return self._words.search(low) is not None and self._mention.search(low) is not None
 
     def mentions(self, value: str) -> bool:
         """Whether `value` holds a key anywhere (ignoring case and separators), a URL's
         password or a bearer token: what `text` may redact besides the patterns."""
         low = value.lower()
-        if self._words.search(low) is not None and self._mention.search(low) is not None:
+        if self._holds_key(low):
             return True
         if "://" in value and "@" in value and _USERINFO.search(value) is not None:
             return True
@@ -208,7 +211,7 @@ class Redactor:
         """`value` with the values of its key shapes and the matches of the patterns
         redacted; `value` itself when nothing is."""
         low = value.lower()
-        if self._words.search(low) is not None and self._mention.search(low) is not None:
+        if self._holds_key(low):
             value = self._shapes(value)
         if "://" in value and "@" in value:
             value = _USERINFO.sub(r"\1:" + REDACTED + "@", value)
@@ -275,8 +278,7 @@ class Redactor:
             return self.text(shown), ()
         if type(args) is not tuple:  # a mapping kept as the record's args
             return msg, self._mapping(args, plan.slots)
-        # "%s=%s" % ("password", ...): a key given as an argument shows only once formatted
-        look = bool(self.patterns) or any(_key_like(a) and self.secret(a) for a in args)
+        look = bool(self.patterns)
         if len(args) == 1 and isinstance(args[0], Mapping) and 0 not in plan.slots:
             # log.debug("%(user)s %(password)s", {...}): the mapping's secret keys
             args = (self._mapping(args[0], plan.slots),)
@@ -287,6 +289,9 @@ class Redactor:
                 if i in plan.slots:
                     arg = REDACTED
                 elif kind is str:
+                    # "%s=%s" % ("password", ...): a key given as an argument shows only
+                    # once formatted
+                    look = look or (_key_like(arg) and self.secret(arg))
                     arg = self.text(arg)
                 elif kind not in _SCALARS:
                     look = True
@@ -348,7 +353,7 @@ class Redactor:
         if not isinstance(args, Mapping):
             return self.value(args)
         return {
-            k: REDACTED if k in slots or (type(k) is str and self.secret(k)) else self.value(v)
+            k: REDACTED if k in slots or self._names_secret(k) else self.value(v)
             for k, v in args.items()
         }
 
