@@ -156,7 +156,10 @@ def _parse_jsonl(where: str, item: Mapping[str, Any], config: dict[str, Any]) ->
     config["backups"] = _int(where, "backups", item, DEFAULT_BACKUPS, 0, 1000)
 
 
-def _parse_http(where: str, item: Mapping[str, Any], config: dict[str, Any]) -> None:
+def _parse_http(
+    where: str, item: Mapping[str, Any], config: dict[str, Any], what: str = "sink"
+) -> None:
+    # Shared with the webhook alert targets (alerts.py); `what` names the thing in the warning.
     url = item.get("url")
     if not isinstance(url, str) or not re.match(r"https?://[^/?#\s]+", url) or " " in url:
         raise ValueError(f"invalid '{where}.url' {url!r}: expected an http:// or https:// URL")
@@ -187,7 +190,8 @@ def _parse_http(where: str, item: Mapping[str, Any], config: dict[str, Any]) -> 
         )
     if verify is False:
         logging.getLogger("hindsight_web").warning(
-            "sink %r sends to %s without verifying its TLS certificate ('verify': false)",
+            "%s %r sends to %s without verifying its TLS certificate ('verify': false)",
+            what,
             config["id"],
             url.split("?")[0].split("@")[-1],
         )

@@ -117,8 +117,12 @@ class HttpSink(QueuedSink):
     def state(self) -> dict[str, Any]:
         return {**super().state(), "url": shown_url(self.url)}
 
+    def body(self, batch: list[Any]) -> bytes:
+        """What one POST of `batch` (JSON lines) carries: one JSON array, UTF-8."""
+        return ("[" + ",".join(line.rstrip("\n") for line in batch) + "]").encode("utf-8")
+
     def send(self, batch: list[Any]) -> None:
-        body = ("[" + ",".join(line.rstrip("\n") for line in batch) + "]").encode("utf-8")
+        body = self.body(batch)
         deadline = time.monotonic() + self.retry_s
         pause = FIRST_BACKOFF_S
         while True:
