@@ -1,4 +1,5 @@
-"""A real HTTP endpoint on 127.0.0.1 that receives what the http sink POSTs (a SIEM)."""
+"""A real HTTP endpoint on 127.0.0.1 that receives what the http sink POSTs (a SIEM) and
+what alerts POST (a chat webhook)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from .servers import free_port
 
 
 class Receiver:
-    """Records every POSTed JSON array; `statuses` are answered first, then 200.
+    """Records every POSTed JSON body; `statuses` are answered first, then 200.
 
-    ``stop()`` and ``start()`` again take it down and bring it back on the same port.
+    ``batches`` holds the arrays (the http sink), ``bodies`` every body as it came (an
+    alert's object). While `gate` is clear, each POST is counted and then held until it
+    is set. ``stop()`` and ``start()`` again take it down and bring it back on the same
+    port.
     """
 
     def __init__(
@@ -28,8 +32,11 @@ class Receiver:
         self.statuses = list(statuses or [])
         self.tls = tls
         self.batches: list[list[dict[str, Any]]] = []
+        self.bodies: list[Any] = []
         self.headers: list[dict[str, str]] = []
         self.posts = 0
+        self.gate = threading.Event()
+        self.gate.set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -46,9 +53,14 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 with receiver._lock:
                     receiver.posts += 1
+                receiver.gate.wait(60)
+                with receiver._lock:
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                     if status == 200:
-                        receiver.batches.append(json.loads(body))
+                        received = json.loads(body)
+                        receiver.bodies.append(received)
+                        if isinstance(received, list):
+                            receiver.batches.append(received)
                         receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
                 self.send_response(status)
                 self.send_header("content-length", "2")
