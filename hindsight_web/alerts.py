@@ -96,6 +96,7 @@ def _parse_one(where: str, item: object) -> dict[str, Any]:
             f"invalid '{where}.id' {target!r}: expected 1 to 64 letters, digits and . _ : -"
         )
     config: dict[str, Any] = {"id": target, "type": kind}
+    # The http sink's checks, with this module's default for retry_s.
     _parse_http(where, {"retry_s": DEFAULT_RETRY_S, **item}, config, "alert target")
     config["max_queued"] = _int(where, "max_queued", item, DEFAULT_MAX_QUEUED, 1, 1_000_000)
     return config
@@ -119,19 +120,19 @@ class Alerts:
     """
 
     def __init__(self, configs: object = None) -> None:
-        self.targets = {c["id"]: _Webhook(c) for c in parse_alerts(configs)}
-        self.ids: tuple[str, ...] = tuple(self.targets)
+        self._targets = {c["id"]: _Webhook(c) for c in parse_alerts(configs)}
+        self.ids: tuple[str, ...] = tuple(self._targets)
         self.unknown = 0  # alerts sent to an id not configured
 
     def send(self, target: str, payload: dict[str, Any]) -> bool:
         """Queue `payload` (a JSON-ready object) for the target with the id `target`.
 
-        Never blocks, never raises. Returns False (the alert is counted and reported
-        once) when `target` is not configured, the target's queue is full, or the
-        payload cannot be encoded.
+        Never blocks, never raises. Returns False when `target` is not configured
+        (counted in ``alerts_unknown``), the target's queue is full (counted as
+        dropped) or the payload cannot be encoded as JSON; each kind is reported once.
         """
         try:
-            webhook = self.targets.get(target)
+            webhook = self._targets.get(target)
             if webhook is None:
                 self.unknown += 1
                 errors.report("alerts", LookupError(f"no alert target has the id {target!r}"))
@@ -151,21 +152,21 @@ class Alerts:
         deadline = time.monotonic() + timeout_s
         return all(
             webhook.flush(max(0.0, deadline - time.monotonic()))
-            for webhook in self.targets.values()
+            for webhook in self._targets.values()
         )
 
     def state(self) -> list[dict[str, Any]]:
         """Each target's state: ``id``, ``type``, ``url`` (without credentials or query),
         ``queued``, ``sent``, ``dropped``, ``failed``, ``retries`` (alerts), ``last_error``
         and ``last_error_at`` (ISO 8601 UTC, or None)."""
-        return [webhook.state() for webhook in self.targets.values()]
+        return [webhook.state() for webhook in self._targets.values()]
 
     def counters(self) -> dict[str, int]:
         """``alert_sent:<id>``, ``alert_dropped:<id>``, ``alert_failed:<id>`` and
         ``alert_queued:<id>`` per target, and ``alerts_unknown``: alerts sent to an id
         not configured."""
         counts: dict[str, int] = {}
-        for webhook in self.targets.values():
+        for webhook in self._targets.values():
             state = webhook.state()
             for outcome in ("sent", "dropped", "failed", "queued"):
                 counts[f"alert_{outcome}:{webhook.target}"] = state[outcome]

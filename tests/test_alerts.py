@@ -291,7 +291,7 @@ def test_an_unknown_target_is_refused_and_counted(receiver: Receiver, out: ListH
 
 def test_a_payload_that_cannot_be_encoded_is_refused_not_raised(receiver: Receiver) -> None:
     alerts = Alerts([target(receiver.url)])
-    assert alerts.send("security", {("a", "tuple"): "key"}) is False
+    assert alerts.send("security", {("a", "tuple"): "key"}) is False  # type: ignore[dict-item]
     assert alerts.send("security", None) is False  # type: ignore[arg-type]
     assert alerts.flush(10)
     assert receiver.posts == 0
