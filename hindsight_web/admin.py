@@ -219,6 +219,8 @@ def _table(segments: list[str]) -> dict[str, Action] | None:
         return {"POST": _release}
     if n == 1 and head == "sinks":
         return {"GET": _sinks}
+    if n == 1 and head == "alerts":
+        return {"GET": _alerts}
     if (n == 1 and head in ("stats", "metrics")) or (n == 2 and head == "stats"):
         return _stats_table(segments)
     return None
@@ -231,7 +233,7 @@ def _stats_table(segments: list[str]) -> dict[str, Action] | None:
         return {"GET": _metrics}
     if call == "stats":
         return {"GET": _stats, "DELETE": _reset_stats}
-    if call in ("stats/slow", "stats/sessions", "stats/timeline"):
+    if call in ("stats/slow", "stats/sessions", "stats/timeline", "stats/tags"):
         return {"GET": _stats}
     return None
 
@@ -309,7 +311,21 @@ def _whoami(hs: Hindsight, request: AdminRequest) -> AdminResponse:
 
 def _list_rules(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     rules, stale = hs.book.listing()
+    stale = _with_top_keys(hs, rules) or stale
     return _json(200, _marked({"rules": rules}, stale))
+
+
+def _with_top_keys(hs: Hindsight, rules: list[dict[str, Any]]) -> bool:
+    """Give each count rule of `rules` (JSON forms) its ``top_keys`` now: ``[{"key",
+    "count"}]``, highest count first; True when the store could not be read for them."""
+    for body in rules:
+        rule = hs.rules.get(body["id"]) if body.get("action") == "count" else None
+        if rule is not None:
+            try:
+                body["top_keys"] = hs.counting.top(rule)
+            except StoreError:
+                return True
+    return False
 
 
 def _add_rule(hs: Hindsight, request: AdminRequest) -> AdminResponse:
@@ -332,6 +348,7 @@ def _get_rule(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     rule, stale = hs.book.lookup(request.segments[1])
     if rule is None:
         raise AdminError(404, f"no rule with id {request.segments[1]!r}")
+    stale = _with_top_keys(hs, [rule]) or stale
     return _json(200, _marked(rule, stale))
 
 
@@ -377,7 +394,7 @@ def _add_detail(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     if backfill_s is not None:  # what the user did in the last `backfill_s` seconds
         since = time.time() - backfill_s
         spec = search.parse_release({"match": {"user_id": user_id}, "since": since})
-        answer["backfill"] = _release_window(hs, request, spec, note=body.get("note"))
+        answer["backfill"] = hs.release_everywhere(spec, body.get("note"), _by(request))
     return _json(200 if replaced else 201, answer)
 
 
@@ -432,27 +449,7 @@ def _show(hs: Hindsight, request: AdminRequest) -> AdminResponse:
 def _release(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     body = _body(request)
     spec = _checked(lambda given: search.parse_release(given, sinks=hs.sinks.ids), body)
-    return _json(200, _release_window(hs, request, spec, note=spec.get("note")))
-
-
-def _release_window(
-    hs: Hindsight, request: AdminRequest, spec: dict[str, Any], note: str | None
-) -> dict[str, Any]:
-    """Release what `spec` finds in every window, audited with the query and the count."""
-    query: dict[str, Any] = {"match": spec["match"]}
-    for key in ("since", "until"):
-        moment = spec.get(key)
-        query[key] = None if moment is None else iso(moment)
-    if spec.get("sinks") is not None:
-        query["sinks"] = spec["sinks"]
-    answers, processes, complete = hs.ask({"kind": "release", "spec": spec, "reason": "retro"})
-    released = sum(int(answer.get("released", 0)) for answer in answers)
-    event = audit.released(query, released, note, _by(request), time.time())
-    try:
-        hs.book.note(event)
-    except StoreError:
-        audit.log(event)  # released all the same: the line says so, the store cannot
-    return {"released": released, "processes": processes, "complete": complete}
+    return _json(200, hs.release_everywhere(spec, spec.get("note"), _by(request)))
 
 
 def _checked(parse: Callable[[Any], _T], given: Any) -> _T:
@@ -519,6 +516,22 @@ def _sinks(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     return _json(200, {"sinks": hs.sinks.state()})
 
 
+def _alerts(hs: Hindsight, request: AdminRequest) -> AdminResponse:
+    """The recent firings of count rules, newest first (``limit``, default 50, of those
+    the audit trail keeps), and this process's alert targets: ``{"alerts": [{"at",
+    "rule", "key_name", "key", "count", "threshold", "window_s", "first", "last",
+    "samples", "made", ...}], "targets": [{"id", "type", "url", "queued", "sent",
+    "dropped", "failed", "retries", "last_error", ...}]}``."""
+    limit = query_limit(request.query, default=50)
+    events, stale = hs.book.audit(AUDIT_KEPT)
+    fired = [
+        {"at": e.get("at"), **e["firing"], "made": e.get("made", [])}
+        for e in events
+        if e.get("action") == "fired" and isinstance(e.get("firing"), dict)
+    ][:limit]
+    return _json(200, _marked({"alerts": fired, "targets": hs.alerts.state()}, stale))
+
+
 def _stats(hs: Hindsight, request: AdminRequest) -> AdminResponse:
     call = "/".join(request.segments)
     query = request.query
@@ -531,6 +544,8 @@ def _stats(hs: Hindsight, request: AdminRequest) -> AdminResponse:
             answer = view.slowest(_query_int(query, "limit", 20), query.get("window") or "recent")
         elif call == "stats/timeline":
             answer = view.timeline()
+        elif call == "stats/tags":
+            answer = view.tags()
         else:
             answer = view.sessions(_query_int(query, "limit", 20), query.get("window") or "recent")
     except ValueError as exc:  # "invalid 'limit' 'x': expected an integer"

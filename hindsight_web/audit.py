@@ -8,11 +8,11 @@ from typing import Any
 from .escaping import escape
 from .stats import iso
 
-__all__ = ["ACTIONS", "event", "log", "released"]
+__all__ = ["ACTIONS", "event", "fired", "log", "released"]
 
 logger = logging.getLogger("hindsight_web")
 
-ACTIONS = ("added", "removed", "replaced", "expired", "released")
+ACTIONS = ("added", "removed", "replaced", "expired", "released", "fired")
 """The actions of audit events."""
 
 
@@ -38,6 +38,22 @@ def released(
     }
 
 
+def fired(
+    rule: dict[str, Any], firing: dict[str, Any], made: list[str], by: str, now: float
+) -> dict[str, Any]:
+    """The audit event of count rule `rule` (its JSON form) firing for one key: `firing`
+    (what `GET /alerts` lists: the key, its count, samples...) and the ids of the rules
+    it `made`."""
+    return {
+        "at": iso(now),
+        "action": "fired",
+        "rule": rule,
+        "firing": firing,
+        "made": made,
+        "by": by,
+    }
+
+
 def log(event: dict[str, Any]) -> None:
     """Log an event at INFO through the ``hindsight_web`` logger, with the rule's note.
 
@@ -58,6 +74,20 @@ def log(event: dict[str, Any]) -> None:
         )
         return
     note = rule.get("note")
+    firing = event.get("firing")
+    if firing is not None:
+        logger.info(
+            "hindsight rule fired: id=%s %s=%s count=%d window_s=%g made=%s dry_run=%s",
+            rule.get("id"),
+            firing["key_name"],
+            escape(str(firing["key"])),
+            firing["count"],
+            firing["window_s"],
+            event["made"],
+            firing["dry_run"],
+            extra={"rule_event": "fired", "rule_id": rule.get("id"), "changed_by": by},
+        )
+        return
     logger.info(
         "hindsight rule %s: id=%s action=%s match=%s by=%s note=%s",
         event["action"],

@@ -68,6 +68,7 @@ class RuleBook:
             expiry lives.
         clock: the time in epoch seconds (for tests).
         sinks: the sink ids a rule's ``"sinks"`` may name (None: any).
+        alerts: the alert target ids a count rule's ``then`` may name (None: any).
 
     Every change raises:
         RuleError: the rule is malformed (`TooManyRules`: there would be too many).
@@ -85,9 +86,11 @@ class RuleBook:
         default_detail_ttl_s: float,
         clock: Callable[[], float] = time.time,
         sinks: tuple[str, ...] | None = None,
+        alerts: tuple[str, ...] | None = None,
     ) -> None:
         self.store = store
         self.sinks = sinks
+        self.alerts = alerts
         self.health = health
         self.max_rules = max_rules
         self.max_detail_ttl_s = max_detail_ttl_s
@@ -120,6 +123,7 @@ class RuleBook:
             max_detail_ttl_s=self.max_detail_ttl_s,
             default_detail_ttl_s=self.default_detail_ttl_s,
             sinks=self.sinks,
+            alerts=self.alerts,
         )
 
     # -- changes ----------------------------------------------------------------------
@@ -157,6 +161,40 @@ class RuleBook:
             store.StoreError: the store cannot be used now.
         """
         self._commit(lambda view: Change(events=[event]), {})
+
+    def fire(self, rules: list[Rule], event: dict[str, Any], by: str) -> list[Rule]:
+        """Audit a count rule's firing (`event`, "fired") and put the `rules` it made in
+        force everywhere, each in place of any rule with its id (audited "replaced", then
+        "added" by `by`), in one change; returns the rules put in force (those that would
+        hold more than `max_rules` are left out).
+
+        Raises:
+            store.StoreError: the store cannot be used now; nothing was changed.
+        """
+        now = self._clock()
+        made: list[Rule] = []
+
+        def plan(view: RulesView) -> Change:
+            made.clear()
+            change = Change(events=[event])
+            room = self.max_rules - view.count()
+            for rule in rules:
+                held = view.get(rule.id)
+                if held is None and room <= 0:
+                    continue
+                if held is None:
+                    room -= 1
+                else:
+                    old = self._restore(held)
+                    body = held.body if old is None else old.to_json(now)
+                    change.events.append(audit.event("replaced", body, by, now))
+                made.append(rule)
+                change.put.append(_stored(rule, ADMIN))
+                change.events.append(audit.event("added", rule.to_json(now), by, now))
+            return change
+
+        self._commit(plan, {rule.id: rule for rule in rules})
+        return made
 
     def remove(self, rule_id: str, by: str | None) -> Rule | None:
         """Take the live rule `rule_id` out of force everywhere; returns it, or None

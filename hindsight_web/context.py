@@ -29,7 +29,7 @@ CLOSED_LEVEL = 1 << 62
 _current: ContextVar[RequestState | None] = ContextVar("hindsight_web.request", default=None)
 
 # Names a bound field may not take: they would overwrite what a LogRecord already carries.
-_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {
+RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {
     "message",
     "asctime",
     "request_id",
@@ -85,6 +85,7 @@ class RequestState:
         "started",
         "status",
         "suppressed",
+        "tagged",
         "tags",
         "ttfb",
         "user_id",
@@ -142,7 +143,8 @@ class RequestState:
         self.tags: dict[str, Any] | None = None
         # True when the session is only a hash of a cookie the client sent.
         self.session_from_cookie = False
-        self.fields: dict[str, Any] | None = None  # bind()'s
+        self.fields: dict[str, Any] | None = None  # bind()'s, and tag rules'
+        self.tagged: dict[str, str] | None = None  # the fields tag rules added
         self.records: deque[tuple[Any, ...]] = deque()
         # The cell of the context copy of the last kept record: the next one shares it
         # when the context has not changed meanwhile (see `capture.context_now`); every
@@ -312,7 +314,7 @@ def bind(**fields: Any) -> None:
     """
     identity = {k: fields.pop(k) for k in ("user_id", "session_id") if k in fields}
     for name in fields:
-        if not name.isidentifier() or name.startswith("_") or name in _RESERVED:
+        if not name.isidentifier() or name.startswith("_") or name in RESERVED:
             raise ValueError(
                 f"invalid bind() field {name!r}: expected an identifier that does not start "
                 f"with '_' and is not a LogRecord attribute"

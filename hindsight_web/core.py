@@ -9,6 +9,7 @@ by the background thread of `sync`; none of them is on the request path.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import math
 import os
 import re
@@ -19,19 +20,21 @@ from random import getrandbits
 from time import perf_counter
 from typing import Any, TypeVar
 
-from . import capture, errors, options, sources
+from . import audit, capture, errors, options, sources
+from .alerts import Alerts, parse_alerts
 from .book import RuleBook
 from .buffer import Budget, Counts, release_memory
 from .context import CLOSED_LEVEL, RequestState, _current, let_go
+from .counting import SLOTS, Counting, Firing
 from .fanout import Answers, Fanout
 from .redact import Redactor, hash_session
 from .release import MAX_QUEUED, RateLimit, Release, Writer, write_now
 from .retain import Retainer
-from .rules import Rule
+from .rules import Rule, Then, count_key
 from .search import Search, StoredRequest, facts_json, records_json
 from .sinks import Sinks, parse_sinks
 from .sources import RulesPoller, load_initial
-from .stats import Stats
+from .stats import Stats, iso
 from .stats_share import SharedStats
 from .store import StoreError, open_store
 from .store.health import Health
@@ -43,6 +46,7 @@ __all__ = ["Hindsight"]
 
 logger = errors.logger
 
+_RULE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_PATH_SHOWN = 300
@@ -146,6 +150,10 @@ class Hindsight:
             ``http`` or ``otel`` (see `hindsight_web.sinks`); a rules file may
             hold more under ``"sinks"``. A release goes to every sink, unless the
             rule that released it names its ``"sinks"``.
+        alerts: where ``count`` rules send their alerts (``{"alert": "<id>"}`` in
+            their ``then``): a list of target objects, ``{"id": "security", "type":
+            "webhook", "url": "https://...", "headers": {...}}`` (see
+            `hindsight_web.alerts`); a rules file may hold more under ``"alerts"``.
 
     Raises:
         ValueError: a bad option (the message names it and what is allowed).
@@ -198,6 +206,7 @@ class Hindsight:
         redact_keys: list[str] | tuple[str, ...] = (),
         redact_patterns: list[str] | tuple[str, ...] = (),
         sinks: list[Any] | None = None,
+        alerts: list[Any] | None = None,
     ) -> None:
         self.slow_ms = options.optional_number("slow_ms", slow_ms)
         self.release_on_status = options.optional_status(release_on_status)
@@ -232,8 +241,10 @@ class Hindsight:
         self._counts = Counts()
         # Sinks (the option's, then a rules file's): releases go to them from the writer
         # thread; a rule may name only their ids.
-        file_sinks = parse_sinks(sources.file_sinks(rules), "rules file 'sinks'")
+        file_sinks = parse_sinks(sources.file_section(rules, "sinks"), "rules file 'sinks'")
         self.sinks = Sinks([*parse_sinks(sinks), *file_sinks])
+        file_alerts = parse_alerts(sources.file_section(rules, "alerts"), "rules file 'alerts'")
+        self.alerts = Alerts([*parse_alerts(alerts), *file_alerts])
         self.writer = Writer(self._counts, self.sinks)
         self.stats = Stats(max_routes=self._stats_limits[0], max_sessions=self._stats_limits[1])
 
@@ -246,6 +257,7 @@ class Hindsight:
             max_detail_ttl_s=max_detail_ttl_s,
             default_detail_ttl_s=min(DEFAULT_DETAIL_TTL_S, max_detail_ttl_s),
             sinks=self.sinks.ids,
+            alerts=self.alerts.ids,
         )
         self.rules = self.book.active
         if rules is not None:
@@ -267,6 +279,9 @@ class Hindsight:
             flush_s=flush_s,
             on_epoch=self.shared.follow_epoch,
             publish=self.shared.publish,
+        )
+        self.counting = Counting(
+            self.store, self.health, rules=self.rules, interval_s=sync_s, fire=self.fire
         )
         self.served = False  # True once this process has served a request
         self.retainer = Retainer(self.store, self.health, retain_max_bytes)
@@ -321,6 +336,7 @@ class Hindsight:
         """Stop the background work; requests are still served."""
         self._sync.stop()
         self.fanout.stop()
+        self.counting.stop()
         if self._poller is not None:
             self._poller.stop()
         self.store.close()
@@ -423,6 +439,11 @@ class Hindsight:
             if self.rules.empty:
                 reason, limited = trigger, True
             else:
+                tags = self.rules.tags_for(state, duration_ms)
+                if tags is not None:  # before anything reads the fields: records, summary
+                    state.tagged = tags
+                    state.fields = {**(state.fields or {}), **tags}
+                    state.retag()
                 reason, limited = self._decide(state, trigger, duration_ms)
             state.reason = reason
             state.released = reason is not None
@@ -442,6 +463,9 @@ class Hindsight:
             if self.session_cookie is not None and state.session_id is None:
                 state.session_id = _cookie_session(state, self.session_cookie)
                 state.session_from_cookie = state.session_id is not None
+            if not self.rules.empty:
+                for rule in self.rules.counting(state, duration_ms):
+                    self._count(rule, state)
             self.stats.record(state)
             ended = True
             if not self.served:
@@ -464,6 +488,14 @@ class Hindsight:
             elif state.reserved or state.records:
                 release_memory(state)
         return reason
+
+    def _count(self, rule: Rule, state: RequestState) -> None:
+        """Count `state` (ended) for count rule `rule`, under its key's value if it has one."""
+        spec = rule.count
+        if spec is not None:
+            key = count_key(spec.key, state, state.fields)
+            if key is not None:
+                self.counting.add(rule, key, state.at, state.request_id)
 
     def _decide(
         self, state: RequestState, trigger: str | None, duration_ms: float
@@ -573,6 +605,102 @@ class Hindsight:
             self.writer.flush(self.search_timeout_s)
             return {"released": released}
         raise ValueError(f"unknown question {kind!r}")
+
+    def release_everywhere(
+        self, spec: dict[str, Any], note: str | None, by: str | None, reason: str = "retro"
+    ) -> dict[str, Any]:
+        """Release what `spec` (as `search.parse_release` makes it) finds in every window,
+        audited ("released") with the query, the count, `note` and `by`: ``{"released",
+        "processes", "complete"}`` (see `ask`)."""
+        query: dict[str, Any] = {"match": spec["match"]}
+        for key in ("since", "until"):
+            moment = spec.get(key)
+            query[key] = None if moment is None else iso(moment)
+        if spec.get("fields"):
+            query["fields"] = spec["fields"]
+        if spec.get("sinks") is not None:
+            query["sinks"] = spec["sinks"]
+        answers, processes, complete = self.ask({"kind": "release", "spec": spec, "reason": reason})
+        released = sum(int(answer.get("released", 0)) for answer in answers)
+        event = audit.released(query, released, note, by, time.time())
+        try:
+            self.book.note(event)
+        except StoreError:
+            audit.log(event)  # released all the same: the line says so, the store cannot
+        return {"released": released, "processes": processes, "complete": complete}
+
+    # -- count rules -------------------------------------------------------------------
+
+    def fire(self, firing: Firing) -> None:
+        """Run what a count rule does when one key reached its threshold (on the counting
+        thread): the ``detail`` and ``tag`` rules it makes for that key, in force with the
+        audit event "fired" (one change); its alerts; the release of that key's matching
+        requests of every window (audited). A dry-run rule's firing is only audited."""
+        rule = firing.rule
+        spec = rule.count
+        assert spec is not None
+        then = () if rule.dry_run else spec.then
+        by = f"rule:{rule.id}"
+        scoped = []
+        for action in then:
+            if action.action in ("detail", "tag"):
+                try:
+                    scoped.append(self.book.parse(_scoped(rule, action, firing.key)))
+                except ValueError as exc:  # a rule this book refuses (a ttl beyond its max)
+                    errors.report("count", exc)
+        shown = self._firing_json(firing)
+        event = audit.fired(rule.to_json(firing.at), shown, [r.id for r in scoped], by, firing.at)
+        made = []
+        try:
+            made = self.book.fire(scoped, event, by)
+        except StoreError:
+            audit.log(event)  # fired all the same: the line says so, the store cannot
+        if len(made) < len(scoped):
+            errors.report("count", OverflowError(f"{by} made no rule: 'max_rules' are held"))
+        for action in then:
+            if action.action == "alert" and action.alert is not None:
+                self.alerts.send(
+                    action.alert, {"alert": action.alert, **shown, "made": event["made"]}
+                )
+        for action in then:
+            if action.action == "release":
+                self.release_everywhere(
+                    _key_release(rule, firing),
+                    f"{by} fired for {firing.key}",
+                    by,
+                    f"rule:{rule.id}",
+                )
+
+    def _firing_json(self, firing: Firing) -> dict[str, Any]:
+        """A firing as the audit trail, ``GET /alerts`` and the alerts show it: samples
+        whose request the window still holds have the admin path that shows it."""
+        rule = firing.rule
+        spec = rule.count
+        assert spec is not None
+        window = self.window
+        horizon = (
+            math.inf if window is None or self.admin_path is None else firing.at - window.window_s
+        )
+        samples = []
+        for at, request_id in firing.samples:
+            sample: dict[str, Any] = {"request_id": request_id, "at": iso(at)}
+            if at >= horizon:
+                sample["link"] = f"{self.admin_path}/requests/{request_id}"
+            samples.append(sample)
+        return {
+            "rule": rule.id,
+            "note": rule.note,
+            "key_name": spec.key,
+            "key": firing.key,
+            "count": firing.total,
+            "threshold": spec.threshold,
+            "window_s": spec.window_s,
+            "first": iso(firing.first),
+            "last": iso(firing.last),
+            "fired_at": iso(firing.at),
+            "samples": samples,
+            "dry_run": rule.dry_run,
+        }
 
     def search_retained(self, search: Search) -> list[dict[str, Any]]:
         """The requests kept by ``retain`` rules that `search` finds, newest first, at
@@ -706,6 +834,8 @@ class Hindsight:
         counts["window_evicted"] = 0 if window is None else window.evicted
         counts.update(self.retainer.counts())
         counts.update(self.sinks.counters())
+        counts.update(self.alerts.counters())
+        counts.update(self.counting.counters())
         return counts
 
 
@@ -763,6 +893,51 @@ def new_request_id() -> str:
 # The version (4) and variant (RFC 4122) bits of a UUID 4.
 _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
 _UUID4_SET = (0x4 << 76) | (0x2 << 62)
+
+
+def _scoped(rule: Rule, then: Then, key: str) -> dict[str, Any]:
+    """The rule a count rule's ``detail`` or ``tag`` action makes for one `key`."""
+    spec = rule.count
+    assert spec is not None
+    made_id = f"{rule.id}.{then.action}.{key}"
+    if not _RULE_ID.fullmatch(made_id):
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        made_id = f"{rule.id[:100]}.{then.action}.{digest}"
+    made: dict[str, Any] = {
+        "id": made_id,
+        "action": then.action,
+        "match": {spec.key: key},
+        "ttl_s": then.ttl_s,
+        "note": f"made by count rule {rule.id}: {spec.key} {key} reached {spec.threshold}",
+    }
+    if then.level is not None:
+        made["level"] = then.level
+    if then.tags:
+        made["tags"] = dict(then.tags)
+    return made
+
+
+def _key_release(rule: Rule, firing: Firing) -> dict[str, Any]:
+    """The spec of the release of a count rule's requests of the key that fired, in the
+    window it counted (and the slot before)."""
+    spec = rule.count
+    assert spec is not None
+    match = dict(rule.to_json()["match"])  # type: ignore[call-overload]
+    fields = {}
+    if spec.key.startswith("field."):
+        fields[spec.key[6:]] = firing.key
+    else:
+        match[spec.key] = firing.key
+    since = firing.at - spec.window_s * (1 + 1 / SLOTS)
+    routed = None if rule.sinks is None else list(rule.sinks)
+    return {
+        "match": match,
+        "fields": fields,
+        "since": since,
+        "until": None,
+        "note": None,
+        "sinks": routed,
+    }
 
 
 def _cookie_session(state: RequestState, name: str) -> str | None:

@@ -83,6 +83,26 @@ _COUNTERS = {
         "counter",
         "Kept requests removed from the store for room (retain_max_bytes) before their time.",
     ),
+    "count_firings": (
+        "hindsight_count_firings_total",
+        "counter",
+        "Times a count rule fired for one key (in the process that fired it).",
+    ),
+    "count_keys_evicted": (
+        "hindsight_count_keys_evicted_total",
+        "counter",
+        "Keys count rules forgot for room (max_keys) before their window was up.",
+    ),
+    "count_keys_dropped": (
+        "hindsight_count_keys_dropped_total",
+        "counter",
+        "Requests not counted: a count rule had max_keys keys waiting for the store.",
+    ),
+    "alerts_unknown": (
+        "hindsight_alerts_unknown_total",
+        "counter",
+        "Alerts for a target id this process does not have.",
+    ),
     "window_requests": (
         "hindsight_window_requests",
         "gauge",
@@ -105,7 +125,24 @@ _COUNTERS = {
     ),
 }
 _COVERED = frozenset(("requests", "releases"))
-_SINK = "sink_"
+# Counters per configured sink or alert target: prefix -> (label, total, its help,
+# queued gauge, its help).
+_PER_TARGET = {
+    "sink_": (
+        "sink",
+        "hindsight_sink_records_total",
+        "Records a sink sent, dropped (queue full) or failed.",
+        "hindsight_sink_queued",
+        "Records waiting in a sink's queue.",
+    ),
+    "alert_": (
+        "alert",
+        "hindsight_alerts_total",
+        "Alerts a target was sent, dropped (queue full) or failed to take.",
+        "hindsight_alerts_queued",
+        "Alerts waiting in a target's queue.",
+    ),
+}
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _LE = [repr(bound / 1000) for bound in BOUNDS_MS] + ["+Inf"]
 
@@ -143,7 +180,9 @@ def render(source: StatsView | Stats, counters: Mapping[str, int | float] | None
     ...; ``requests`` and ``releases`` are left out since the labelled families
     carry them; ``sink_<outcome>:<id>`` keys become ``hindsight_sink_records_total``
     by ``sink`` and ``outcome`` (sent, dropped, failed) and the gauge
-    ``hindsight_sink_queued`` by ``sink``; another key ``k`` becomes the untyped
+    ``hindsight_sink_queued`` by ``sink``, ``alert_<outcome>:<id>`` keys
+    ``hindsight_alerts_total`` by ``alert`` and ``outcome`` and the gauge
+    ``hindsight_alerts_queued`` by ``alert``; another key ``k`` becomes the untyped
     ``hindsight_k``).
 
     Raises:
@@ -218,15 +257,16 @@ def _lines(view: StatsView) -> Iterator[str]:
 
 
 def _counter_lines(counters: Mapping[str, int | float]) -> Iterator[str]:
-    sinks: dict[str, dict[str, int | float]] = {}
+    targets: dict[str, dict[str, dict[str, int | float]]] = {p: {} for p in _PER_TARGET}
     for key, value in counters.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"invalid counter {key!r} {value!r}: expected a number")
         if key in _COVERED:
             continue
-        if key.startswith(_SINK) and ":" in key:  # sink_<outcome>:<sink id>
-            outcome, _, sink = key[len(_SINK) :].partition(":")
-            sinks.setdefault(sink, {})[outcome] = value
+        prefix = key[: key.find("_") + 1]
+        if prefix in targets and ":" in key:  # sink_<outcome>:<sink id>, alert_...
+            outcome, _, target = key[len(prefix) :].partition(":")
+            targets[prefix].setdefault(target, {})[outcome] = value
             continue
         known = _COUNTERS.get(key)
         if known is not None:
@@ -237,24 +277,27 @@ def _counter_lines(counters: Mapping[str, int | float]) -> Iterator[str]:
             raise ValueError(f"invalid counter name {key!r}: expected letters, digits and '_'")
         yield from _head(name, kind, text)
         yield f"{name} {_value(value)}"
-    if sinks:
-        yield from _sink_lines(sinks)
+    for prefix, found in targets.items():
+        if found:
+            yield from _target_lines(_PER_TARGET[prefix], found)
 
 
-def _sink_lines(sinks: Mapping[str, Mapping[str, int | float]]) -> Iterator[str]:
-    """The sinks' families, labelled by the configured sink ids (a bounded set)."""
-    name = "hindsight_sink_records_total"
-    yield from _head(name, "counter", "Records a sink sent, dropped (queue full) or failed.")
-    for sink, counts in sorted(sinks.items()):
+def _target_lines(
+    family: tuple[str, str, str, str, str], targets: Mapping[str, Mapping[str, int | float]]
+) -> Iterator[str]:
+    """The families of the sinks or alert targets, labelled by their configured ids (a
+    bounded set)."""
+    label, name, text, queued, queued_text = family
+    yield from _head(name, "counter", text)
+    for target, counts in sorted(targets.items()):
         for outcome in ("sent", "dropped", "failed"):
             if outcome in counts:
                 value = _value(counts[outcome])
-                yield f'{name}{{sink="{_label(sink)}",outcome="{outcome}"}} {value}'
-    name = "hindsight_sink_queued"
-    yield from _head(name, "gauge", "Records waiting in a sink's queue.")
-    for sink, counts in sorted(sinks.items()):
+                yield f'{name}{{{label}="{_label(target)}",outcome="{outcome}"}} {value}'
+    yield from _head(queued, "gauge", queued_text)
+    for target, counts in sorted(targets.items()):
         if "queued" in counts:
-            yield f'{name}{{sink="{_label(sink)}"}} {_value(counts["queued"])}'
+            yield f'{queued}{{{label}="{_label(target)}"}} {_value(counts["queued"])}'
 
 
 def _head(name: str, kind: str, text: str) -> Iterator[str]:

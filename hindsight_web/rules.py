@@ -39,16 +39,21 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from ._sync import new_lock
+from .context import RESERVED
 from .redact import Redactor, hash_session
 
 __all__ = [
+    "COUNT_KEYS",
+    "Count",
     "RequestFacts",
     "Rule",
     "RuleError",
     "RuleSet",
+    "Then",
+    "count_key",
     "iso_moment",
     "parse_rule",
     "restore_rule",
@@ -58,7 +63,7 @@ _T = TypeVar("_T")
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-ACTIONS = ("detail", "release", "drop", "retain")
+ACTIONS = ("detail", "release", "drop", "retain", "count", "tag")
 DEFAULT_RETAIN_S = 30 * 86400
 MAX_RETAIN_S = 10 * 366 * 86400
 _TOP_KEYS = (
@@ -66,15 +71,21 @@ _TOP_KEYS = (
     "dry_run",
     "expires_at",
     "id",
+    "key",
     "level",
     "match",
+    "max_keys",
     "note",
     "priority",
     "retain_s",
     "sample_rate",
     "sinks",
     "starts_at",
+    "tags",
+    "then",
+    "threshold",
     "ttl_s",
+    "window_s",
 )
 _STORED_KEYS = (*_TOP_KEYS, "created_at", "hits")
 # Known when the request starts (or once the app calls set_user()).
@@ -84,7 +95,7 @@ _END_KEYS = ("duration_ms", "message", "route", "status")
 _MATCH_KEYS = tuple(sorted(_START_KEYS + _END_KEYS))
 _RANGE_OPS = ("gt", "gte", "lt", "lte")
 # Index keys, most selective first; a rule sits in the bucket of the first it has.
-_INDEX_ORDER = ("user_id", "session_id", "client_ip", "route", "method")
+_INDEX_ORDER = ("user_id", "session_id", "client_ip", "route", "method", "status")
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, header names
@@ -290,12 +301,13 @@ def _method_key(facts: RequestFacts) -> str | None:
     return facts.method.upper()
 
 
-_KEY_OF: dict[str, Callable[[RequestFacts], str | None]] = {
+_KEY_OF: dict[str, Callable[[RequestFacts], object]] = {
     "user_id": lambda facts: facts.user_id,
     "session_id": lambda facts: facts.session_id,
     "client_ip": _client_key,
     "route": lambda facts: facts.route,
     "method": _method_key,
+    "status": lambda facts: facts.status,
 }
 
 
@@ -534,7 +546,7 @@ class _Match:
         self.json: dict[str, object] = {}
         self.start: dict[str, StartCheck] = {}
         self.end: dict[str, EndCheck] = {}
-        self.keys: dict[str, tuple[str, ...]] = {}  # exact values of indexable keys
+        self.keys: dict[str, tuple[object, ...]] = {}  # exact values of indexable keys
         self.needles: tuple[str, ...] = ()  # the substrings `message` looks for
 
 
@@ -655,6 +667,7 @@ def _parse_status(p: _Problems, field: str, value: object, match: _Match) -> Non
     if parsed is not None:
         match.json["status"], values = parsed
         match.end["status"] = _check_status(frozenset(values))
+        match.keys["status"] = tuple(dict.fromkeys(values))
 
 
 def _parse_duration(p: _Problems, field: str, value: object, match: _Match) -> None:
@@ -770,7 +783,7 @@ def _parse_time(p: _Problems, field: str, value: object) -> float | None:
     return _canonical(_from_time(moment))
 
 
-def _parse_level(p: _Problems, value: object) -> int:
+def _parse_level(p: _Problems, value: object, field: str = "level") -> int:
     levels: dict[str, int] = logging._nameToLevel
     names = ", ".join(sorted(levels, key=lambda name: (levels[name], name)))
     expected = f"expected a level name ({names}) or a number from 0 to {_MAX_LEVEL}"
@@ -779,13 +792,13 @@ def _parse_level(p: _Problems, value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         if 0 <= value <= _MAX_LEVEL:
             return value
-        p.wrong_value("level", value, expected)
+        p.wrong_value(field, value, expected)
     elif isinstance(value, str):
         if value.upper() in levels:
             return levels[value.upper()]
-        p.wrong_value("level", value, expected)
+        p.wrong_value(field, value, expected)
     else:
-        p.wrong_type("level", value, expected)
+        p.wrong_type(field, value, expected)
     return logging.DEBUG
 
 
@@ -796,10 +809,10 @@ def _level_json(level: int) -> str | int:
 
 def _choice(p: _Problems, obj: Mapping[str, object]) -> str:
     """The action, or "" when it is refused (a problem is recorded then)."""
-    expected = "expected one of 'detail', 'release', 'drop', 'retain'"
+    expected = "expected one of " + ", ".join(map(repr, ACTIONS))
     value = obj.get("action")
     if value is None:
-        p.missing("action", "one of 'detail', 'release', 'drop', 'retain'")
+        p.missing("action", expected[9:])
     elif not isinstance(value, str):
         p.wrong_type("action", value, expected)
     elif value not in ACTIONS:
@@ -945,6 +958,265 @@ def _window(
     return starts, expires
 
 
+# -- count and tag rules ------------------------------------------------------------------
+
+COUNT_KEYS = ("client_ip", "user_id", "session_id", "route", "field.NAME")
+"""What a ``count`` rule counts per value of (``field.NAME``: a field given to ``bind()``)."""
+DEFAULT_MAX_KEYS = 10_000
+MAX_KEYS = 1_000_000
+MAX_THRESHOLD = 1_000_000_000
+MAX_WINDOW_S = 7 * 86400.0
+DEFAULT_THEN_TTL_S = 1800.0
+_THEN_ACTIONS = ("detail", "release", "alert", "tag")
+_THEN_KEYS = {
+    "detail": ("action", "ttl_s", "level"),
+    "release": ("action",),
+    "alert": ("action", "alert"),
+    "tag": ("action", "tags", "ttl_s"),
+}
+_MAX_THEN = 10
+_MAX_TAGS = 20
+_MAX_TAG_VALUE = 200
+# The keys a rule scoped to one key value can match on: detail rules only start-time keys.
+_SCOPED = {"detail": ("client_ip", "user_id", "session_id"), "tag": COUNT_KEYS[:4]}
+
+
+class Then(NamedTuple):
+    """One action a ``count`` rule runs when a key reaches its threshold.
+
+    Attributes:
+        action: ``"detail"`` (a detail rule for that key), ``"release"`` (that key's
+            matching requests in the window), ``"alert"`` or ``"tag"`` (a tag rule for
+            that key).
+        alert: the alert target's id (``"alert"`` only).
+        ttl_s: how long the rule it makes lives, in seconds (``"detail"``, ``"tag"``).
+        level: the level a ``"detail"`` rule writes from.
+        tags: the fields a ``"tag"`` rule adds.
+    """
+
+    action: str
+    alert: str | None = None
+    ttl_s: float | None = None
+    level: int | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        if self.action == "alert":
+            return {"alert": self.alert}
+        shown: dict[str, object] = {"action": self.action}
+        if self.ttl_s is not None:
+            shown["ttl_s"] = self.ttl_s
+        if self.level is not None:
+            shown["level"] = _level_json(self.level)
+        if self.tags:
+            shown["tags"] = dict(self.tags)
+        return shown
+
+
+class Count(NamedTuple):
+    """What a ``count`` rule counts and does (see DESIGN.md, "Counting rules").
+
+    Attributes:
+        key: the request attribute counted per value (one of `COUNT_KEYS`).
+        threshold: the count of one key within `window_s` that fires the rule.
+        window_s: the sliding window, in seconds.
+        max_keys: key values counted at once, at most (the least recently seen go).
+        then: what runs once per key and window when it fires.
+    """
+
+    key: str
+    threshold: int
+    window_s: float
+    max_keys: int
+    then: tuple[Then, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "threshold": self.threshold,
+            "window_s": self.window_s,
+            "max_keys": self.max_keys,
+            "then": [then.to_json() for then in self.then],
+        }
+
+
+def count_key(key: str, facts: RequestFacts, fields: Mapping[str, object] | None) -> str | None:
+    """The value of count key `key` for a request (None: it has none, it is not counted).
+
+    A client address is normalised as rules match it; a field is its ``str()``.
+    """
+    if key == "client_ip":
+        return _client_key(facts)
+    if key == "user_id":
+        return facts.user_id
+    if key == "session_id":
+        return facts.session_id
+    if key == "route":
+        return facts.route
+    value = None if fields is None else fields.get(key[6:])
+    return None if value is None else str(value)[:_MAX_IDENTITY]
+
+
+def _parse_count(
+    p: _Problems, obj: Mapping[str, object], alerts: tuple[str, ...] | None
+) -> Count | None:
+    key = obj.get("key")
+    if key is None:
+        p.missing("key", "the attribute counted per value: " + ", ".join(COUNT_KEYS))
+    elif not isinstance(key, str):
+        p.wrong_type("key", key, "expected one of " + ", ".join(COUNT_KEYS))
+        key = None
+    elif key not in COUNT_KEYS[:4] and not (
+        key.startswith("field.") and key[6:].isidentifier() and len(key) <= 134
+    ):
+        p.wrong_value("key", key, "expected one of " + ", ".join(COUNT_KEYS))
+        key = None
+    threshold = obj.get("threshold")
+    if threshold is None:
+        p.missing("threshold", "the count of one key that fires the rule, from 1")
+    else:
+        threshold = _parse_int(p, "threshold", threshold, 1, MAX_THRESHOLD) or None
+    window_s = obj.get("window_s")
+    if window_s is None:
+        p.missing("window_s", "the sliding window the count covers, in seconds")
+    else:
+        window_s = _number(p, "window_s", window_s)
+        if window_s is not None and not 1 <= window_s <= MAX_WINDOW_S:
+            p.wrong_value("window_s", obj["window_s"], f"expected 1 to {MAX_WINDOW_S:.0f} seconds")
+            window_s = None
+    max_keys = DEFAULT_MAX_KEYS
+    if obj.get("max_keys") is not None:
+        max_keys = _parse_int(p, "max_keys", obj["max_keys"], 1, MAX_KEYS)
+    then = _parse_then(p, obj.get("then"), key, alerts)
+    if key is None or threshold is None or window_s is None or then is None:
+        return None
+    return Count(key, threshold, float(window_s), max_keys, then)
+
+
+def _parse_then(
+    p: _Problems, value: object, key: str | None, alerts: tuple[str, ...] | None
+) -> tuple[Then, ...] | None:
+    expected = 'expected a list of actions such as [{"action": "detail", "ttl_s": 900}, ' + (
+        '{"alert": "security"}]'
+    )
+    if value is None:
+        p.missing("then", "what runs when a key reaches the threshold: " + expected[9:])
+        return None
+    if not isinstance(value, list):
+        p.wrong_type("then", value, expected)
+        return None
+    if not 1 <= len(value) <= _MAX_THEN:
+        p.wrong_value("then", value, f"expected 1 to {_MAX_THEN} actions")
+        return None
+    parsed = [_parse_one_then(p, f"then[{i}]", item, key, alerts) for i, item in enumerate(value)]
+    good = tuple(then for then in parsed if then is not None)
+    return good if len(good) == len(parsed) else None
+
+
+def _parse_one_then(
+    p: _Problems, field: str, item: object, key: str | None, alerts: tuple[str, ...] | None
+) -> Then | None:
+    if not isinstance(item, Mapping):
+        p.wrong_type(field, item, 'expected an object such as {"action": "release"}')
+        return None
+    action = item.get("action", "alert" if "alert" in item else None)
+    if action not in _THEN_ACTIONS:
+        p.wrong_value(
+            f"{field}.action", action, "expected one of " + ", ".join(map(repr, _THEN_ACTIONS))
+        )
+        return None
+    ok = True
+    for name in item:
+        if name not in _THEN_KEYS[action]:
+            p.unknown(f"{field}.{name}", _THEN_KEYS[action])
+            ok = False
+    scoped = _SCOPED.get(action)
+    if scoped is not None and key is not None and key not in scoped:
+        p.wrong_value(
+            f"{field}.action",
+            action,
+            f"a count rule whose key is {key!r} cannot scope a {action!r} rule to one key: "
+            f"expected a 'key' among {', '.join(scoped)}",
+        )
+        ok = False
+    ttl_s = level = None
+    if action in ("detail", "tag"):
+        ttl_s = DEFAULT_THEN_TTL_S
+        if item.get("ttl_s") is not None:
+            ttl_s = _number(p, f"{field}.ttl_s", item["ttl_s"])
+            if ttl_s is not None and not _MIN_TTL_S <= ttl_s <= _MAX_TTL_S:
+                p.wrong_value(
+                    f"{field}.ttl_s",
+                    item["ttl_s"],
+                    f"expected {_MIN_TTL_S:g} to {_MAX_TTL_S:.0f} seconds",
+                )
+                ttl_s = None
+            ok = ok and ttl_s is not None
+    if action == "detail" and item.get("level") is not None:
+        level = _parse_level(p, item["level"], f"{field}.level")
+    tags: tuple[tuple[str, str], ...] = ()
+    if action == "tag":
+        parsed = _parse_tags(p, f"{field}.tags", item.get("tags"))
+        ok = ok and parsed is not None
+        tags = parsed or ()
+    alert = None
+    if action == "alert":
+        alert = item.get("alert")
+        if not isinstance(alert, str) or not alert:
+            p.wrong_type(f"{field}.alert", alert, "expected the id of an alert target")
+            return None
+        if alerts is not None and alert not in alerts:
+            known = ", ".join(alerts) if alerts else "none are configured ('alerts' option)"
+            p.wrong_value(f"{field}.alert", alert, f"no alert target has this id; known: {known}")
+            return None
+    return Then(action, alert, ttl_s, level, tags) if ok else None
+
+
+def _parse_tags(p: _Problems, field: str, value: object) -> tuple[tuple[str, str], ...] | None:
+    """A tag rule's ``tags``: 1 to 20 field names (identifiers that a LogRecord does not
+    already have) and their text values."""
+    expected = 'expected an object of field names and texts such as {"compliance": "pci"}'
+    if value is None:
+        p.missing(field, expected[9:])
+        return None
+    if not isinstance(value, Mapping):
+        p.wrong_type(field, value, expected)
+        return None
+    if not 1 <= len(value) <= _MAX_TAGS:
+        p.wrong_value(field, value, f"expected 1 to {_MAX_TAGS} fields")
+        return None
+    tags = []
+    for name, text in value.items():
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            p.wrong_value(f"{field}.{name}", name, "expected an identifier not starting with '_'")
+        elif name in RESERVED:
+            p.wrong_value(f"{field}.{name}", name, "a LogRecord attribute: choose another name")
+        elif not isinstance(text, str):
+            p.wrong_type(f"{field}.{name}", text, "expected a text")
+        elif not 1 <= len(text) <= _MAX_TAG_VALUE:
+            p.wrong_value(f"{field}.{name}", text, f"expected 1 to {_MAX_TAG_VALUE} characters")
+        else:
+            tags.append((name, text))
+    return tuple(tags) if len(tags) == len(value) else None
+
+
+def _only_for(p: _Problems, obj: Mapping[str, object], action: str) -> None:
+    """Refuse the fields of count and tag rules on the rules of other actions."""
+    for name, owner in _OWNED_BY.items():
+        if owner != action and obj.get(name) is not None:
+            p.wrong_value(name, obj[name], f"only a {owner!r} rule has {name!r}")
+
+
+_OWNED_BY = {
+    "key": "count",
+    "threshold": "count",
+    "window_s": "count",
+    "max_keys": "count",
+    "then": "count",
+    "tags": "tag",
+}
+
+
 # -- rules -----------------------------------------------------------------------------
 
 
@@ -972,6 +1244,8 @@ class Rule:
         dry_run: True when the rule only counts the requests it would act on.
         note: free text for the humans, or None.
         sinks: the ids of the sinks its releases go to, or None (the default sinks).
+        count: what a ``count`` rule counts and does; None for the other actions.
+        tags: the fields a ``tag`` rule adds, as ``(name, value)`` pairs; () for the others.
         created_at, starts_at, expires_at: epoch seconds (the last two may be None).
         hits: requests the rule matched (after sampling), counted by the RuleSet.
     """
@@ -988,6 +1262,7 @@ class Rule:
         "_start_checks",
         "_until",
         "action",
+        "count",
         "created_at",
         "dry_run",
         "expires_at",
@@ -999,6 +1274,7 @@ class Rule:
         "sample_rate",
         "sinks",
         "starts_at",
+        "tags",
     )
 
     id: str
@@ -1010,6 +1286,8 @@ class Rule:
     dry_run: bool
     note: str | None
     sinks: tuple[str, ...] | None
+    count: Count | None
+    tags: tuple[tuple[str, str], ...]
     created_at: float
     starts_at: float | None
     expires_at: float | None
@@ -1017,7 +1295,7 @@ class Rule:
     _start_checks: tuple[StartCheck, ...]
     _end_checks: tuple[EndCheck, ...]
     _needles: tuple[str, ...]
-    _bucket: tuple[str, tuple[str, ...]] | None
+    _bucket: tuple[str, tuple[object, ...]] | None
     _from: float
     _until: float
     _detail_key: tuple[float, ...]
@@ -1041,6 +1319,8 @@ class Rule:
         hits: int = 0,
         retain_s: int | None = None,
         sinks: tuple[str, ...] | None = None,
+        count: Count | None = None,
+        tags: tuple[tuple[str, str], ...] = (),
     ) -> None:
         put = object.__setattr__
         for name, value in (
@@ -1056,6 +1336,8 @@ class Rule:
             ("expires_at", expires_at),
             ("retain_s", retain_s),
             ("sinks", sinks),
+            ("count", count),
+            ("tags", tags),
         ):
             put(self, name, value)
         bucket = next((key for key in _INDEX_ORDER if key in match.keys), None)
@@ -1120,6 +1402,8 @@ class Rule:
             "hits": self.hits,
             **({} if self.retain_s is None else {"retain_s": self.retain_s}),
             **({} if self.sinks is None else {"sinks": list(self.sinks)}),
+            **({} if self.count is None else self.count.to_json()),
+            **({"tags": dict(self.tags)} if self.tags else {}),
         }
 
     def _identity(self) -> tuple[object, ...]:
@@ -1133,6 +1417,8 @@ class Rule:
             self.dry_run,
             self.note,
             self.sinks,
+            self.count,
+            self.tags,
             self.created_at,
             self.starts_at,
             self.expires_at,
@@ -1161,6 +1447,7 @@ def parse_rule(
     max_detail_ttl_s: float = 86400.0,
     default_detail_ttl_s: float = 1800.0,
     sinks: Iterable[str] | None = None,
+    alerts: Iterable[str] | None = None,
 ) -> Rule:
     """Validate a decoded JSON rule and compile it.
 
@@ -1175,6 +1462,8 @@ def parse_rule(
         default_detail_ttl_s: how long a ``detail`` rule given no ``ttl_s`` nor
             ``expires_at`` lasts.
         sinks: the ids of the sinks a rule's ``"sinks"`` may name (None: any id).
+        alerts: the ids of the alert targets a count rule's ``then`` may name (None:
+            any id).
 
     Raises:
         RuleError: the rule is refused; its ``status`` (400 or 422) and
@@ -1189,7 +1478,16 @@ def parse_rule(
         rules.add(rule)
     """
     known = None if sinks is None else tuple(sinks)
-    return _parse(obj, now, max_detail_ttl_s, default_detail_ttl_s, stored=False, sinks=known)
+    targets = None if alerts is None else tuple(alerts)
+    return _parse(
+        obj,
+        now,
+        max_detail_ttl_s,
+        default_detail_ttl_s,
+        stored=False,
+        sinks=known,
+        alerts=targets,
+    )
 
 
 def restore_rule(
@@ -1220,6 +1518,7 @@ def _parse(
     *,
     stored: bool,
     sinks: tuple[str, ...] | None = None,
+    alerts: tuple[str, ...] | None = None,
 ) -> Rule:
     if not 0 < default_detail_ttl_s <= max_detail_ttl_s:
         raise ValueError(
@@ -1245,6 +1544,9 @@ def _parse(
     note = _parse_note(p, obj.get("note"))
     routed = _parse_sinks(p, obj.get("sinks"), sinks)
     retain_s = _parse_retain_s(p, action, obj.get("retain_s"))
+    _only_for(p, obj, action)
+    count = _parse_count(p, obj, alerts) if action == "count" else None
+    tags = (_parse_tags(p, "tags", obj.get("tags")) or ()) if action == "tag" else ()
     starts_at, expires_at = _window(
         p,
         obj,
@@ -1275,6 +1577,8 @@ def _parse(
         hits=hits,
         retain_s=retain_s,
         sinks=routed,
+        count=count,
+        tags=tags,
     )
 
 
@@ -1315,7 +1619,7 @@ def _parse_retain_s(p: _Problems, action: str, value: object) -> int | None:
 
 
 _Bucket = tuple["Rule", ...]
-_Lookup = tuple[Callable[[RequestFacts], "str | None"], dict[str, _Bucket]]
+_Lookup = tuple[Callable[[RequestFacts], object], dict[object, _Bucket]]
 
 
 class _Index:
@@ -1331,7 +1635,7 @@ class _Index:
 
     def __init__(self) -> None:
         self.general: _Bucket = ()
-        self.tables: dict[str, dict[str, _Bucket]] = {}
+        self.tables: dict[str, dict[object, _Bucket]] = {}
         self.lookups: tuple[_Lookup, ...] = ()
         self.size = 0
 
@@ -1411,6 +1715,8 @@ class RuleSet:
         self._detail: _Index | None = None
         self._end: _Index | None = None
         self._retain: _Index | None = None
+        self._count: _Index | None = None
+        self._tag: _Index | None = None
         # (expires_at, order, rule) of the rules that expire; entries of rules removed
         # since stay until they come up (or the heap is rebuilt when mostly stale).
         self._expiry: list[tuple[float, int, Rule]] = []
@@ -1585,6 +1891,45 @@ class RuleSet:
         index = self._retain
         return None if index is None else self._lookup(index, facts, duration_ms, _RETAIN_ORDER)
 
+    def counting(self, facts: RequestFacts, duration_ms: float) -> list[Rule]:
+        """The ``count`` rules that count a request that ended (dry-run ones too: they
+        count, and their firing is only audited); cheap when none is held."""
+        index = self._count
+        return [] if index is None else self._every(index, facts, duration_ms, dry_run=True)
+
+    def tags_for(self, facts: RequestFacts, duration_ms: float) -> dict[str, str] | None:
+        """The fields the ``tag`` rules matching a request that ended add to it (on a
+        name given by several, the highest priority, then the newest wins), or None."""
+        index = self._tag
+        if index is None:
+            return None
+        found = self._every(index, facts, duration_ms, dry_run=False)
+        if not found:
+            return None
+        found.sort(key=_DECIDE_ORDER)
+        return {name: value for rule in found for name, value in rule.tags}
+
+    def _every(
+        self, index: _Index, facts: RequestFacts, duration_ms: float, *, dry_run: bool
+    ) -> list[Rule]:
+        """Every started, unexpired rule of `index` that matches and draws the request
+        (each counts a hit); dry-run rules only when `dry_run`."""
+        found = index.candidates(facts)
+        if not found:
+            return []
+        now = self._clock()
+        every = []
+        for bucket in found:
+            for rule in bucket:
+                if not rule._from <= now < rule._until or not _matches(rule, facts, duration_ms):
+                    continue
+                if rule.sample_rate < 1.0 and not self._rng() < rule.sample_rate:
+                    continue
+                rule._hits.n += 1
+                if dry_run or not rule.dry_run:
+                    every.append(rule)
+        return every
+
     def _lookup(
         self,
         index: _Index,
@@ -1637,7 +1982,14 @@ def _RETAIN_ORDER(rule: Rule) -> tuple[float, ...]:
 
 
 # The index of the RuleSet each action's rules are looked up in.
-_INDEX_OF = {"detail": "_detail", "release": "_end", "drop": "_end", "retain": "_retain"}
+_INDEX_OF = {
+    "detail": "_detail",
+    "release": "_end",
+    "drop": "_end",
+    "retain": "_retain",
+    "count": "_count",
+    "tag": "_tag",
+}
 
 
 def _matches(rule: Rule, facts: RequestFacts, duration_ms: float) -> bool:

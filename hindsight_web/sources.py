@@ -26,7 +26,7 @@ __all__ = [
     "FETCH_TIMEOUT_S",
     "MAX_DOCUMENT_BYTES",
     "RulesPoller",
-    "file_sinks",
+    "file_section",
     "load_initial",
     "parse_document",
 ]
@@ -38,6 +38,9 @@ FETCH_TIMEOUT_S = 10.0
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 """The largest rules document read, from a file or ``rules_url`` (4 MiB)."""
+
+
+_SECTIONS = {"rules", "sinks", "alerts"}
 
 
 def load_initial(rules: Any, parse: Callable[[object], Rule]) -> tuple[list[Rule], str]:
@@ -67,10 +70,10 @@ def load_initial(rules: Any, parse: Callable[[object], Rule]) -> tuple[list[Rule
     return parse_document(rules, where, parse), fingerprint(rules)
 
 
-def file_sinks(rules: Any) -> Any:
-    """The ``"sinks"`` of a rules file (``{"rules": [...], "sinks": [...]}``), or None when
-    `rules` is not a path or its file has none (an unreadable file is reported by
-    `load_initial`)."""
+def file_section(rules: Any, name: str) -> Any:
+    """The ``"sinks"`` or ``"alerts"`` (`name`) of a rules file (``{"rules": [...],
+    "sinks": [...], "alerts": [...]}``), or None when `rules` is not a path or its file
+    has none (an unreadable file is reported by `load_initial`)."""
     if not isinstance(rules, (str, os.PathLike)):
         return None
     try:
@@ -78,13 +81,13 @@ def file_sinks(rules: Any) -> Any:
             document = json.loads(file.read(MAX_DOCUMENT_BYTES + 1))
     except (OSError, ValueError):
         return None
-    return document.get("sinks") if isinstance(document, dict) else None
+    return document.get(name) if isinstance(document, dict) else None
 
 
 def parse_document(document: Any, where: str, parse: Callable[[object], Rule]) -> list[Rule]:
     """The rules of a decoded JSON document: a list of rules or ``{"rules": [...]}``
-    (a ``"sinks"`` key beside them is read by `file_sinks`)."""
-    if isinstance(document, dict) and set(document) in ({"rules"}, {"rules", "sinks"}):
+    (``"sinks"`` and ``"alerts"`` beside them are read by `file_section`)."""
+    if isinstance(document, dict) and "rules" in document and set(document) <= _SECTIONS:
         document = document["rules"]
     if not isinstance(document, list):
         raise ValueError(

@@ -52,6 +52,7 @@ from .stats_view import (
 )
 
 __all__ = [
+    "MAX_TAG_VALUES",
     "METHODS",
     "OTHER",
     "SESSION_RELATIVE_ERROR",
@@ -73,6 +74,10 @@ method, whatever their path."""
 
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"))
 """The standard methods; any other is counted under the method ``(other)``."""
+
+MAX_TAG_VALUES = 1000
+"""Field values of ``tag`` rules counted apart (``GET /stats/tags``); the others count
+under ``(other)``."""
 
 SESSION_RELATIVE_ERROR = 1 / 16
 """The bound on the relative error of a session's ``p95_ms`` (6.25 %)."""
@@ -114,6 +119,7 @@ class RequestRecord(NamedTuple):
         raised: the name of the exception type the app raised, or None.
         session_from_cookie: True when `session_id` is only a hash of a cookie the
             client sent (so the client chose it), False when the app gave it.
+        tagged: the fields ``tag`` rules added (name to value), or None.
     """
 
     request_id: str
@@ -132,6 +138,7 @@ class RequestRecord(NamedTuple):
     reason: str | None = None
     raised: str | None = None
     session_from_cookie: bool = False
+    tagged: Mapping[str, str] | None = None
 
 
 class Finished(Protocol):
@@ -171,6 +178,8 @@ class Finished(Protocol):
     def reason(self) -> str | None: ...
     @property
     def raised(self) -> str | None: ...
+    @property
+    def tagged(self) -> Mapping[str, str] | None: ...
 
 
 _Kept = tuple[float, int, RequestRecord]  # (duration_ms, sequence, record), a min-heap entry
@@ -357,6 +366,8 @@ class Stats:
         self._cookies: OrderedDict[_SessionKey, _Session] = OrderedDict()
         self._max_cookies = self.max_sessions // 2
         self._evicted = 0
+        self._tags: dict[str, dict[str, list[int]]] = {}
+        self._tag_values = 0
         self._requests = 0
         self._releases = 0
         now = clock()
@@ -408,6 +419,9 @@ class Stats:
                 self._keep_slow(slot, r, route, now)
             if self._leaving:
                 self._retire_one()
+            tagged = r.tagged
+            if tagged is not None:
+                self._count_tags(tagged, errored, slow)
 
             # Sessions: keyed by session id, else by user id; a 1-tuple keeps a user id
             # from ever meeting an equal session id.
@@ -445,6 +459,28 @@ class Stats:
             except OverflowError:
                 session.halve()
                 session.counts[(index + 1) >> 1] += 1
+
+    def _count_tags(self, tagged: Mapping[str, str], errored: bool, slow: bool) -> None:
+        """Count a request with the fields `tagged` (by ``tag`` rules): per name and value,
+        at most `MAX_TAG_VALUES` in all; the values beyond count under ``(other)``."""
+        tags = self._tags
+        for name, value in tagged.items():
+            values = tags.get(name)
+            if values is None:
+                if self._tag_values >= MAX_TAG_VALUES:
+                    continue
+                values = tags[name] = {}
+            counts = values.get(value)
+            if counts is None:
+                if self._tag_values >= MAX_TAG_VALUES:
+                    value = OTHER
+                    counts = values.get(value)
+                if counts is None:
+                    counts = values[value] = [0, 0, 0]
+                    self._tag_values += 1
+            counts[0] += 1
+            counts[1] += errored
+            counts[2] += slow
 
     def _keep_slow(self, slot: _Slot, r: Finished, route: str, now: float) -> None:
         """Keep `r` among the slowest of `slot` (it is slower than the fastest kept)."""
@@ -640,6 +676,9 @@ class Stats:
             older = [slot.view() for slot in (self._retired, *self._leaving)]
             tracked = len(self._sessions) + len(self._cookies)
             routes_tracked, evicted = len(self._registry), self._evicted
+            tags = {
+                name: {v: c[:] for v, c in values.items()} for name, values in self._tags.items()
+            }
         chosen = self._slowest_sessions(now - self.window_s, *sessions)
         since = max(self._started, (window[0].number - _SLOTS + 1) * self._slot_s)
         if not routes:
@@ -665,6 +704,7 @@ class Stats:
             sessions_tracked=tracked,
             sessions_evicted=evicted,
             counters=counters,
+            tags=tags,
         )
 
     def _part(self, since: float, slots: list[_Slot], base: Part | None = None) -> Part:

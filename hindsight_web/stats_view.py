@@ -246,6 +246,8 @@ class Export(NamedTuple):
         sessions_tracked: sessions in its session tables.
         sessions_evicted: sessions evicted from them since start.
         counters: the core's counters (``records_captured``, ``buffer_bytes``, ...).
+        tags: per field name and value that ``tag`` rules added, since start:
+            ``[requests, errors, slow]``.
     """
 
     at: float
@@ -260,6 +262,7 @@ class Export(NamedTuple):
     sessions_tracked: int
     sessions_evicted: int
     counters: dict[str, int | float]
+    tags: Mapping[str, Mapping[str, list[int]]] = {}
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-ready dict (what `encode` takes and `decode` gives)."""
@@ -279,6 +282,7 @@ class Export(NamedTuple):
                 "sessions_evicted": self.sessions_evicted,
             },
             "counters": dict(self.counters),
+            "tags": {name: dict(values) for name, values in self.tags.items()},
         }
 
     @classmethod
@@ -322,6 +326,7 @@ class Export(NamedTuple):
             sessions_tracked=_integer(sizes.get("sessions_tracked"), "sizes.sessions_tracked"),
             sessions_evicted=_integer(sizes.get("sessions_evicted"), "sizes.sessions_evicted"),
             counters=_parse_counters(data.get("counters"), "counters"),
+            tags=_parse_tags(data.get("tags", {}), "tags"),
         )
 
 
@@ -555,6 +560,23 @@ class StatsView:
             "processes": sum(e.processes for e in exports),
         }
 
+    def tags(self) -> dict[str, Any]:
+        """Requests, errors and slow ones per field value that ``tag`` rules added, since
+        start, in every process (``GET /stats/tags``): ``{"tags": [{"tag", "value",
+        "requests", "errors", "slow"}, ...], "processes": n}``, most requests first."""
+        exports = self.covered("all")
+        counted = [
+            (n, name, value, errors, slow)
+            for name, values in merge_tags(e.tags for e in exports).items()
+            for value, (n, errors, slow) in values.items()
+        ]
+        counted.sort(key=lambda row: (-row[0], row[1], row[2]))
+        rows = [
+            {"tag": name, "value": value, "requests": n, "errors": errors, "slow": slow}
+            for n, name, value, errors, slow in counted
+        ]
+        return {"tags": rows, "processes": self.processes("all")}
+
     def counters(self) -> dict[str, int | float]:
         """The core's counters summed over every export (``buffer_bytes`` too: the bytes
         held by every process; ``store_up`` is the smallest: 1 only if all reach the store).
@@ -624,7 +646,26 @@ def retire(exports: Iterable[Mapping[str, Any] | Export]) -> dict[str, Any]:
         sessions_tracked=0,
         sessions_evicted=sum(e.sessions_evicted for e in parsed),
         counters=counters,
+        tags=merge_tags(e.tags for e in parsed),
     ).to_json()
+
+
+def merge_tags(
+    tables: Iterable[Mapping[str, Mapping[str, list[int]]]],
+) -> dict[str, dict[str, list[int]]]:
+    """Tag counts (`Export.tags`) summed."""
+    merged: dict[str, dict[str, list[int]]] = {}
+    for table in tables:
+        for name, values in table.items():
+            mine = merged.setdefault(name, {})
+            for value, counts in values.items():
+                held = mine.get(value)
+                mine[value] = (
+                    list(counts)
+                    if held is None
+                    else [a + b for a, b in zip(held, counts, strict=True)]
+                )
+    return merged
 
 
 def merge_routes(
@@ -813,6 +854,19 @@ def _parse_session(value: object, where: str) -> SessionCounts:
         _number(data.get("last_seen"), f"{where}.last_seen"),
         counts,
     )
+
+
+def _parse_tags(value: object, where: str) -> dict[str, dict[str, list[int]]]:
+    tags: dict[str, dict[str, list[int]]] = {}
+    for name, values in _object(value, where).items():
+        tags[name] = {}
+        for text, counts in _object(values, f"{where}.{name}").items():
+            field = f"{where}.{name}.{text}"
+            items = _array(counts, field)
+            if len(items) != 3:
+                raise ValueError(f"invalid {field!r}: expected [requests, errors, slow]")
+            tags[name][text] = [_integer(n, field) for n in items]
+    return tags
 
 
 def _parse_counts(value: object, where: str) -> dict[str, int]:

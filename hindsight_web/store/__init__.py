@@ -35,6 +35,7 @@ __all__ = [
     "QUERIES_KEPT_S",
     "SCHEMA_VERSION",
     "Change",
+    "CountUpdate",
     "Plan",
     "RulesRead",
     "RulesView",
@@ -186,6 +187,10 @@ class StatsRow:
 
 Plan = Callable[[RulesView], Change]
 
+CountUpdate = Callable[[dict[str, str]], dict[str, str]]
+"""Given the JSON texts held for some keys of a counter (keys held nothing for are
+absent), returns the texts to hold for them now (see `Store.update_counts`)."""
+
 
 class Store(ABC):
     """Rules, hits, audit trail and statistics shared by the processes that open it.
@@ -331,6 +336,35 @@ class Store(ABC):
     @abstractmethod
     def retained_one(self, request_id: str) -> dict[str, Any] | None:
         """The kept document of this request, or None (none, or its time is up)."""
+
+    # -- the counts of ``count`` rules (see `hindsight_web.counting`) ----------------------
+
+    @abstractmethod
+    def update_counts(
+        self,
+        counter: str,
+        keys: list[str],
+        update: CountUpdate,
+        *,
+        now: float,
+        keep_s: float,
+        max_keys: int,
+    ) -> int:
+        """Atomically: read what `counter` holds for `keys` (one JSON text per key), hold
+        what ``update(held)`` returns instead, each seen at `now` and kept until ``now +
+        keep_s``; forget the texts past their time (of every counter); and forget the
+        least recently seen keys of `counter` beyond `max_keys`.
+
+        `update` may run more than once (after a conflict with another process); it must
+        only compute and return.
+
+        Returns:
+            How many keys of `counter` were forgotten for room (not those past their time).
+        """
+
+    @abstractmethod
+    def read_counts(self, counter: str, limit: int) -> dict[str, str]:
+        """What `counter` holds for its `limit` most recently seen keys (not past their time)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +15,7 @@ from . import (
     BEATS_KEPT_S,
     QUERIES_KEPT_S,
     Change,
+    CountUpdate,
     Plan,
     RulesRead,
     RulesView,
@@ -70,6 +71,8 @@ class MemoryStore(Store):
         self._beats: dict[str, float] = {}
         self._retained: dict[str, tuple[float, float, str]] = {}  # id -> (at, until, doc)
         self._retained_bytes = 0
+        # Per counter, key -> (text, until), least recently seen first.
+        self._counts: dict[str, OrderedDict[str, tuple[str, float]]] = {}
 
     def change(self, plan: Plan) -> tuple[Change, int]:
         with self._lock:
@@ -232,6 +235,49 @@ class MemoryStore(Store):
             return None
         found: dict[str, Any] = json.loads(kept[2])
         return found
+
+    def update_counts(
+        self,
+        counter: str,
+        keys: list[str],
+        update: CountUpdate,
+        *,
+        now: float,
+        keep_s: float,
+        max_keys: int,
+    ) -> int:
+        with self._lock:
+            for name in list(self._counts):
+                held = self._counts[name]
+                while held and next(iter(held.values()))[1] < now:
+                    held.popitem(last=False)  # least recently seen: the first past its time
+                if not held and name != counter:
+                    del self._counts[name]
+            table = self._counts.setdefault(counter, OrderedDict())
+            given = {key: table[key][0] for key in keys if key in table}
+            until = now + keep_s
+            for key, text in update(given).items():
+                table[key] = (text, until)
+                table.move_to_end(key)
+            evicted = max(0, len(table) - max_keys)
+            for _ in range(evicted):
+                table.popitem(last=False)
+            return evicted
+
+    def read_counts(self, counter: str, limit: int) -> dict[str, str]:
+        now = time.time()
+        with self._lock:
+            table = self._counts.get(counter)
+            if not table:
+                return {}
+            found = {}
+            for key in reversed(table):
+                text, until = table[key]
+                if until >= now:
+                    found[key] = text
+                    if len(found) >= limit:
+                        break
+            return found
 
     def close(self) -> None:
         pass

@@ -22,7 +22,11 @@ Every key starts with ``{prefix}:`` (``?prefix=name`` in the URL, default
 ``retained:at``     sorted set: request id -> its time (the oldest go first)
 ``retained:until``  sorted set: request id -> when its time is up
 ``retained:size``   hash: request id -> bytes; ``retained:bytes`` their sum
+``counts:{c}``      hash: key -> JSON counts of counter ``c`` (a ``count`` rule)
+``counts:{c}:seen`` sorted set: key -> when it was last counted (the oldest go first)
 ==================  ==============================================================
+
+The two keys of a counter expire when it has counted nothing for its window.
 
 A change is an optimistic transaction (WATCH the revision, plan, MULTI/EXEC),
 planned again when another process changed the rules meanwhile.
@@ -56,6 +60,7 @@ from . import (
     QUERIES_KEPT_S,
     SCHEMA_VERSION,
     Change,
+    CountUpdate,
     Plan,
     RulesRead,
     RulesView,
@@ -166,6 +171,7 @@ class _Keys:
         self.retained_until = f"{prefix}:retained:until"
         self.retained_size = f"{prefix}:retained:size"
         self.retained_bytes = f"{prefix}:retained:bytes"
+        self.counts = f"{prefix}:counts:"
 
 
 def _split_url(url: str) -> tuple[str, str]:
@@ -680,12 +686,68 @@ class RedisStore(Store):
         found: dict[str, Any] = json.loads(doc)
         return found
 
+    def update_counts(
+        self,
+        counter: str,
+        keys: list[str],
+        update: CountUpdate,
+        *,
+        now: float,
+        keep_s: float,
+        max_keys: int,
+    ) -> int:
+        """One optimistic transaction on the counter's two keys (WATCHed)."""
+        held_key = self._keys.counts + counter
+        seen_key = held_key + ":seen"
+        ttl_ms = max(1, int(keep_s * 1000))
+
+        def attempt(pipe: Pipeline) -> int:
+            values = pipe.hmget(held_key, keys) if keys else []
+            held = {k: _text(v) for k, v in zip(keys, values, strict=True) if v is not None}
+            texts = update(held)
+            old = _texts(pipe.zrangebyscore(seen_key, "-inf", f"({now - keep_s!r}"))
+            size = int(pipe.zcard(seen_key)) - len(old)
+            scores = pipe.zmscore(seen_key, list(texts)) if texts else []
+            new = sum(1 for score in scores if score is None)
+            over = max(0, size + new - max_keys)
+            gone = set(old)
+            if over:
+                oldest = _texts(pipe.zrange(seen_key, 0, over + len(old) + len(texts) - 1))
+                gone.update([k for k in oldest if k not in gone and k not in texts][:over])
+            pipe.multi()
+            if gone:
+                pipe.hdel(held_key, *gone)
+                pipe.zrem(seen_key, *gone)
+            if texts:
+                pipe.hset(held_key, mapping=_mapping(texts.items()))
+                pipe.zadd(seen_key, dict.fromkeys(texts, now))
+            pipe.pexpire(held_key, ttl_ms)
+            pipe.pexpire(seen_key, ttl_ms)
+            pipe.execute()
+            return len(gone) - len(old)
+
+        return self._transact((held_key, seen_key), attempt)
+
+    def read_counts(self, counter: str, limit: int) -> dict[str, str]:
+        held_key = self._keys.counts + counter
+        with self._guard():
+            client = self._redis()
+            keys = _texts(client.zrevrange(held_key + ":seen", 0, limit - 1))
+            if not keys:
+                return {}
+            values = client.hmget(held_key, keys)
+        return {k: _text(v) for k, v in zip(keys, values, strict=True) if v is not None}
+
     def close(self) -> None:
         """Close this process's connections; the next call opens new ones."""
         with self._lock:
             client, self._client = self._client, None
         if client is not None and self._pid == os.getpid():
             client.close()
+
+
+def _texts(values: Any) -> list[str]:
+    return [_text(v) for v in values if isinstance(v, (bytes, str))]
 
 
 def _mapping(items: Iterable[tuple[str, str | int]]) -> dict[EncodableT, EncodableT]:

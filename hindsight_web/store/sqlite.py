@@ -25,6 +25,7 @@ from . import (
     QUERIES_KEPT_S,
     SCHEMA_VERSION,
     Change,
+    CountUpdate,
     Plan,
     RulesRead,
     RulesView,
@@ -54,9 +55,10 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS stats"
     " (process TEXT PRIMARY KEY, host TEXT NOT NULL, updated REAL NOT NULL, body BLOB NOT NULL)",
 )
-# Questions to every process's window, their answers, and the processes' heartbeats:
-# made in files created before them too.
-_MAILBOX = (
+# Questions to every process's window, their answers, the processes' heartbeats, the
+# requests retain rules keep and the counts of count rules: made in files created before
+# them too.
+_ADDED = (
     "CREATE TABLE IF NOT EXISTS queries"
     " (id INTEGER PRIMARY KEY AUTOINCREMENT, expires REAL NOT NULL, body TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS answers (query INTEGER NOT NULL, process TEXT NOT NULL,"
@@ -66,6 +68,10 @@ _MAILBOX = (
     " until REAL NOT NULL, nbytes INTEGER NOT NULL, doc TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS retained_at ON retained (at)",
     "CREATE INDEX IF NOT EXISTS retained_until ON retained (until)",
+    "CREATE TABLE IF NOT EXISTS counts (counter TEXT NOT NULL, key TEXT NOT NULL,"
+    " seen REAL NOT NULL, until REAL NOT NULL, body TEXT NOT NULL, PRIMARY KEY (counter, key))",
+    "CREATE INDEX IF NOT EXISTS counts_seen ON counts (counter, seen)",
+    "CREATE INDEX IF NOT EXISTS counts_until ON counts (until)",
 )
 _META = (("schema", SCHEMA_VERSION), ("epoch", 0))
 _RULE = "SELECT id, body, origin, hits FROM rules"
@@ -266,11 +272,11 @@ class SQLiteStore(Store):
                 f"store {self.url}: the file {self._path!r} holds schema version {version}; "
                 f"this version of hindsight-web uses schema version {SCHEMA_VERSION}"
             )
-        sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'retained'"
+        sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'counts'"
         if not conn.execute(sql).fetchone()[0]:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _MAILBOX:
+                for statement in _ADDED:
                     conn.execute(statement)
                 conn.execute("COMMIT")
             finally:
@@ -526,6 +532,46 @@ class SQLiteStore(Store):
             return None
         found: dict[str, Any] = json.loads(row[0])
         return found
+
+    def update_counts(
+        self,
+        counter: str,
+        keys: list[str],
+        update: CountUpdate,
+        *,
+        now: float,
+        keep_s: float,
+        max_keys: int,
+    ) -> int:
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.execute("DELETE FROM counts WHERE until < ?", (now,))
+            held: dict[str, str] = {}
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                sql = "SELECT key, body FROM counts WHERE counter = ? AND key IN ({})"
+                rows = conn.execute(sql.format(",".join("?" * len(part))), (counter, *part))
+                held.update(rows.fetchall())
+            conn.executemany(
+                "INSERT OR REPLACE INTO counts VALUES (?, ?, ?, ?, ?)",
+                [(counter, key, now, now + keep_s, text) for key, text in update(held).items()],
+            )
+            size = conn.execute("SELECT count(*) FROM counts WHERE counter = ?", (counter,))
+            evicted = max(0, int(size.fetchone()[0]) - max_keys)
+            if evicted:
+                sql = (
+                    "DELETE FROM counts WHERE counter = ? AND key IN (SELECT key FROM counts"
+                    " WHERE counter = ? ORDER BY seen LIMIT ?)"
+                )
+                conn.execute(sql, (counter, counter, evicted))
+            return evicted
+
+    def read_counts(self, counter: str, limit: int) -> dict[str, str]:
+        with self._connected() as conn:
+            sql = (
+                "SELECT key, body FROM counts WHERE counter = ? AND until >= ?"
+                " ORDER BY seen DESC LIMIT ?"
+            )
+            return dict(conn.execute(sql, (counter, time.time(), limit)).fetchall())
 
     def close(self) -> None:
         """Close this process's connection; the next call opens a new one."""

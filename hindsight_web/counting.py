@@ -1,0 +1,349 @@
+"""Count rules: requests counted per key over a sliding window, in every process
+together, and the firing of a rule when one key reaches its threshold.
+
+Counting. A request that ends and matches a ``count`` rule adds one to its key
+(`Counting.add`, on the request path: a few dict operations under a short lock).
+Every `interval_s` (``store_sync_s``) the background thread adds what this
+process counted since to the store, one atomic update per rule, and gets back
+each key's count over the window: with a shared store, the count of every
+process on every host. So a threshold crossed by requests spread over many
+workers is seen within about `interval_s`.
+
+The window. A rule's window is cut into `SLOTS` slots of ``window_s / SLOTS``
+seconds; a key's count is the sum of the slots that began within the last
+``window_s`` seconds, and of the one before: it holds every request of the last
+``window_s`` seconds, and may hold some up to ``window_s / SLOTS`` older (10 %).
+
+Firing. The update that finds a key at or above the threshold marks it fired
+until ``now + window_s``, in the same atomic update: one process in all fires it,
+at most once per key and window (`Counting.fire` runs its ``then``).
+
+Memory. Per rule, the store holds at most ``max_keys`` keys (the least recently
+counted go first, counted as ``count_keys_evicted``), about 0.6 KB each (a JSON
+text: the slots, the time of the last request, up to `SAMPLES` request ids). Each
+process holds, between two updates, at most ``max_keys`` keys per rule (about
+0.8 KB each); the keys beyond are not counted (``count_keys_dropped``). A key not
+counted for a window is forgotten. With ``memory://`` both are in the process:
+under 1.5 KB per key of ``max_keys``, whatever the number of distinct keys seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from . import errors
+from ._sync import new_lock, start_thread
+from .rules import Rule, RuleSet
+from .store import Store, StoreError
+from .store.health import Health
+
+__all__ = ["SAMPLES", "SLOTS", "TOP_READ", "Counting", "Firing", "window_count"]
+
+SLOTS = 10
+"""Slots a window is cut into: the count may hold requests up to a tenth of it older."""
+
+SAMPLES = 10
+"""Request ids kept per key (the most recent), for the alert and the audit trail."""
+
+TOP_READ = 1000
+"""Keys (the most recently counted) read to list a rule's top keys."""
+
+
+class Firing(NamedTuple):
+    """A key of a count rule that reached the threshold.
+
+    Attributes:
+        rule: the count rule.
+        key: the key's value (a client address, a user id, ...).
+        total: requests counted in the window when it fired.
+        first, last: epoch seconds of the first and the last of them.
+        samples: ``(epoch seconds, request id)`` of the last `SAMPLES`, oldest first.
+        at: when it fired, epoch seconds.
+    """
+
+    rule: Rule
+    key: str
+    total: int
+    first: float
+    last: float
+    samples: list[tuple[float, str]]
+    at: float
+
+
+class _Pending:
+    """What one process counted for one key since its last update of the store."""
+
+    __slots__ = ("last", "samples", "slots")
+
+    def __init__(self) -> None:
+        self.slots: dict[int, list[float]] = {}  # slot -> [requests, first time]
+        self.last = 0.0
+        self.samples: list[tuple[float, str]] = []
+
+
+class Counting:
+    """The count rules' counting and firing in one process.
+
+    Args:
+        store: where the counts are shared (``memory://``: this process).
+        health: notes store calls that fail or succeed again.
+        rules: the rules in force (a rule removed meanwhile counts no more).
+        interval_s: seconds between two updates of the store (``store_sync_s``).
+        fire: runs a firing's ``then`` (on the background thread; it may block).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        health: Health,
+        *,
+        rules: RuleSet,
+        interval_s: float,
+        fire: Callable[[Firing], None],
+    ) -> None:
+        self.store = store
+        self.health = health
+        self.rules = rules
+        self.interval_s = interval_s
+        self._fire = fire
+        self._lock = new_lock()
+        self._pending: dict[tuple[Rule, str], _Pending] = {}
+        self._sizes: dict[Rule, int] = {}  # keys pending per rule
+        self._stop = threading.Event()
+        self._running = False
+        self.dropped = 0
+        self.evicted = 0
+        self.fired = 0
+        _countings.add(self)
+
+    # -- the request path ----------------------------------------------------------
+
+    def add(self, rule: Rule, key: str, at: float, request_id: str) -> None:
+        """Count one request of `key` that ended at `at` (epoch seconds) for `rule`."""
+        spec = rule.count
+        if spec is None:
+            return
+        slot = math.floor(at * SLOTS / spec.window_s)
+        with self._lock:
+            pending = self._pending.get((rule, key))
+            if pending is None:
+                size = self._sizes.get(rule, 0)
+                if size >= spec.max_keys:
+                    self.dropped += 1
+                    return
+                self._sizes[rule] = size + 1
+                pending = self._pending[rule, key] = _Pending()
+            counted = pending.slots.get(slot)
+            if counted is None:
+                pending.slots[slot] = [1, at]
+            else:
+                counted[0] += 1
+            pending.last = at
+            samples = pending.samples
+            samples.append((at, request_id))
+            if len(samples) > SAMPLES:
+                del samples[0]
+        if not self._running:
+            self._start()
+
+    # -- the background thread -------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._running:
+                return
+            self._running = True
+        start_thread(self, Counting._step, self._stop, "hindsight-count")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _step(self) -> float:
+        try:
+            self.flush()
+        except Exception as exc:
+            errors.report("count", exc)
+        return self.interval_s
+
+    def flush(self, now: float | None = None) -> list[Firing]:
+        """Add what was counted since the last call to the store and fire the keys that
+        reached their threshold; returns the firings (run already).
+
+        What the store did not take (down) is counted again at the next call, within
+        the bounds of `add`.
+        """
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._sizes = {}
+        if not pending:
+            return []
+        now = time.time() if now is None else now
+        by_rule: dict[Rule, dict[str, _Pending]] = {}
+        for (rule, key), counted in pending.items():
+            by_rule.setdefault(rule, {})[key] = counted
+        firings: list[Firing] = []
+        for rule, keys in by_rule.items():
+            if self.rules.get(rule.id) != rule:
+                continue  # removed or changed since: its counts go with it
+            try:
+                firings += self._update(rule, keys, now)
+            except StoreError:
+                self._put_back(rule, keys)
+        for firing in firings:
+            self.fired += 1
+            try:
+                self._fire(firing)
+            except Exception as exc:
+                errors.report("count", exc)
+        return firings
+
+    def _update(self, rule: Rule, keys: dict[str, _Pending], now: float) -> list[Firing]:
+        spec = rule.count
+        assert spec is not None
+        slot_s = spec.window_s / SLOTS
+        oldest = math.floor(now * SLOTS / spec.window_s) - SLOTS
+        fired: list[Firing] = []
+
+        def update(held: dict[str, str]) -> dict[str, str]:
+            fired.clear()
+            texts = {}
+            for key, counted in keys.items():
+                body = _merged(held.get(key), counted, oldest)
+                count, first = window_count(body, oldest)
+                if count >= spec.threshold and body.get("f", 0) <= now:
+                    body["f"] = now + spec.window_s
+                    samples = [(at, request_id) for at, request_id in body["x"]]
+                    fired.append(Firing(rule, key, count, first, body["l"], samples, now))
+                texts[key] = json.dumps(body, separators=(",", ":"))
+            return texts
+
+        evicted = self.health.checked(
+            lambda: self.store.update_counts(
+                _counter(rule),
+                list(keys),
+                update,
+                now=now,
+                keep_s=spec.window_s + 2 * slot_s,
+                max_keys=spec.max_keys,
+            ),
+            write=True,
+        )
+        self.evicted += evicted
+        return fired
+
+    def _put_back(self, rule: Rule, keys: dict[str, _Pending]) -> None:
+        spec = rule.count
+        assert spec is not None
+        with self._lock:
+            for key, counted in keys.items():
+                held = self._pending.get((rule, key))
+                if held is None:
+                    size = self._sizes.get(rule, 0)
+                    if size >= spec.max_keys:
+                        self.dropped += 1
+                        continue
+                    self._sizes[rule] = size + 1
+                    self._pending[rule, key] = counted
+                    continue
+                for slot, (n, first) in counted.slots.items():
+                    mine = held.slots.setdefault(slot, [0, first])
+                    mine[0] += n
+                    mine[1] = min(mine[1], first)
+                held.samples = sorted(counted.samples + held.samples)[-SAMPLES:]
+                held.last = max(held.last, counted.last)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def top(self, rule: Rule, limit: int = 5) -> list[dict[str, Any]]:
+        """The keys of `rule` with the highest counts in its window now, highest first,
+        among the `TOP_READ` most recently counted: ``[{"key", "count"}]``.
+
+        Raises:
+            store.StoreError: the store cannot be read now.
+        """
+        spec = rule.count
+        if spec is None:
+            return []
+        oldest = math.floor(time.time() * SLOTS / spec.window_s) - SLOTS
+        held = self.health.checked(lambda: self.store.read_counts(_counter(rule), TOP_READ))
+        counts = []
+        for key, text in held.items():
+            count, _ = window_count(json.loads(text), oldest)
+            if count:
+                counts.append((count, key))
+        counts.sort(key=lambda item: -item[0])
+        return [{"key": key, "count": count} for count, key in counts[:limit]]
+
+    def counters(self) -> dict[str, int]:
+        """``count_firings``, ``count_keys_evicted`` and ``count_keys_dropped`` since start."""
+        return {
+            "count_firings": self.fired,
+            "count_keys_evicted": self.evicted,
+            "count_keys_dropped": self.dropped,
+        }
+
+
+def window_count(body: dict[str, Any], oldest: int) -> tuple[int, float]:
+    """A key's count over the window whose oldest slot is `oldest`, and the time of its
+    first request (``inf`` when it has none)."""
+    count, first = 0, math.inf
+    for slot, n, begun in body["s"]:
+        if slot >= oldest:
+            count += n
+            first = min(first, begun)
+    return count, first
+
+
+def _merged(text: str | None, counted: _Pending, oldest: int) -> dict[str, Any]:
+    """The stored counts of a key (`text`, or none) with `counted` added, slots older
+    than `oldest` left out."""
+    body: dict[str, Any] = (
+        {"s": [], "l": 0.0, "x": [], "f": 0} if text is None else json.loads(text)
+    )
+    slots = {slot: [n, first] for slot, n, first in body["s"] if slot >= oldest}
+    for slot, (n, first) in counted.slots.items():
+        if slot < oldest:
+            continue
+        held = slots.get(slot)
+        if held is None:
+            slots[slot] = [n, first]
+        else:
+            held[0] += n
+            held[1] = min(held[1], first)
+    body["s"] = [[slot, int(n), first] for slot, (n, first) in sorted(slots.items())]
+    body["l"] = max(body["l"], counted.last)
+    samples = [tuple(sample) for sample in body["x"]] + counted.samples
+    body["x"] = [list(sample) for sample in sorted(samples)[-SAMPLES:]]
+    return body
+
+
+def _counter(rule: Rule) -> str:
+    """The store's name for a rule's counts: a rule made again under the same id (a new
+    ``created_at``) starts from nothing."""
+    return f"{rule.id}@{rule.created_at!r}"
+
+
+_countings: weakref.WeakSet[Counting] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked process counts its own requests, with a thread of its own.
+    for counting in list(_countings):
+        counting._pending = {}
+        counting._sizes = {}
+        counting._running = False
+        if counting._stop.is_set():
+            counting._running = True  # stopped: stays so
+        else:
+            counting._stop = threading.Event()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
