@@ -29,6 +29,7 @@ under 1.5 KB per key of ``max_keys``, whatever the number of distinct keys seen.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -44,7 +45,7 @@ from .rules import Rule, RuleSet
 from .store import Store, StoreError
 from .store.health import Health
 
-__all__ = ["SAMPLES", "SLOTS", "TOP_READ", "Counting", "Firing", "window_count"]
+__all__ = ["SAMPLES", "SLOTS", "TOP_READ", "Counting", "Firing", "counter_name", "window_count"]
 
 SLOTS = 10
 """Slots a window is cut into: the count may hold requests up to a tenth of it older."""
@@ -97,6 +98,7 @@ class Counting:
         rules: the rules in force (a rule removed meanwhile counts no more).
         interval_s: seconds between two updates of the store (``store_sync_s``).
         fire: runs a firing's ``then`` (on the background thread; it may block).
+        thread: False to run no background thread: the owner calls `flush`.
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class Counting:
         rules: RuleSet,
         interval_s: float,
         fire: Callable[[Firing], None],
+        thread: bool = True,
     ) -> None:
         self.store = store
         self.health = health
@@ -117,7 +120,8 @@ class Counting:
         self._pending: dict[tuple[Rule, str], _Pending] = {}
         self._sizes: dict[Rule, int] = {}  # keys pending per rule
         self._stop = threading.Event()
-        self._running = False
+        self._threaded = thread
+        self._running = not thread  # the thread starts with the first request counted
         self.dropped = 0
         self.evicted = 0
         self.fired = 0
@@ -185,13 +189,24 @@ class Counting:
         if not pending:
             return []
         now = time.time() if now is None else now
+        # Per rule in force (a copy of a rule read again from the store counts with it).
         by_rule: dict[Rule, dict[str, _Pending]] = {}
+        in_force: dict[Rule, Rule | None] = {}
         for (rule, key), counted in pending.items():
-            by_rule.setdefault(rule, {})[key] = counted
+            if rule not in in_force:
+                now_held = self.rules.get(rule.id)
+                same = now_held is not None and counter_name(now_held) == counter_name(rule)
+                in_force[rule] = now_held if same else None
+            held = in_force[rule]
+            if held is None:
+                continue  # removed or changed since: its counts go with it
+            keys = by_rule.setdefault(held, {})
+            if key in keys:
+                _add(keys[key], counted)
+            else:
+                keys[key] = counted
         firings: list[Firing] = []
         for rule, keys in by_rule.items():
-            if self.rules.get(rule.id) != rule:
-                continue  # removed or changed since: its counts go with it
             try:
                 firings += self._update(rule, keys, now)
             except StoreError:
@@ -226,7 +241,7 @@ class Counting:
 
         evicted = self.health.checked(
             lambda: self.store.update_counts(
-                _counter(rule),
+                counter_name(rule),
                 list(keys),
                 update,
                 now=now,
@@ -252,12 +267,7 @@ class Counting:
                     self._sizes[rule] = size + 1
                     self._pending[rule, key] = counted
                     continue
-                for slot, (n, first) in counted.slots.items():
-                    mine = held.slots.setdefault(slot, [0, first])
-                    mine[0] += n
-                    mine[1] = min(mine[1], first)
-                held.samples = sorted(counted.samples + held.samples)[-SAMPLES:]
-                held.last = max(held.last, counted.last)
+                _add(held, counted)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -272,7 +282,7 @@ class Counting:
         if spec is None:
             return []
         oldest = math.floor(time.time() * SLOTS / spec.window_s) - SLOTS
-        held = self.health.checked(lambda: self.store.read_counts(_counter(rule), TOP_READ))
+        held = self.health.checked(lambda: self.store.read_counts(counter_name(rule), TOP_READ))
         counts = []
         for key, text in held.items():
             count, _ = window_count(json.loads(text), oldest)
@@ -324,10 +334,23 @@ def _merged(text: str | None, counted: _Pending, oldest: int) -> dict[str, Any]:
     return body
 
 
-def _counter(rule: Rule) -> str:
-    """The store's name for a rule's counts: a rule made again under the same id (a new
-    ``created_at``) starts from nothing."""
-    return f"{rule.id}@{rule.created_at!r}"
+def _add(held: _Pending, counted: _Pending) -> None:
+    """Add what `counted` holds to `held` (the same rule and key)."""
+    for slot, (n, first) in counted.slots.items():
+        mine = held.slots.setdefault(slot, [0, first])
+        mine[0] += n
+        mine[1] = min(mine[1], first)
+    held.samples = sorted(counted.samples + held.samples)[-SAMPLES:]
+    held.last = max(held.last, counted.last)
+
+
+def counter_name(rule: Rule) -> str:
+    """The store's name for a rule's counts: its id and a digest of what it counts, so
+    that a rule changed under the same id starts from nothing."""
+    spec = rule.count
+    assert spec is not None
+    what = json.dumps([rule.to_json(0)["match"], spec.key, spec.window_s], sort_keys=True)
+    return f"{rule.id}@{hashlib.sha256(what.encode()).hexdigest()[:16]}"
 
 
 _countings: weakref.WeakSet[Counting] = weakref.WeakSet()
@@ -338,10 +361,8 @@ def _after_fork_in_child() -> None:
     for counting in list(_countings):
         counting._pending = {}
         counting._sizes = {}
-        counting._running = False
-        if counting._stop.is_set():
-            counting._running = True  # stopped: stays so
-        else:
+        counting._running = not counting._threaded or counting._stop.is_set()
+        if not counting._running:
             counting._stop = threading.Event()
 
 
