@@ -18,6 +18,12 @@ With ``--stores``, the table compares hindsight on a SQLite file and on a Redis
 (a redis-server started for the run on 127.0.0.1) with ``memory://``: the request
 path reads no store, so the three should cost the same.
 
+With ``--count``, the tables compare hindsight with count rules in force against
+hindsight with no rule: 100 count rules that do not match a request (on status 401,
+which the rule index skips for a 200; and on other paths, checked one by one), and
+one that matches and counts every request (goal: within 5 % of no rule). Each count
+is the median of ``--runs`` runs.
+
 With ``--window``, the tables compare keeping each request in the hindsight window
 with freeing it when it ends (``window_s=0``), with no and with 5 DEBUG lines per
 request. The window `full` has the defaults (300 s, 32 MB) and was filled up to
@@ -28,7 +34,8 @@ the run); `small` holds about 100 requests (full, evicting, in a small heap). Th
 window's settling, the background thread's work, is counted: the driver settles
 every 100 requests (see `micro.py`). Each count is the median of ``--runs`` runs.
 
-Usage: python benchmarks/instructions.py [--smoke] [--stores | --records | --window] [--runs N]
+Usage: python benchmarks/instructions.py [--smoke] [--stores | --records | --window | --count]
+       [--runs N]
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from common import HERE, BenchFailure, machine_line, redis_server
-from micro import SMALL_WINDOW, WINDOW_KINDS, WINDOW_LABELS
+from micro import COUNT_VARIANTS, SMALL_WINDOW, WINDOW_KINDS, WINDOW_LABELS
 
 VARIANTS = ["bare", "minimal", "hindsight", "hindsight-nostats"]
 WINDOW_LINES = (0, 5)
@@ -54,6 +61,7 @@ WINDOW_VARIANTS = [
     *(f"hindsight-window-{kind}-{lines}" for lines in WINDOW_LINES for kind in WINDOW_KINDS),
 ]
 WINDOW_GOAL = 1.05  # per request, window kept against window off
+COUNT_GOAL = 1.05  # per request, count rules in force against no rule
 STORE_VARIANTS = ["bare", "hindsight", "hindsight-sqlite", "hindsight-redis"]
 FRAMEWORKS = ["asgi", "starlette", "fastapi", "flask"]
 LABELS = {
@@ -63,6 +71,9 @@ LABELS = {
     "hindsight-nostats": "hindsight, statistics off (analysis only)",
     "hindsight-sqlite": "hindsight, SQLite store",
     "hindsight-redis": "hindsight, Redis store",
+    "hindsight-count-100": "100 count rules on status 401, not matching",
+    "hindsight-count-100-general": "100 count rules on other paths, not matching",
+    "hindsight-count-1": "1 count rule, counting every request",
 }
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
@@ -189,13 +200,42 @@ def window_tables(frameworks: list[str], small: int, large: int, runs: int) -> N
     print()
 
 
+def count_tables(frameworks: list[str], small: int, large: int, runs: int) -> None:
+    """Per framework: hindsight with count rules against hindsight with no rule."""
+    variants = ["bare", "hindsight", *COUNT_VARIANTS]
+    jobs = [(f, v) for f in frameworks for v in variants for _ in range(runs)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda job: per_request(job[0], job[1], small, large), jobs))
+    found: dict[tuple[str, str], list[float]] = {}
+    for job, n in zip(jobs, results, strict=True):
+        found.setdefault(job, []).append(n)
+    for framework in frameworks:
+        counts = {v: statistics.median(found[(framework, v)]) for v in variants}
+        print(f"### {framework}")
+        print()
+        print("| variant | instructions/request | vs bare | vs no rule | verdict |")
+        print("|---|---:|---:|---:|---|")
+        for variant in variants:
+            n = counts[variant]
+            ratio = n / counts["hindsight"]
+            verdict = ""
+            if variant in COUNT_VARIANTS:
+                verdict = "PASS" if ratio <= COUNT_GOAL else "MISS"
+            print(
+                f"| {LABELS[variant]} | {n:,.0f} | {n / counts['bare']:.3f}x | "
+                f"{ratio:.3f}x | {verdict} |"
+            )
+        print()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="one framework, few requests")
     parser.add_argument("--stores", action="store_true", help="memory, SQLite and Redis stores")
     parser.add_argument("--records", action="store_true", help="per logger.debug() call")
     parser.add_argument("--window", action="store_true", help="the window kept against off")
-    parser.add_argument("--runs", type=int, default=3, help="runs per count (--window)")
+    parser.add_argument("--count", action="store_true", help="count rules against no rule")
+    parser.add_argument("--runs", type=int, default=3, help="runs per count (--window, --count)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -206,6 +246,16 @@ def main() -> int:
         return 0
     frameworks = ["asgi"] if args.smoke else FRAMEWORKS
     small, large = (100, 200) if args.smoke else (200, 1000)
+    if args.count:
+        runs = 1 if args.smoke else args.runs
+        print(machine_line())
+        print(
+            f"instructions: valgrind cachegrind, requests {requests_made(small)} and "
+            f"{requests_made(large)} per variant, difference per request, median of {runs} runs"
+        )
+        print()
+        count_tables(frameworks, small, large, runs)
+        return 0
     if args.window:
         runs = 1 if args.smoke else args.runs
         print(machine_line())

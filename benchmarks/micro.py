@@ -454,6 +454,9 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
         if rule_count:
             add_user_rules(hs, rule_count)
             out.count = 0  # the audit lines of the rules added
+        counted = add_count_rules(hs, variant)
+        if variant in COUNT_VARIANTS:
+            out.count = 0  # the audit lines of the rules added
         if framework == "flask":
             app.wsgi_app = hindsight_web.HindsightWSGIMiddleware(app.wsgi_app, hindsight=hs)
         elif framework == "asgi":
@@ -463,6 +466,13 @@ def request_worker(framework: str, variant: str, n: int) -> dict[str, Any]:
 
         def hs_check(total: int) -> str | None:
             hs.flush()
+            if counted is not None:
+                hs.counting.flush()
+                top = hs.counting.top(counted)
+                if top != [{"key": "127.0.0.1", "count": total}]:
+                    return f"the count rule counted {top}, expected {total} requests"
+            elif hs.counters()["count_firings"] or hs.counting.dropped:
+                return "a count rule counted a request it does not match"
             visitor = hs.rules.get("visitor")
             if rule_count and (visitor is None or visitor.hits != total):
                 return f"the visitor rule was hit {visitor and visitor.hits} times"
@@ -640,6 +650,33 @@ def window_check(hs: Any, kind: str, lines: int, total: int, prefilled: int) -> 
         return f"{len(records)} records in the window, expected {lines * len(states)}"
     if any(entry[CONTEXT][0] is not None for entry in records):
         return "records in the window hold their contexts"
+    return None
+
+
+COUNT_VARIANTS = ["hindsight-count-100", "hindsight-count-100-general", "hindsight-count-1"]
+
+
+def add_count_rules(hs: Any, variant: str) -> Any:
+    """The count rules of a ``hindsight-count-*`` variant; returns the one that counts
+    every request (``-1``), else None.
+
+    ``-100``: 100 rules on failed logins (status 401, so the status index skips them for
+    a 200). ``-100-general``: 100 rules on paths the benchmark never requests (every
+    request is checked against each). ``-1``: one rule that matches every request,
+    per client address, with a threshold it never reaches.
+    """
+    if variant not in COUNT_VARIANTS:
+        return None
+    then = [{"action": "release"}]
+    if variant == "hindsight-count-1":
+        rule = {"id": "every", "action": "count", "key": "client_ip", "threshold": 10**9}
+        return hs.add_rule({**rule, "window_s": 86400, "then": then})
+    for i in range(100):
+        match: dict[str, Any] = {"path": f"/login/{i}"}
+        if variant == "hindsight-count-100":
+            match["status"] = 401
+        rule = {"id": f"c{i}", "action": "count", "match": match, "key": "client_ip"}
+        hs.add_rule({**rule, "threshold": 10, "window_s": 60, "then": then})
     return None
 
 
@@ -849,6 +886,9 @@ LABELS = {
         for kind, label in WINDOW_LABELS.items()
         for lines in (0, 5)
     },
+    "hindsight-count-100": "hindsight, 100 count rules on status 401 (not matching)",
+    "hindsight-count-100-general": "hindsight, 100 count rules on other paths (not matching)",
+    "hindsight-count-1": "hindsight, 1 count rule matching every request",
     "hindsight-rules-0": "hindsight, no rules",
     "hindsight-rules-1": "hindsight, 1 user rule",
     "hindsight-rules-10000": "hindsight, 10,000 user rules",

@@ -85,7 +85,7 @@ def out() -> ListHandler:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the session (stopped at its end); each test uses its own prefix."""
     if not os.access(REDIS_SERVER, os.X_OK):
-        pytest.fail(f"{REDIS_SERVER} is missing: run scripts/install-redis")
+        pytest.fail(f"{REDIS_SERVER} is missing: run scripts/install-debian-tools")
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()

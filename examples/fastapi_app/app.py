@@ -13,9 +13,10 @@ import os
 import random
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
 
-from hindsight_web import HindsightMiddleware, set_user
+from hindsight_web import HindsightMiddleware, bind, set_user
 
 LOG_FORMAT = (
     "%(asctime)s %(levelname)-5s pid=%(process)d %(name)s rid=%(request_id)s user=%(user_id)s "
@@ -23,6 +24,7 @@ LOG_FORMAT = (
 )
 
 log = logging.getLogger("shop")
+alerts_log = logging.getLogger("shop.alerts")
 
 ITEMS = {
     1: {"id": 1, "name": "coffee beans", "price": 12.5},
@@ -31,10 +33,15 @@ ITEMS = {
 }
 
 
-def identify_user(x_user: Annotated[str | None, Header()] = None) -> str | None:
-    """Take the user from the `X-User` header (a stand-in for real authentication)."""
+def identify_user(
+    x_user: Annotated[str | None, Header()] = None,
+    x_session: Annotated[str | None, Header()] = None,
+) -> str | None:
+    """Take the user (and session) from the `X-User` (`X-Session`) header: a stand-in for
+    real authentication."""
     if x_user and len(x_user) <= 256:
-        set_user(x_user)
+        session = x_session if x_session and len(x_session) <= 256 else None
+        set_user(x_user, session_id=session)
         log.debug("authenticated user %s from X-User header", x_user)
         return x_user
     return None
@@ -51,7 +58,15 @@ def create_app(slow_ms: float | None = None) -> FastAPI:
     # HINDSIGHT_STORE shares rules and statistics between worker processes, e.g.
     # sqlite:////tmp/hindsight.db (scripts/demo runs two workers on one).
     store = os.environ.get("HINDSIGHT_STORE", "memory://")
-    app.add_middleware(HindsightMiddleware, slow_ms=slow_ms, store=store)
+    # HINDSIGHT_ALERT_URL: where count rules' alerts go (scripts/demo points it at the
+    # app's own /webhooks/alerts, which logs them).
+    alert_url = os.environ.get("HINDSIGHT_ALERT_URL")
+    alerts = [
+        {"id": target, "type": "webhook", "url": alert_url} for target in ("security", "oncall")
+    ]
+    app.add_middleware(
+        HindsightMiddleware, slow_ms=slow_ms, store=store, alerts=alerts if alert_url else None
+    )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -78,6 +93,50 @@ def create_app(slow_ms: float | None = None) -> FastAPI:
         log.debug("payment provider answered: authorised")
         log.info("checkout complete")
         return {"status": "paid", "payment_ms": delay_ms}
+
+    @app.post("/login")
+    async def login(user: str, password: str) -> JSONResponse:
+        log.debug("checking the password of %s", user)
+        if password != "correct-horse":
+            log.info("login refused")
+            return JSONResponse({"error": "invalid credentials"}, status_code=401)
+        set_user(user)
+        log.info("login of %s", user)
+        return JSONResponse({"status": "welcome"})
+
+    @app.post("/payments")
+    async def pay(
+        amount: float, card: str, x_client_id: Annotated[str, Header()] = "anonymous"
+    ) -> JSONResponse:
+        bind(client_id=x_client_id[:64])
+        log.debug("authorising %.2f on card ending %s", amount, card[-4:])
+        if card.endswith("0000"):
+            log.info("payment declined")
+            return JSONResponse({"status": "declined"}, status_code=402)
+        log.info("payment accepted")
+        return JSONResponse({"status": "paid"})
+
+    @app.get("/reports/daily")
+    async def daily_report(db: str = "up") -> JSONResponse:
+        log.debug("opening a connection to the reporting database")
+        if db == "down":
+            log.error("Database Connection Failed")
+            return JSONResponse({"error": "reporting database unavailable"}, status_code=503)
+        log.info("daily report built")
+        return JSONResponse({"orders": 42})
+
+    @app.get("/accounts/{account_id}")
+    async def account(account_id: int, user: User) -> dict[str, object]:
+        log.debug("loading account %d for %s", account_id, user)
+        log.info("account %d viewed", account_id)
+        return {"id": account_id, "owner": user}
+
+    @app.post("/webhooks/alerts")
+    async def alert_received(request: Request) -> dict[str, str]:
+        """Where the demo's alerts go: stands in for a pager or a chat channel."""
+        body = await request.json()
+        alerts_log.warning("ALERT %s", body.get("text"))
+        return {"status": "received"}
 
     @app.get("/fail")
     async def fail(user: User) -> dict[str, str]:
