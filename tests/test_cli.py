@@ -656,6 +656,7 @@ def test_stats_tags_counts_requests_errors_and_slow_ones_per_tag_value(watch: Wa
     for _ in range(3):
         get("gold")
     get("gold", status=503)
+    get("gold", status=503)
     get("gold", delay_ms=300)
     get("silver")
     get("bronze")  # no rule tags it
@@ -668,13 +669,13 @@ def test_stats_tags_counts_requests_errors_and_slow_ones_per_tag_value(watch: Wa
         }
 
     poll_json(
-        env, ["stats", "--tags"], lambda a: counted(a) == {"gold": (5, 1, 1), "silver": (1, 0, 0)}
+        env, ["stats", "--tags"], lambda a: counted(a) == {"gold": (6, 2, 1), "silver": (1, 0, 0)}
     )
     done = run("stats", "--tags", env=env)
     assert done.returncode == 0, done.stderr
     mine = [r for r in rows(done.stdout) if r["tag"] == "cli_plan"]
     assert mine == [
-        {"tag": "cli_plan", "value": "gold", "requests": "5", "errors": "1", "slow": "1"},
+        {"tag": "cli_plan", "value": "gold", "requests": "6", "errors": "2", "slow": "1"},
         {"tag": "cli_plan", "value": "silver", "requests": "1", "errors": "0", "slow": "0"},
     ]
     assert len(rows(run("stats", "--tags", "--limit", "1", env=env).stdout)) == 1
