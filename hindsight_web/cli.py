@@ -1,10 +1,10 @@
-"""The ``hindsight-web`` command: manage a running app's rules, and find and release its
-recent requests, through its admin API.
+"""The ``hindsight-web`` command: manage a running app's rules, find and release its
+recent requests, and see what its count rules fired, through its admin API.
 
 Usage::
 
     export HINDSIGHT_URL=http://127.0.0.1:8000/_hindsight HINDSIGHT_ADMIN_TOKEN=s3cret
-    hindsight-web rules list
+    hindsight-web rules list                    # count rules with their top keys, tag rules' tags
     hindsight-web rules add '{"action": "release", "match": {"path": "/checkout/*"}}'
     hindsight-web rules add rules.json          # one rule, a list, or {"rules": [...]}; - is stdin
     hindsight-web rules rm checkout-slow
@@ -13,7 +13,8 @@ Usage::
     hindsight-web undetail alice
     hindsight-web audit --limit 20
     hindsight-web sinks                         # where releases go: sent, queued, dropped, errors
-    hindsight-web stats [--slow | --sessions] [--limit N]
+    hindsight-web stats [--slow | --sessions | --tags] [--limit N]
+    hindsight-web alerts [--limit N]            # what count rules fired; the targets' deliveries
     hindsight-web requests --user-id alice --status 5xx --since -15m   # the window, newest first
     hindsight-web show 6cf5e022f83c427895fd405f17114c34                 # one request's records
     hindsight-web release --path '/checkout*' --since -10m --note 'ticket 4711' [--yes]
@@ -322,15 +323,31 @@ def sinks(api: Api, args: argparse.Namespace) -> int:
 
 
 def stats(api: Api, args: argparse.Namespace) -> int:
-    """``stats``: totals and routes, or the slowest requests (--slow) or sessions (--sessions)."""
+    """``stats``: totals and routes, or the slowest requests (--slow) or sessions
+    (--sessions), or the requests per tag value (--tags)."""
     path, render = "/stats", lambda answer: _stats_text(answer, args.limit)
     if args.slow:
         path, render = "/stats/slow", _slow_table
     elif args.sessions:
         path, render = "/stats/sessions", _sessions_table
-    params = {"limit": args.limit} if path != "/stats" else None
+    elif args.tags:
+        path, render = "/stats/tags", lambda answer: _tags_table(answer, args.limit)
+    limited = path in ("/stats/slow", "/stats/sessions")  # the others are cut here
+    answer = _get_newer(api, path, {"limit": args.limit} if limited else None)
+    return _emit(args, answer, render)
+
+
+def alerts(api: Api, args: argparse.Namespace) -> int:
+    """``alerts``: the recent firings of count rules, newest first, then how the alert
+    targets of the process that answers delivered them."""
+    answer = _get_newer(api, "/alerts", {"limit": args.limit})
+    return _emit(args, answer, _alerts_text)
+
+
+def _get_newer(api: Api, path: str, params: Mapping[str, int | None] | None) -> Any:
+    """``GET path``, a call that an older app may not have: its 404 says so."""
     try:
-        answer = api.call("GET", path, params=params)
+        return api.call("GET", path, params=params)
     except CliError as exc:
         if exc.code == API_ERROR and exc.status == 404:
             raise CliError(
@@ -340,7 +357,6 @@ def stats(api: Api, args: argparse.Namespace) -> int:
                 404,
             ) from None
         raise
-    return _emit(args, answer, render)
 
 
 def requests(api: Api, args: argparse.Namespace) -> int:
@@ -584,10 +600,13 @@ def _emit(args: argparse.Namespace, answer: Any, render: Callable[[Any], str]) -
 
 
 def _rules_table(rules: list[dict[str, Any]]) -> str:
+    """The rules; when there are count rules, what each counts, does and its top keys
+    now; when there are tag rules, their tags."""
     if not rules:
         return "no rules"
     headers = ["id", "action", "match", "level", "priority", "sample", "dry_run", "expires in"]
-    rows = [
+    headers.append("hits")
+    rows: list[list[object]] = [
         [
             rule["id"],
             rule["action"],
@@ -598,11 +617,82 @@ def _rules_table(rules: list[dict[str, Any]]) -> str:
             rule.get("dry_run"),
             _expires_in(rule.get("ttl_s")),
             rule.get("hits"),
-            rule.get("note"),
         ]
         for rule in rules
     ]
-    return table([*headers, "hits", "note"], rows)
+    if any(rule["action"] == "count" for rule in rules):
+        headers += ["key", "threshold", "then", "top keys"]
+        for row, rule in zip(rows, rules, strict=True):
+            row += _count_cells(rule) if rule["action"] == "count" else [None] * 4
+    if any(rule["action"] == "tag" for rule in rules):
+        headers.append("tags")
+        for row, rule in zip(rows, rules, strict=True):
+            row.append(_pairs(rule["tags"]) if rule["action"] == "tag" else None)
+    for row, rule in zip(rows, rules, strict=True):
+        row.append(rule.get("note"))
+    return table([*headers, "note"], rows)
+
+
+def _count_cells(rule: dict[str, Any]) -> list[object]:
+    """A count rule's key, ``3 in 1m``, its then-actions and its top keys now
+    (``203.0.113.9 (7), 198.51.100.2 (3)``; none in the answer to ``rules add``)."""
+    top = rule.get("top_keys") or []
+    return [
+        rule["key"],
+        f"{rule['threshold']} in {_span(rule['window_s'])}",
+        ", ".join(_then_text(then) for then in rule["then"]),
+        ", ".join(f"{k['key']} ({k['count']})" for k in top) or None,
+    ]
+
+
+def _then_text(then: dict[str, Any]) -> str:
+    """One then-action: ``detail 15m``, ``alert security``, ``release``,
+    ``tag compliance=pci 30m``."""
+    if "alert" in then:
+        return f"alert {then['alert']}"
+    parts = [str(then["action"])]
+    if then.get("tags"):
+        parts.append(_pairs(then["tags"]))
+    if then.get("ttl_s") is not None:
+        parts.append(_span(then["ttl_s"]))
+    if then.get("level") is not None:
+        parts.append(f"from {then['level']}")
+    return " ".join(parts)
+
+
+def _pairs(fields: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in fields.items())
+
+
+def _alerts_text(answer: dict[str, Any]) -> str:
+    """The firings, newest first, then the alert targets (a blank line between)."""
+    fired = answer["alerts"]
+    parts = [_firings_table(fired) if fired else "no alerts fired"]
+    targets = answer["targets"]
+    parts.append(
+        _sinks_table(targets) if targets else "no alert targets (the app's 'alerts' option)"
+    )
+    if answer.get("stale"):
+        parts.append("stale: the store cannot be read, the firings as last read")
+    return "\n\n".join(parts)
+
+
+def _firings_table(fired: list[dict[str, Any]]) -> str:
+    headers = ["at", "rule", "key", "count", "window", "made", "sample", "note"]
+    rows = [
+        [
+            f["at"],
+            f["rule"] + (" (dry run)" if f.get("dry_run") else ""),
+            f"{f['key_name']}={f['key']}",
+            f"{f['count']}/{f['threshold']}",
+            _span(f["window_s"]),
+            ", ".join(f["made"]) or None,
+            f["samples"][0]["request_id"] if f["samples"] else None,
+            f.get("note"),
+        ]
+        for f in fired
+    ]
+    return table(headers, rows)
 
 
 def _audit_table(events: list[dict[str, Any]]) -> str:
@@ -648,6 +738,17 @@ def _stats_text(answer: dict[str, Any], limit: int | None) -> str:
     keys = ["method", "route", "count", "errors", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
     rows = [[route.get(key) for key in keys] for route in routes[:limit]]
     return f"{totals}\n\n" + table([key.replace("_ms", " ms") for key in keys], rows)
+
+
+def _tags_table(answer: dict[str, Any], limit: int | None) -> str:
+    tags = answer["tags"][:limit]
+    if not tags:
+        return "no tagged requests recorded"
+    keys = ["tag", "value", "requests", "errors", "slow"]
+    text = table(keys, [[t.get(key) for key in keys] for t in tags])
+    if answer.get("stale"):
+        text += "\n\nstale: the store cannot be read, other processes as last seen"
+    return text
 
 
 def _slow_table(answer: dict[str, Any]) -> str:
@@ -905,8 +1006,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hindsight-web",
         description=(
-            "Manage the runtime rules of an app that runs hindsight-web, and find and release "
-            "its recent requests."
+            "Manage the runtime rules of an app that runs hindsight-web, find and release "
+            "its recent requests, and see what its count rules fired."
         ),
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -928,7 +1029,13 @@ def _parser() -> argparse.ArgumentParser:
 
     rules = commands.add_parser("rules", help="list, add or remove rules")
     rule_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
-    command(rule_commands, "list", rules_list, "list the rules")
+    command(
+        rule_commands,
+        "list",
+        rules_list,
+        "list the rules; count rules with what they count, do and their top keys now, "
+        "tag rules with their tags",
+    )
     add = command(rule_commands, "add", rules_add, "add rules and print them as stored")
     add.add_argument(
         "source",
@@ -961,11 +1068,33 @@ def _parser() -> argparse.ArgumentParser:
     trail.add_argument("--since", type=parse_moment, metavar="TIME", help=TIME_FORMS)
     trail.add_argument("--until", type=parse_moment, metavar="TIME", help=TIME_FORMS)
     command(commands, "sinks", sinks, "where releases go, with what each sent, holds and dropped")
-    numbers = command(commands, "stats", stats, "request statistics per route")
+    numbers = command(
+        commands,
+        "stats",
+        stats,
+        "request statistics per route, the slowest requests or sessions, or per tag value",
+    )
     which = numbers.add_mutually_exclusive_group()
     which.add_argument("--slow", action="store_true", help="the slowest requests")
     which.add_argument("--sessions", action="store_true", help="the slowest sessions")
+    which.add_argument(
+        "--tags",
+        action="store_true",
+        help="requests, errors and slow ones per value of the fields tag rules add",
+    )
     numbers.add_argument("--limit", type=_positive_int, metavar="N", help="at most N rows")
+    fired = command(
+        commands,
+        "alerts",
+        alerts,
+        "what count rules fired, newest first, and how the alert targets delivered it",
+    )
+    fired.add_argument(
+        "--limit",
+        type=_limit,
+        metavar="N",
+        help=f"at most N firings (default 50, at most {MAX_LIMIT})",
+    )
 
     filters = argparse.ArgumentParser(add_help=False)
     match = filters.add_argument_group("what to find (all given must match)")

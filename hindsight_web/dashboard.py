@@ -8,12 +8,15 @@ allows there only its own script, by its hash).
 
 It shows the statistics of every process (totals, requests and p95 latency per
 minute of the recent window as a chart with a time axis, latency buckets, routes,
-the slowest requests and sessions), the recent errors and releases of the window,
-a search over the window with a view of one request and its records, a button that
-releases what the search found (after a confirmation that says how many), the
-active rules with a remove button each (after a confirmation), and a form that adds
-a release, drop or detail rule; the API checks it and its errors show next to the
-fields they name.
+the slowest requests and sessions, requests, errors and slow ones per tag value),
+the recent errors and releases of the window, what count rules fired (the key, its
+count, the rules made, sample requests that open like any other) and how the alert
+targets delivered it, a search over the window with a view of one request and its
+records, a button that releases what the search found (after a confirmation that
+says how many), the active rules with a remove button each (after a confirmation;
+a count rule with what it counts and does and its top keys now, a tag rule with its
+tags), and a form that adds a release, drop or detail rule; the API checks it and
+its errors show next to the fields they name.
 
 The page holds no data. It asks for the admin token once, keeps it in
 ``sessionStorage`` and sends it as ``Authorization: Bearer`` to the API, whose
@@ -41,6 +44,7 @@ body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5rem 2rem; }
 [hidden] { display: none !important; }
 header { display: flex; gap: 1rem; align-items: center; flex-wrap: wrap; }
 h1 { font-size: 1.3rem; } h2 { font-size: 1.05rem; margin: 1.5rem 0 .4rem; }
+h3 { font-size: .95rem; margin: 1rem 0 .3rem; }
 code, td { font-variant-numeric: tabular-nums; }
 .error { color: var(--error); }
 #status, .muted { color: var(--muted); }
@@ -79,6 +83,8 @@ th[aria-sort=ascending]::after { content: " \\25B2"; }
 .scroll { max-height: 28rem; overflow: auto; }
 button.link { all: unset; cursor: pointer; text-decoration: underline; font-family: monospace; }
 button.link:focus-visible { outline: 2px solid var(--bar); }
+.samples { display: flex; flex-wrap: wrap; gap: 0 .6rem; font-size: 12px; }
+ul.top-keys { margin: .2rem 0 0; padding-left: 1.2rem; }
 #request { border: 1px solid #8886; padding: 0 1rem 1rem; margin-top: 1rem; }
 #request-facts { display: grid; grid-template-columns: max-content 1fr; gap: .1rem 1rem; }
 #request-facts dt { color: var(--muted); } #request-facts dd { margin: 0; overflow-wrap: anywhere; }
@@ -180,6 +186,10 @@ const plural = (n, word) => n + " " + (n === 1 ? word : word.endsWith("s") ? wor
   : word + "s");
 const clock = (date) => date.toLocaleTimeString(undefined, {hour: "numeric",
   minute: "2-digit"});
+const round1 = (v) => String(Math.round(v * 10) / 10);
+const seconds = (s) => s >= 3600 ? round1(s / 3600) + " h" : s >= 60 ? round1(s / 60) + " min"
+  : round1(s) + " s";
+const pairs = (fields) => Object.entries(fields || {}).map(([k, v]) => k + "=" + v).join(", ");
 
 function tr(cells, data) {
   const row = el("tr");
@@ -381,14 +391,90 @@ function changeButton(text, testid, work) {
   return button;
 }
 
+// One action of a count rule's "then": "detail 15 min", "alert security", "release".
+function thenText(t) {
+  if (t.alert !== undefined) return "alert " + t.alert;
+  return [t.action, t.tags ? pairs(t.tags) : null, t.ttl_s ? seconds(t.ttl_s) : null,
+    t.level ? "from " + t.level : null].filter((part) => part !== null).join(" ");
+}
+
+// What a count rule counts and does, and its keys with the highest counts now; a tag
+// rule's tags; nothing for the others.
+function counting(r) {
+  if (r.action === "tag") return el("span", pairs(r.tags), {"data-testid": "rule-tags"});
+  if (r.action !== "count") return null;
+  const cell = el("div");
+  cell.append(el("div", r.key + ": " + r.threshold + " in " + seconds(r.window_s) +
+    ", then " + r.then.map(thenText).join(", "), {"data-testid": "rule-counts"}));
+  const top = r.top_keys || [];
+  const list = el("ul", null, {class: "top-keys", "data-testid": "top-keys",
+    title: "the keys with the highest counts in the window now"});
+  for (const k of top) {
+    list.append(el("li", k.key + " (" + k.count + ")", {"data-testid": "top-key"}));
+  }
+  if (!top.length) list.append(el("li", "no key counted in the window", {class: "muted"}));
+  cell.append(list);
+  return cell;
+}
+
 function showRules(list) {
   fill("rules", list.map((r) => {
     const remove = changeButton("remove", "remove", () => removeRule(r.id, remove));
     const expires = r.expires_at ? new Date(r.expires_at).toLocaleString() + " (" +
       Math.ceil(r.ttl_s / 60) + " min left)" : "never";
     return tr([r.id, r.action + (r.dry_run ? " (dry run)" : ""), JSON.stringify(r.match),
-      expires, r.hits, r.note, remove], {ruleId: r.id});
+      expires, r.hits, r.note, counting(r), remove], {ruleId: r.id});
   }));
+}
+
+// -- what count rules fired, the alert targets, the tags ----------------------------
+
+// The sample requests of a firing: those the window still holds open as any request
+// does (the API gives them a link); the others are their ids only.
+function samples(list) {
+  const cell = el("div", null, {class: "samples"});
+  for (const s of list || []) {
+    if (s.link) {
+      const open = el("button", s.request_id, {type: "button", class: "link",
+        "data-testid": "open-sample", title: "show this request and its records"});
+      open.addEventListener("click", () => openRequest(s.request_id));
+      cell.append(open);
+    } else {
+      cell.append(el("span", s.request_id, {class: "muted", "data-testid": "sample",
+        title: "no longer in the window"}));
+    }
+  }
+  return cell;
+}
+
+function lastError(t) {
+  if (!t.last_error) return null;
+  const cell = el("span", null, {class: "error", "data-testid": "last-error"});
+  cell.append(el("span", t.last_error));
+  if (t.last_error_at) cell.append(" (", time(t.last_error_at), ")");
+  return cell;
+}
+
+function showAlerts(answer) {
+  fill("alerts", answer.alerts.map((a) => tr([time(a.at), a.rule + (a.dry_run ?
+    " (dry run: nothing done)" : ""), a.key_name + "=" + a.key, a.count + " / " + a.threshold,
+    seconds(a.window_s), a.made.length ? a.made.join(", ") : null, samples(a.samples)],
+    {rule: a.rule, key: a.key})), "no count rule fired");
+  $("alerts-caption").textContent = "The newest firings of count rules (at most " + RECENT +
+    "): the key that reached the threshold, its count in the window, the rules it made " +
+    "and sample requests." + (answer.stale ? " The store cannot be read: as last read." : "");
+  fill("alert-targets", answer.targets.map((t) => tr([t.id, t.type, t.url, t.sent, t.queued,
+    t.failed, t.dropped, t.retries, lastError(t)], {target: t.id})),
+    "no alert targets: the app's alerts option names none");
+}
+
+function showTags(answer) {
+  fill("tags", answer.tags.map((t) => tr([t.tag, t.value, t.requests, t.errors, t.slow],
+    {tag: t.tag, value: t.value})), "no request tagged: tag rules add fields to the requests " +
+    "they match");
+  $("tags-caption").textContent = "Requests, errors and slow ones per value of the fields " +
+    "that tag rules add, since start, in " + plural(answer.processes, "process") +
+    (answer.stale ? " (the store cannot be read: other processes as last seen)" : "") + ".";
 }
 
 async function loadRules() {
@@ -427,9 +513,11 @@ async function refresh() {
       state.who = await api("GET", "/whoami");
       showWho();
     }
-    const [stats, slow, sessions, timeline] = await Promise.all([api("GET", "/stats?" + w),
-      api("GET", "/stats/slow?limit=20&" + w), api("GET", "/stats/sessions?limit=20&" + w),
-      api("GET", "/stats/timeline"), loadRules(), loadRecent()]);
+    const [stats, slow, sessions, timeline, alerts, tags] = await Promise.all([
+      api("GET", "/stats?" + w), api("GET", "/stats/slow?limit=20&" + w),
+      api("GET", "/stats/sessions?limit=20&" + w), api("GET", "/stats/timeline"),
+      api("GET", "/alerts?limit=" + RECENT), api("GET", "/stats/tags"), loadRules(),
+      loadRecent()]);
     showTotals(stats);
     showTimeline(timeline);
     state.routes = stats.routes;
@@ -437,6 +525,8 @@ async function refresh() {
     showHistogram(stats.histogram);
     showSlow(slow.requests);
     showSessions(sessions.sessions);
+    showAlerts(alerts);
+    showTags(tags);
     showDashboard(true);
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) { failed(e); }
@@ -773,7 +863,7 @@ function askToken(message, refused) {
   $("histogram").replaceChildren();
   $("chart").replaceChildren();
   $("chart-caption").replaceChildren();
-  $("recent-caption").textContent = "";
+  for (const id of ["recent-caption", "alerts-caption", "tags-caption"]) $(id).textContent = "";
   state.found = null;
   state.searchAsked++;
   state.requestAsked++;
@@ -968,6 +1058,23 @@ _PAGE = f"""<!doctype html>
       <tbody></tbody>
     </table>
   </div>
+  <h2>Alerts</h2>
+  <p id="alerts-caption" class="muted" data-testid="alerts-caption"></p>
+  <div class="scroll">
+    <table id="alerts" data-testid="alerts">
+      <thead><tr><th>time</th><th>rule</th><th>key</th><th>count</th><th>window</th>
+        <th>rules made</th><th>sample requests</th></tr></thead>
+      <tbody></tbody>
+    </table>
+  </div>
+  <h3>Alert targets</h3>
+  <p class="muted">How the process that answered delivered its alerts (each process sends
+    those it fires).</p>
+  <table id="alert-targets" data-testid="alert-targets">
+    <thead><tr><th>target</th><th>type</th><th>url</th><th>sent</th><th>queued</th>
+      <th>failed</th><th>dropped</th><th>retries</th><th>last error</th></tr></thead>
+    <tbody></tbody>
+  </table>
   <h2>Search the window</h2>
   <form id="search" autocomplete="off" data-testid="search">
     <label>user <input id="search-user_id" data-testid="search-user_id"></label>
@@ -1034,10 +1141,17 @@ _PAGE = f"""<!doctype html>
       <th>mean</th><th>p95</th><th>max</th><th>last seen</th><th></th></tr></thead>
     <tbody></tbody>
   </table>
+  <h2>Tags</h2>
+  <p id="tags-caption" class="muted" data-testid="tags-caption"></p>
+  <table id="tags" data-testid="tags">
+    <thead><tr><th>tag</th><th>value</th><th>requests</th><th>errors</th><th>slow</th></tr>
+    </thead>
+    <tbody></tbody>
+  </table>
   <h2>Active rules</h2>
   <table id="rules" data-testid="rules">
     <thead><tr><th>id</th><th>action</th><th>match</th><th>expires</th><th>hits</th>
-      <th>note</th><th></th></tr></thead>
+      <th>note</th><th>counts, tags</th><th></th></tr></thead>
     <tbody></tbody>
   </table>
   <h2>Add a rule</h2>

@@ -3,7 +3,10 @@
 Each test asserts what a user sees: the command's stdout, stderr and exit code, and the lines
 the app writes to its log. One server serves the module (each test uses its own rule ids and
 users); the test of empty answers starts a fresh one, the test of records with a traceback
-an app of its own, and the test of several workers two workers sharing a SQLite store.
+an app of its own, and the test of several workers two workers sharing a SQLite store. The
+tests of count rules, alerts and tags share an app with two alert targets (real webhook
+receivers: one takes the alerts, one refuses them); each uses its own rules and client
+addresses (uvicorn takes the client's address from X-Forwarded-For, sent from 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ import httpx
 import pytest
 
 from .servers import REPO, Server, free_port, launch, uvicorn_argv, write_app
+from .sink_servers import Receiver
 
 __all__ = ["launch"]
 
@@ -364,6 +369,319 @@ def test_empty_answers_say_so(launch: Callable[..., Server]) -> None:
     assert run("audit", env=env).stdout == "no rule changes\n"
     assert run("stats", "--slow", env=env).stdout == "no requests recorded\n"
     assert run("stats", "--sessions", env=env).stdout == "no sessions recorded\n"
+    assert run("stats", "--tags", env=env).stdout == "no tagged requests recorded\n"
+    assert run("alerts", env=env).stdout == (
+        "no alerts fired\n\nno alert targets (the app's 'alerts' option)\n"
+    )
+
+
+# -- count rules, alerts and tags ------------------------------------------------------------
+
+WATCH_TOKEN = "cli-watch-token-0123456789"
+WATCH_APP = """
+    import asyncio
+    import logging
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    import hindsight_web
+    from hindsight_web import Hindsight, HindsightMiddleware
+
+    logging.basicConfig(level=logging.INFO, format={FORMAT})
+
+
+    async def login(request):
+        query = request.query_params
+        if query.get("user"):
+            hindsight_web.set_user(query["user"])
+        logging.getLogger("app").debug("login attempt")
+        await asyncio.sleep(int(query.get("delay_ms", "0")) / 1000)
+        return PlainTextResponse("login", status_code=int(query.get("status", "200")))
+
+
+    app = HindsightMiddleware(
+        Starlette(routes=[Route("/login", login)]),
+        hindsight=Hindsight(
+            admin_token={TOKEN},
+            store_sync_s=0.2,
+            slow_ms=200,
+            alerts=[
+                {"id": "security", "type": "webhook", "url": {SECURITY}},
+                {"id": "pager", "type": "webhook", "url": {PAGER}},
+            ],
+        ),
+    )
+"""
+
+
+@dataclass
+class Watch:
+    """The app with alert targets, and the receivers behind its targets."""
+
+    server: Server
+    env: dict[str, str]
+    security: Receiver  # takes every alert
+    pager: Receiver  # refuses every alert (404: failed at once, not retried)
+
+
+@pytest.fixture(scope="module")
+def watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watch]:
+    workdir = tmp_path_factory.mktemp("watch")
+    security = Receiver().start()
+    pager = Receiver(statuses=[404] * 1000).start()
+    source = (
+        WATCH_APP.replace("{TOKEN}", repr(WATCH_TOKEN))
+        .replace("{SECURITY}", repr(security.url))
+        .replace("{PAGER}", repr(pager.url))
+    )
+    write_app(workdir, "watch_app", source)
+    port = free_port()
+    server = Server(uvicorn_argv(workdir, "watch_app")(port), workdir, "uvicorn")
+    try:
+        server.start(port)
+        env = {"HINDSIGHT_URL": server.base_url + ADMIN, "HINDSIGHT_ADMIN_TOKEN": WATCH_TOKEN}
+        yield Watch(server, env, security, pager)
+    finally:
+        server.stop()
+        security.stop()
+        pager.stop()
+
+
+def login(watch: Watch, client: str, rid: str | None = None, **query: str | int) -> str:
+    """GET /login from `client` (X-Forwarded-For), answered with ``status`` (200); its id."""
+    headers = {"X-Forwarded-For": client, **({"X-Request-ID": rid} if rid else {})}
+    response = httpx.get(
+        f"{watch.server.base_url}/login", params=query, headers=headers, timeout=10
+    )
+    assert response.status_code == int(query.get("status", 200))
+    return response.headers["x-request-id"]
+
+
+def add_rule(watch: Watch, rule: dict[str, Any]) -> None:
+    added = run("rules", "add", json.dumps(rule), env=watch.env)
+    assert added.returncode == 0, added.stderr
+
+
+def poll_json(env: Mapping[str, str], args: list[str], done: Callable[[Any], bool]) -> Any:
+    """The answer of ``hindsight-web ARGS --json`` once `done` holds (10 s at most): a
+    count is shared and fires within ``store_sync_s``, an alert is posted from a thread."""
+    deadline = time.monotonic() + 10
+    while True:
+        answer = json.loads(run(*args, "--json", env=env).stdout)
+        if done(answer) or time.monotonic() > deadline:
+            assert done(answer), answer
+            return answer
+        time.sleep(0.1)
+
+
+def firings_of(answer: dict[str, Any], rule_id: str) -> list[dict[str, Any]]:
+    return [fired for fired in answer["alerts"] if fired["rule"] == rule_id]
+
+
+def target_of(answer: dict[str, Any], target: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [t for t in answer["targets"] if t["id"] == target]
+    assert len(found) == 1, answer
+    return found[0]
+
+
+def test_alerts_lists_a_firing_then_the_targets_deliveries(watch: Watch) -> None:
+    env = watch.env
+    add_rule(
+        watch,
+        {
+            "id": "cli-brute",
+            "action": "count",
+            "match": {"status": 401},
+            "key": "client_ip",
+            "threshold": 3,
+            "window_s": 60,
+            "then": [{"action": "detail", "ttl_s": 900}, {"alert": "security"}, {"alert": "pager"}],
+            "note": "ticket 12",
+        },
+    )
+    before = json.loads(run("alerts", "--json", env=env).stdout)
+    assert firings_of(before, "cli-brute") == []
+    rids = [login(watch, "203.0.113.9", f"cli-brute-{n}", status=401) for n in range(3)]
+    login(watch, "198.51.100.1", status=401)  # another key, below the threshold
+
+    answer = poll_json(
+        env,
+        ["alerts"],
+        lambda a: (
+            len(firings_of(a, "cli-brute")) == 1
+            and target_of(a, "pager")["failed"] == 1
+            and target_of(a, "security")["sent"] >= 1
+        ),
+    )
+    (fired,) = firings_of(answer, "cli-brute")
+    assert (fired["key_name"], fired["key"], fired["count"], fired["threshold"]) == (
+        "client_ip",
+        "203.0.113.9",
+        3,
+        3,
+    )
+    assert fired["made"] == ["cli-brute.detail.203.0.113.9"]
+    assert [s["request_id"] for s in fired["samples"]] == rids
+    (posted,) = [b for b in watch.security.bodies if b.get("rule") == "cli-brute"]
+    assert posted["key"] == "203.0.113.9"
+
+    done = run("alerts", env=env)
+    assert done.returncode == 0, done.stderr
+    firings, targets = done.stdout.split("\n\n")
+    mine = row_of(firings, "rule", "cli-brute")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", mine.pop("at"))
+    assert mine == {
+        "rule": "cli-brute",
+        "key": "client_ip=203.0.113.9",
+        "count": "3/3",
+        "window": "1m",
+        "made": "cli-brute.detail.203.0.113.9",
+        "sample": "cli-brute-0",
+        "note": "ticket 12",
+    }
+    shown = {row["id"]: row for row in rows(targets)}
+    assert set(shown) == {"security", "pager"}
+    assert (shown["security"]["failed"], shown["security"]["last error"]) == ("0", "-")
+    assert int(shown["security"]["sent"]) >= 1
+    assert shown["security"]["target"] == watch.security.url
+    assert (shown["pager"]["sent"], shown["pager"]["failed"]) == ("0", "1")
+    assert "HTTP 404" in shown["pager"]["last error"]
+
+    # the detail rule it made shows in the rule list, and the sample in the window
+    assert "cli-brute.detail.203.0.113.9" in rules_by_id(env)
+    assert run("show", "cli-brute-0", env=env).returncode == 0
+
+
+def test_alerts_limit_and_none_fired(launch: Callable[..., Server], tmp_path: Path) -> None:
+    """A fresh app: no firing yet, its targets with nothing sent; then two firings, the
+    newest first, and --limit 1 shows only it."""
+    receiver = Receiver().start()
+    try:
+        source = (
+            WATCH_APP.replace("{TOKEN}", repr(WATCH_TOKEN))
+            .replace("{SECURITY}", repr(receiver.url))
+            .replace("{PAGER}", repr(receiver.url))
+        )
+        write_app(tmp_path, "quiet_app", source)
+        server = launch(uvicorn_argv(tmp_path, "quiet_app"), "quiet")
+        env = {"HINDSIGHT_URL": server.base_url + ADMIN, "HINDSIGHT_ADMIN_TOKEN": WATCH_TOKEN}
+        done = run("alerts", env=env)
+        assert done.returncode == 0, done.stderr
+        nothing, targets = done.stdout.split("\n\n")
+        assert nothing == "no alerts fired"
+        assert [(r["id"], r["sent"], r["failed"]) for r in rows(targets)] == [
+            ("security", "0", "0"),
+            ("pager", "0", "0"),
+        ]
+        answer = json.loads(run("alerts", "--json", env=env).stdout)
+        assert answer["alerts"] == []
+        assert [t["id"] for t in answer["targets"]] == ["security", "pager"]
+
+        rule: dict[str, Any] = {"action": "count", "match": {"status": 403}, "key": "client_ip"}
+        rule |= {"threshold": 1, "window_s": 60, "then": [{"alert": "security"}]}
+        assert run("rules", "add", json.dumps({"id": "cli-quiet", **rule}), env=env).stdout
+        quiet = Watch(server, env, receiver, receiver)
+        login(quiet, "192.0.2.1", status=403)
+        poll_json(env, ["alerts"], lambda a: len(a["alerts"]) == 1)
+        login(quiet, "192.0.2.2", status=403)
+        poll_json(env, ["alerts"], lambda a: len(a["alerts"]) == 2)
+        listed = rows(run("alerts", env=env).stdout.split("\n\n")[0])
+        assert [r["key"] for r in listed] == ["client_ip=192.0.2.2", "client_ip=192.0.2.1"]
+        newest = rows(run("alerts", "--limit", "1", env=env).stdout.split("\n\n")[0])
+        assert [r["key"] for r in newest] == ["client_ip=192.0.2.2"]
+    finally:
+        receiver.stop()
+
+
+def test_alerts_limit_must_be_a_number_from_1_to_1000(watch: Watch) -> None:
+    done = run("alerts", "--limit", "0", env=watch.env)
+    assert done.returncode == 2
+    assert "argument --limit: invalid value '0'" in done.stderr
+
+
+def test_rules_list_shows_count_rules_top_keys_and_tag_rules_tags(watch: Watch) -> None:
+    env = watch.env
+    top = {
+        "id": "cli-top",
+        "action": "count",
+        "match": {"header": {"x-case": "cli-top"}},
+        "key": "client_ip",
+        "threshold": 1000,
+        "window_s": 600,
+        "then": [{"action": "detail", "ttl_s": 900, "level": "INFO"}, {"alert": "security"}],
+    }
+    added = run("rules", "add", json.dumps(top), env=env)
+    assert added.returncode == 0, added.stderr
+    assert row_of(added.stdout, "id", "cli-top")["top keys"] == "-"  # none counted yet
+    tags = {"action": "tag", "match": {"path": "/nowhere"}, "tags": {"compliance": "pci"}}
+    add_rule(watch, {"id": "cli-pci", **tags, "note": "audit 2026"})
+    for client, times in (("198.51.100.2", 3), ("203.0.113.9", 7)):
+        for _ in range(times):
+            headers = {"X-Forwarded-For": client, "X-Case": "cli-top"}
+            assert httpx.get(f"{watch.server.base_url}/login", headers=headers).status_code == 200
+    expected = [{"key": "203.0.113.9", "count": 7}, {"key": "198.51.100.2", "count": 3}]
+    poll_json(env, ["rules", "list"], lambda a: rule_in(a, "cli-top").get("top_keys") == expected)
+
+    listed = run("rules", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    row = row_of(listed.stdout, "id", "cli-top")
+    assert (row["action"], row["key"], row["threshold"]) == ("count", "client_ip", "1000 in 10m")
+    assert row["then"] == "detail 15m from INFO, alert security"
+    assert row["top keys"] == "203.0.113.9 (7), 198.51.100.2 (3)"
+    assert row["tags"] == "-"
+    pci = row_of(listed.stdout, "id", "cli-pci")
+    assert (pci["action"], pci["tags"], pci["note"]) == ("tag", "compliance=pci", "audit 2026")
+    assert (pci["key"], pci["threshold"], pci["then"], pci["top keys"]) == ("-",) * 4
+
+
+def rule_in(answer: dict[str, Any], rule_id: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [rule for rule in answer["rules"] if rule["id"] == rule_id]
+    assert len(found) == 1, answer
+    return found[0]
+
+
+def test_stats_tags_counts_requests_errors_and_slow_ones_per_tag_value(watch: Watch) -> None:
+    env = watch.env
+    for plan in ("gold", "silver"):
+        rule = {"action": "tag", "match": {"header": {"x-plan": plan}}, "tags": {"cli_plan": plan}}
+        add_rule(watch, {"id": f"cli-tags-{plan}", **rule})
+
+    def get(plan: str, **query: str | int) -> None:
+        url = f"{watch.server.base_url}/login"
+        response = httpx.get(url, params=query, headers={"X-Plan": plan}, timeout=10)
+        assert response.status_code == int(query.get("status", 200))
+
+    for _ in range(3):
+        get("gold")
+    get("gold", status=503)
+    get("gold", status=503)
+    get("gold", delay_ms=300)
+    get("silver")
+    get("bronze")  # no rule tags it
+
+    def counted(answer: dict[str, Any]) -> dict[str, tuple[int, int, int]]:
+        return {
+            t["value"]: (t["requests"], t["errors"], t["slow"])
+            for t in answer["tags"]
+            if t["tag"] == "cli_plan"
+        }
+
+    poll_json(
+        env, ["stats", "--tags"], lambda a: counted(a) == {"gold": (6, 2, 1), "silver": (1, 0, 0)}
+    )
+    done = run("stats", "--tags", env=env)
+    assert done.returncode == 0, done.stderr
+    mine = [r for r in rows(done.stdout) if r["tag"] == "cli_plan"]
+    assert mine == [
+        {"tag": "cli_plan", "value": "gold", "requests": "6", "errors": "2", "slow": "1"},
+        {"tag": "cli_plan", "value": "silver", "requests": "1", "errors": "0", "slow": "0"},
+    ]
+    assert len(rows(run("stats", "--tags", "--limit", "1", env=env).stdout)) == 1
+    both = run("stats", "--tags", "--slow", env=env)
+    assert both.returncode == 2
+    assert "not allowed with argument" in both.stderr
 
 
 # -- the window: find, show and release what was discarded ---------------------------------
@@ -821,7 +1139,8 @@ def test_a_missing_url_or_token_is_a_usage_error(
 def test_help_lists_the_commands_and_exit_codes() -> None:
     done = run("--help", env={})
     assert done.returncode == 0
-    for word in ("rules", "detail", "undetail", "audit", "stats", "requests", "show", "release"):
+    commands = ("rules", "detail", "undetail", "audit", "stats", "requests", "show", "release")
+    for word in (*commands, "alerts"):
         assert word in done.stdout
     for word in ("exit codes:", "401", "403", "not confirmed"):
         assert word in done.stdout
