@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from random import getrandbits
 from time import perf_counter
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from . import audit, capture, errors, options, sources
 from .alerts import Alerts, parse_alerts
@@ -685,7 +686,7 @@ class Hindsight:
         for at, request_id in firing.samples:
             sample: dict[str, Any] = {"request_id": request_id, "at": iso(at)}
             if at >= horizon:
-                sample["link"] = f"{self.admin_path}/requests/{request_id}"
+                sample["link"] = f"{self.admin_path}/requests/{quote(request_id, safe='')}"
             samples.append(sample)
         return {
             "rule": rule.id,
