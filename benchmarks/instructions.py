@@ -20,7 +20,8 @@ path reads no store, so the three should cost the same.
 
 With ``--count``, the tables compare hindsight with count rules in force against
 hindsight with no rule: 100 count rules that do not match a request (on status 401,
-which the rule index skips for a 200; and on other paths, checked one by one), and
+which the rule index skips for a 200; and on path globs, which no index holds: each is
+checked), and
 one that matches and counts every request (goal: within 5 % of no rule). Each count
 is the median of ``--runs`` runs.
 
@@ -72,7 +73,7 @@ LABELS = {
     "hindsight-sqlite": "hindsight, SQLite store",
     "hindsight-redis": "hindsight, Redis store",
     "hindsight-count-100": "100 count rules on status 401, not matching",
-    "hindsight-count-100-general": "100 count rules on other paths, not matching",
+    "hindsight-count-100-general": "100 count rules on path globs, not matching",
     "hindsight-count-1": "1 count rule, counting every request",
 }
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")

@@ -661,8 +661,8 @@ def add_count_rules(hs: Any, variant: str) -> Any:
     every request (``-1``), else None.
 
     ``-100``: 100 rules on failed logins (status 401, so the status index skips them for
-    a 200). ``-100-general``: 100 rules on paths the benchmark never requests (every
-    request is checked against each). ``-1``: one rule that matches every request,
+    a 200). ``-100-general``: 100 rules on path globs the benchmark never requests (no
+    index key: every request is checked against each). ``-1``: one rule that matches every request,
     per client address, with a threshold it never reaches.
     """
     if variant not in COUNT_VARIANTS:
@@ -672,9 +672,9 @@ def add_count_rules(hs: Any, variant: str) -> Any:
         rule = {"id": "every", "action": "count", "key": "client_ip", "threshold": 10**9}
         return hs.add_rule({**rule, "window_s": 86400, "then": then})
     for i in range(100):
-        match: dict[str, Any] = {"path": f"/login/{i}"}
+        match: dict[str, Any] = {"path": f"/login/{i}/*"}
         if variant == "hindsight-count-100":
-            match["status"] = 401
+            match = {"path": f"/login/{i}", "status": 401}
         rule = {"id": f"c{i}", "action": "count", "match": match, "key": "client_ip"}
         hs.add_rule({**rule, "threshold": 10, "window_s": 60, "then": then})
     return None
@@ -887,7 +887,7 @@ LABELS = {
         for lines in (0, 5)
     },
     "hindsight-count-100": "hindsight, 100 count rules on status 401 (not matching)",
-    "hindsight-count-100-general": "hindsight, 100 count rules on other paths (not matching)",
+    "hindsight-count-100-general": "hindsight, 100 count rules on path globs (not matching)",
     "hindsight-count-1": "hindsight, 1 count rule matching every request",
     "hindsight-rules-0": "hindsight, no rules",
     "hindsight-rules-1": "hindsight, 1 user rule",

@@ -369,7 +369,7 @@ class Hindsight:
             self.release_handler_level,
             self.redactor,
         )
-        if not self.rules.empty:
+        if self.rules.at_start:
             self._begin_with_rules(state)
         return state
 
@@ -437,10 +437,12 @@ class Hindsight:
                 trigger = "status"
             elif state.slow:
                 trigger = "slow"
-            if self.rules.empty:
+            rules = self.rules
+            kinds = rules.kinds
+            if rules.empty:
                 reason, limited = trigger, True
             else:
-                tags = self.rules.tags_for(state, duration_ms)
+                tags = rules.tags_for(state, duration_ms) if "tag" in kinds else None
                 if tags is not None:  # before anything reads the fields: records, summary
                     state.tagged = tags
                     state.fields = {**(state.fields or {}), **tags}
@@ -451,8 +453,8 @@ class Hindsight:
             state.at = time.time()
             state.suppressed = 0
             state.kept = kept = len(state.records)
-            if not self.rules.empty:
-                kept_by = self.rules.retain_for(state, duration_ms)
+            if "retain" in kinds:
+                kept_by = rules.retain_for(state, duration_ms)
                 if kept_by is not None:
                     self.retainer.keep(state, list(state.records), kept_by)
             if kept or state.dropped:
@@ -464,8 +466,8 @@ class Hindsight:
             if self.session_cookie is not None and state.session_id is None:
                 state.session_id = _cookie_session(state, self.session_cookie)
                 state.session_from_cookie = state.session_id is not None
-            if not self.rules.empty:
-                for rule in self.rules.counting(state, duration_ms):
+            if "count" in kinds:
+                for rule in rules.counting(state, duration_ms):
                     self._count(rule, state)
             self.stats.record(state)
             ended = True

@@ -79,11 +79,12 @@ class Firing(NamedTuple):
 
 
 class _Pending:
-    """What one process counted for one key since its last update of the store."""
+    """What one process counted for one key of `rule` since its last update of the store."""
 
-    __slots__ = ("last", "samples", "slots")
+    __slots__ = ("last", "rule", "samples", "slots")
 
-    def __init__(self) -> None:
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
         self.slots: dict[int, list[float]] = {}  # slot -> [requests, first time]
         self.last = 0.0
         self.samples: list[tuple[float, str]] = []
@@ -117,8 +118,9 @@ class Counting:
         self.interval_s = interval_s
         self._fire = fire
         self._lock = new_lock()
-        self._pending: dict[tuple[Rule, str], _Pending] = {}
-        self._sizes: dict[Rule, int] = {}  # keys pending per rule
+        # Per rule id and key (a copy of a rule read again from the store counts with it).
+        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._sizes: dict[str, int] = {}  # keys pending per rule id
         self._stop = threading.Event()
         self._threaded = thread
         self._running = not thread  # the thread starts with the first request counted
@@ -134,19 +136,21 @@ class Counting:
         spec = rule.count
         if spec is None:
             return
-        slot = math.floor(at * SLOTS / spec.window_s)
+        slot = int(at * SLOTS // spec.window_s)
+        rule_id = rule.id
         with self._lock:
-            pending = self._pending.get((rule, key))
+            pending = self._pending.get((rule_id, key))
             if pending is None:
-                size = self._sizes.get(rule, 0)
+                size = self._sizes.get(rule_id, 0)
                 if size >= spec.max_keys:
                     self.dropped += 1
                     return
-                self._sizes[rule] = size + 1
-                pending = self._pending[rule, key] = _Pending()
-            counted = pending.slots.get(slot)
+                self._sizes[rule_id] = size + 1
+                pending = self._pending[rule_id, key] = _Pending(rule)
+            slots = pending.slots
+            counted = slots.get(slot)
             if counted is None:
-                pending.slots[slot] = [1, at]
+                slots[slot] = [1, at]
             else:
                 counted[0] += 1
             pending.last = at
@@ -192,7 +196,8 @@ class Counting:
         # Per rule in force (a copy of a rule read again from the store counts with it).
         by_rule: dict[Rule, dict[str, _Pending]] = {}
         in_force: dict[Rule, Rule | None] = {}
-        for (rule, key), counted in pending.items():
+        for (_, key), counted in pending.items():
+            rule = counted.rule
             if rule not in in_force:
                 now_held = self.rules.get(rule.id)
                 same = now_held is not None and counter_name(now_held) == counter_name(rule)
@@ -200,11 +205,7 @@ class Counting:
             held = in_force[rule]
             if held is None:
                 continue  # removed or changed since: its counts go with it
-            keys = by_rule.setdefault(held, {})
-            if key in keys:
-                _add(keys[key], counted)
-            else:
-                keys[key] = counted
+            by_rule.setdefault(held, {})[key] = counted
         firings: list[Firing] = []
         for rule, keys in by_rule.items():
             try:
@@ -258,14 +259,14 @@ class Counting:
         assert spec is not None
         with self._lock:
             for key, counted in keys.items():
-                held = self._pending.get((rule, key))
+                held = self._pending.get((rule.id, key))
                 if held is None:
-                    size = self._sizes.get(rule, 0)
+                    size = self._sizes.get(rule.id, 0)
                     if size >= spec.max_keys:
                         self.dropped += 1
                         continue
-                    self._sizes[rule] = size + 1
-                    self._pending[rule, key] = counted
+                    self._sizes[rule.id] = size + 1
+                    self._pending[rule.id, key] = counted
                     continue
                 _add(held, counted)
 

@@ -8,8 +8,8 @@ when it starts (or learns its user) and :meth:`RuleSet.decide` when it ends.
 
 Why the index: operators scope most rules to one user or session, and a
 process may hold thousands of them. Each rule sits in one bucket, keyed by its
-most selective exact key (user, session, single client address, route,
-method); a lookup reads only the buckets of the request's own values and the
+most selective exact key (user, session, single client address, route, exact path,
+method, exact status); a lookup reads only the buckets of the request's own values and the
 general list, so ten thousand rules of other users cost a few dict lookups.
 
 Why no snapshot copies: lookups run on every request and must not wait on a
@@ -95,7 +95,7 @@ _END_KEYS = ("duration_ms", "message", "route", "status")
 _MATCH_KEYS = tuple(sorted(_START_KEYS + _END_KEYS))
 _RANGE_OPS = ("gt", "gte", "lt", "lte")
 # Index keys, most selective first; a rule sits in the bucket of the first it has.
-_INDEX_ORDER = ("user_id", "session_id", "client_ip", "route", "method", "status")
+_INDEX_ORDER = ("user_id", "session_id", "client_ip", "route", "path", "method", "status")
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, header names
@@ -279,6 +279,13 @@ class _Range:
 
 
 @lru_cache(maxsize=4096)
+def _client_text(text: str | None) -> str | None:
+    """The client's address as rules compare it (`_client_address`, as text), or None."""
+    address = _client_address(text)
+    return None if address is None else str(address)
+
+
+@lru_cache(maxsize=4096)
 def _client_address(text: str | None) -> _IPAddress | None:
     """The client's address, IPv4-mapped IPv6 folded to IPv4; None when not an address."""
     if text is None:
@@ -293,8 +300,7 @@ def _client_address(text: str | None) -> _IPAddress | None:
 
 
 def _client_key(facts: RequestFacts) -> str | None:
-    address = _client_address(facts.client)
-    return None if address is None else str(address)
+    return _client_text(facts.client)
 
 
 def _method_key(facts: RequestFacts) -> str | None:
@@ -306,6 +312,7 @@ _KEY_OF: dict[str, Callable[[RequestFacts], object]] = {
     "session_id": lambda facts: facts.session_id,
     "client_ip": _client_key,
     "route": lambda facts: facts.route,
+    "path": lambda facts: facts.path,
     "method": _method_key,
     "status": lambda facts: facts.status,
 }
@@ -613,6 +620,8 @@ def _parse_path(p: _Problems, field: str, value: object, match: _Match) -> None:
     if parsed is not None:
         match.json["path"], values = parsed
         match.start["path"] = _check_path(values)
+        if all("*" not in v for v in values):
+            match.keys["path"] = tuple(dict.fromkeys(values))
 
 
 def _parse_client(p: _Problems, field: str, value: object, match: _Match) -> None:
@@ -1723,6 +1732,11 @@ class RuleSet:
         self._needles: dict[str, int] = {}
         self.empty = True
         """True when no rule is held at all: the per-request lookups can be skipped."""
+        self.kinds: frozenset[str] = frozenset()
+        """The actions of the rules held: the lookups of the others can be skipped."""
+        self.at_start = False
+        """True when a request is looked up as it starts: detail rules, or rules on
+        messages (whose requests note what their records say), are held."""
         self.needles: tuple[str, ...] = ()
         """The substrings that rules matching on `message` look for, in every rule held."""
         _rule_sets.add(self)
@@ -1831,6 +1845,8 @@ class RuleSet:
         self.empty = not self._by_id
         if needles:
             self.needles = tuple(self._needles)
+        self.kinds = frozenset(a for a, name in _INDEX_OF.items() if getattr(self, name))
+        self.at_start = "detail" in self.kinds or bool(self.needles)
 
     # -- reading ---------------------------------------------------------------------
 
