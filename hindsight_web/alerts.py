@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import errors
-from .sinks import _ID, _int, _parse_http
+from .sinks import ID_PATTERN, parse_http, parse_int, parse_objects
 from .sinks.base import DEFAULT_MAX_QUEUED_BYTES
 from .sinks.http import HttpSink
 
@@ -64,19 +64,7 @@ def parse_alerts(value: object, where: str = "alerts") -> list[dict[str, Any]]:
             id used twice; the message names the field (``alerts[1].url``) and what is
             allowed.
     """
-    if value is None:
-        return []
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"invalid {where!r} {value!r}: expected a list of alert target objects")
-    parsed = [_parse_one(f"{where}[{i}]", item) for i, item in enumerate(value)]
-    seen: set[str] = set()
-    for i, config in enumerate(parsed):
-        if config["id"] in seen:
-            raise ValueError(
-                f"invalid '{where}[{i}].id' {config['id']!r}: another alert target has this id"
-            )
-        seen.add(config["id"])
-    return parsed
+    return parse_objects(value, where, _parse_one, "alert target")
 
 
 def _parse_one(where: str, item: object) -> dict[str, Any]:
@@ -91,14 +79,14 @@ def _parse_one(where: str, item: object) -> dict[str, Any]:
             f"invalid '{where}.type' {kind!r}: expected one of {', '.join(map(repr, TYPES))}"
         )
     target = item.get("id")
-    if not isinstance(target, str) or not _ID.fullmatch(target):
+    if not isinstance(target, str) or not ID_PATTERN.fullmatch(target):
         raise ValueError(
             f"invalid '{where}.id' {target!r}: expected 1 to 64 letters, digits and . _ : -"
         )
     config: dict[str, Any] = {"id": target, "type": kind}
     # The http sink's checks, with this module's default for retry_s.
-    _parse_http(where, {"retry_s": DEFAULT_RETRY_S, **item}, config, "alert target")
-    config["max_queued"] = _int(where, "max_queued", item, DEFAULT_MAX_QUEUED, 1, 1_000_000)
+    parse_http(where, {"retry_s": DEFAULT_RETRY_S, **item}, config, "alert target")
+    config["max_queued"] = parse_int(where, "max_queued", item, DEFAULT_MAX_QUEUED, 1, 1_000_000)
     return config
 
 

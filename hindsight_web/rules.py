@@ -1953,21 +1953,11 @@ class RuleSet:
         duration_ms: float,
         order: Callable[[Rule], tuple[float, ...]],
     ) -> Rule | None:
-        found = index.candidates(facts)
+        """The rule of `index` that wins by `order` among those `_every` finds, or None."""
+        found = self._every(index, facts, duration_ms, dry_run=False)
         if not found:
             return None
-        now = self._clock()
-        best: Rule | None = None
-        for bucket in found:
-            for rule in bucket:
-                if not rule._from <= now < rule._until or not _matches(rule, facts, duration_ms):
-                    continue
-                if rule.sample_rate < 1.0 and not self._rng() < rule.sample_rate:
-                    continue
-                rule._hits.n += 1
-                if not rule.dry_run and (best is None or order(rule) > order(best)):
-                    best = rule
-        return best
+        return found[0] if len(found) == 1 else max(found, key=order)
 
 
 _rule_sets: weakref.WeakSet[RuleSet] = weakref.WeakSet()

@@ -45,7 +45,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import errors
@@ -68,7 +68,7 @@ DEFAULT_BACKUPS = 5
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_RETRY_S = 300.0
 
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _COMMON = ("id", "type", "default")
 _QUEUE = ("max_queued", "max_queued_bytes", "batch")
@@ -88,16 +88,29 @@ def parse_sinks(value: object, where: str = "sinks") -> list[dict[str, Any]]:
             id used twice; the message names the field (``sinks[1].url``) and what
             is allowed. Nothing is made yet (see `Sinks`).
     """
+    return parse_objects(value, where, _parse_one, "sink")
+
+
+def parse_objects(
+    value: object, where: str, parse_one: Callable[[str, object], dict[str, Any]], what: str
+) -> list[dict[str, Any]]:
+    """A list of configuration objects (sinks, alert targets) with unique ids: each
+    checked by ``parse_one(field, item)``; None is ``[]``.
+
+    Raises:
+        ValueError: not a list, a bad object (as `parse_one` says), or an id used twice;
+            the message names the field (``sinks[1].id``).
+    """
     if value is None:
         return []
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"invalid {where!r} {value!r}: expected a list of sink objects")
-    parsed = [_parse_one(f"{where}[{i}]", item) for i, item in enumerate(value)]
+        raise ValueError(f"invalid {where!r} {value!r}: expected a list of {what} objects")
+    parsed = [parse_one(f"{where}[{i}]", item) for i, item in enumerate(value)]
     seen: set[str] = set()
     for i, config in enumerate(parsed):
         if config["id"] in seen:
             raise ValueError(
-                f"invalid '{where}[{i}].id' {config['id']!r}: another sink has this id"
+                f"invalid '{where}[{i}].id' {config['id']!r}: another {what} has this id"
             )
         seen.add(config["id"])
     return parsed
@@ -119,7 +132,7 @@ def _parse_one(where: str, item: object) -> dict[str, Any]:
                 + ", ".join(allowed)
             )
     sink_id = item.get("id")
-    if not isinstance(sink_id, str) or not _ID.fullmatch(sink_id):
+    if not isinstance(sink_id, str) or not ID_PATTERN.fullmatch(sink_id):
         raise ValueError(
             f"invalid '{where}.id' {sink_id!r}: expected 1 to 64 letters, digits and . _ : -"
         )
@@ -131,15 +144,15 @@ def _parse_one(where: str, item: object) -> dict[str, Any]:
     config: dict[str, Any] = {"id": sink_id, "type": kind}
     config["default"] = _bool(where, "default", item.get("default", True))
     if kind != "logging":
-        config["max_queued"] = _int(where, "max_queued", item, DEFAULT_MAX_QUEUED, 1)
-        config["max_queued_bytes"] = _int(
+        config["max_queued"] = parse_int(where, "max_queued", item, DEFAULT_MAX_QUEUED, 1)
+        config["max_queued_bytes"] = parse_int(
             where, "max_queued_bytes", item, DEFAULT_MAX_QUEUED_BYTES, 1
         )
-        config["batch"] = _int(where, "batch", item, DEFAULT_BATCH, 1, 100_000)
+        config["batch"] = parse_int(where, "batch", item, DEFAULT_BATCH, 1, 100_000)
     if kind == "jsonl":
         _parse_jsonl(where, item, config)
     elif kind == "http":
-        _parse_http(where, item, config)
+        parse_http(where, item, config)
     return config
 
 
@@ -152,11 +165,11 @@ def _parse_jsonl(where: str, item: Mapping[str, Any], config: dict[str, Any]) ->
     if not os.path.isdir(directory):
         raise ValueError(f"invalid '{where}.path' {path!r}: its directory does not exist")
     config["path"] = path
-    config["max_bytes"] = _int(where, "max_bytes", item, DEFAULT_JSONL_MAX_BYTES, 0)
-    config["backups"] = _int(where, "backups", item, DEFAULT_BACKUPS, 0, 1000)
+    config["max_bytes"] = parse_int(where, "max_bytes", item, DEFAULT_JSONL_MAX_BYTES, 0)
+    config["backups"] = parse_int(where, "backups", item, DEFAULT_BACKUPS, 0, 1000)
 
 
-def _parse_http(
+def parse_http(
     where: str, item: Mapping[str, Any], config: dict[str, Any], what: str = "sink"
 ) -> None:
     # Shared with the webhook alert targets (alerts.py); `what` names the thing in the warning.
@@ -206,7 +219,7 @@ def _bool(where: str, key: str, value: object) -> bool:
     return value
 
 
-def _int(
+def parse_int(
     where: str, key: str, item: Mapping[str, Any], default: int, low: int, high: int = 2**53
 ) -> int:
     value = item.get(key, default)
