@@ -26,10 +26,16 @@ from .rules import Rule, RuleError, RuleSet, parse_rule, restore_rule
 from .store import Change, RulesView, Store, StoredRule, StoreError
 from .store.health import Health
 
-__all__ = ["ADMIN", "RuleBook", "TooManyRules", "fingerprint"]
+__all__ = ["ADMIN", "MADE", "MADE_SHARE", "RuleBook", "TooManyRules", "fingerprint"]
 
 ADMIN = "admin"
 """The origin of rules added through the admin API or the Python API."""
+
+MADE = "count"
+"""The origin of the rules count rules make when they fire."""
+
+MADE_SHARE = 0.5
+"""The share of ``max_rules`` the rules made by count rules may hold together."""
 
 _Source = tuple[str, str, list[Rule], str]  # origin, digest, rules, by
 
@@ -163,21 +169,26 @@ class RuleBook:
         self._commit(lambda view: Change(events=[event]), {})
 
     def fire(self, rules: list[Rule], event: dict[str, Any], by: str) -> list[Rule]:
-        """Audit a count rule's firing (`event`, "fired") and put the `rules` it made in
-        force everywhere, each in place of any rule with its id (audited "replaced", then
-        "added" by `by`), in one change; returns the rules put in force (those that would
-        hold more than `max_rules` are left out).
+        """Audit a count rule's firing (`event`, "fired": its ``made`` is set to the ids
+        put in force) and put the `rules` it made in force everywhere, each in place of
+        any rule with its id (audited "replaced", then "added" by `by`), in one change;
+        returns the rules put in force.
+
+        Rules made by count rules hold at most half of `max_rules` (`MADE_SHARE`), so
+        that an attack from many keys leaves operators room for their own; those beyond
+        are left out.
 
         Raises:
             store.StoreError: the store cannot be used now; nothing was changed.
         """
         now = self._clock()
         made: list[Rule] = []
+        share = int(self.max_rules * MADE_SHARE)
 
         def plan(view: RulesView) -> Change:
             made.clear()
             change = Change(events=[event])
-            room = self.max_rules - view.count()
+            room = min(self.max_rules - view.count(), share - len(view.of_origin(MADE)))
             for rule in rules:
                 held = view.get(rule.id)
                 if held is None and room <= 0:
@@ -189,8 +200,9 @@ class RuleBook:
                     body = held.body if old is None else old.to_json(now)
                     change.events.append(audit.event("replaced", body, by, now))
                 made.append(rule)
-                change.put.append(_stored(rule, ADMIN))
+                change.put.append(_stored(rule, MADE))
                 change.events.append(audit.event("added", rule.to_json(now), by, now))
+            event["made"] = [rule.id for rule in made]
             return change
 
         self._commit(plan, {rule.id: rule for rule in rules})

@@ -413,6 +413,7 @@ class Hindsight:
         state.keep_level = CLOSED_LEVEL
         reason = None
         ended = False
+        counted: list[tuple[Rule, str]] = []
         try:
             end = state.ended
             if end is None:
@@ -467,8 +468,7 @@ class Hindsight:
                 state.session_id = _cookie_session(state, self.session_cookie)
                 state.session_from_cookie = state.session_id is not None
             if "count" in kinds:
-                for rule in rules.counting(state, duration_ms):
-                    self._count(rule, state)
+                counted = self._counted(state, duration_ms)
             self.stats.record(state)
             ended = True
             if not self.served:
@@ -490,15 +490,25 @@ class Hindsight:
                 window.add(state)
             elif state.reserved or state.records:
                 release_memory(state)
+            # Counted once in the window: a release the count fires finds the request.
+            for rule, key in counted:
+                self.counting.add(rule, key, state.at, state.request_id)
         return reason
 
-    def _count(self, rule: Rule, state: RequestState) -> None:
-        """Count `state` (ended) for count rule `rule`, under its key's value if it has one."""
-        spec = rule.count
-        if spec is not None:
+    def _counted(self, state: RequestState, duration_ms: float) -> list[tuple[Rule, str]]:
+        """The count rules that count `state` (ended), each with the key's value counted:
+        none for a rule whose key the request has no value of, nor for ``session_id``
+        when the session is only a hash of the client's cookie (a detail rule for it
+        could never match)."""
+        counted = []
+        for rule in self.rules.counting(state, duration_ms):
+            spec = rule.count
+            if spec is None or (spec.key == "session_id" and state.session_from_cookie):
+                continue
             key = count_key(spec.key, state, state.fields)
             if key is not None:
-                self.counting.add(rule, key, state.at, state.request_id)
+                counted.append((rule, key))
+        return counted
 
     def _decide(
         self, state: RequestState, trigger: str | None, duration_ms: float
@@ -635,7 +645,7 @@ class Hindsight:
     # -- count rules -------------------------------------------------------------------
 
     def fire(self, firing: Firing) -> None:
-        """Run what a count rule does when one key reached its threshold (on the counting
+        """Run what a count rule does when one key reached its threshold (on the firing
         thread): the ``detail`` and ``tag`` rules it makes for that key, in force with the
         audit event "fired" (one change); its alerts; the release of that key's matching
         requests of every window (audited). A dry-run rule's firing is only audited."""
@@ -649,30 +659,30 @@ class Hindsight:
             if action.action in ("detail", "tag"):
                 try:
                     scoped.append(self.book.parse(_scoped(rule, action, firing.key)))
-                except ValueError as exc:  # a rule this book refuses (a ttl beyond its max)
-                    errors.report("count", exc)
+                except ValueError as exc:  # a rule this book refuses
+                    errors.report("count rule", exc)
         shown = self._firing_json(firing)
-        event = audit.fired(rule.to_json(firing.at), shown, [r.id for r in scoped], by, firing.at)
-        made = []
+        targets = [a.alert for a in then if a.action == "alert" and a.alert is not None]
+        # A target another process has and this one not (configured otherwise) is said.
+        shown["alerts"] = {t: "sent" if t in self.alerts.ids else "unknown target" for t in targets}
+        if self.window is None and any(a.action == "release" for a in then):
+            shown["release"] = "no window here (window_s=0): nothing to release"
+        event = audit.fired(rule.to_json(firing.at), shown, [], by, firing.at)
         try:
-            made = self.book.fire(scoped, event, by)
-        except StoreError:
+            made = self.book.fire(scoped, event, by)  # puts the ids made in event["made"]
+        except StoreError as exc:
+            errors.report("count rule", exc)
             audit.log(event)  # fired all the same: the line says so, the store cannot
-        if len(made) < len(scoped):
-            errors.report("count", OverflowError(f"{by} made no rule: 'max_rules' are held"))
-        for action in then:
-            if action.action == "alert" and action.alert is not None:
-                self.alerts.send(
-                    action.alert, {"alert": action.alert, **shown, "made": event["made"]}
+        else:
+            if len(made) < len(scoped):
+                errors.report(
+                    "count rule", OverflowError(f"{by}: too many rules made by count rules")
                 )
-        for action in then:
-            if action.action == "release":
-                self.release_everywhere(
-                    _key_release(rule, firing),
-                    f"{by} fired for {firing.key}",
-                    by,
-                    f"rule:{rule.id}",
-                )
+        for target in targets:
+            self.alerts.send(target, {"alert": target, **shown, "made": event["made"]})
+        if self.window is not None and any(a.action == "release" for a in then):
+            note = f"{by} fired for {firing.key}"
+            self.release_everywhere(_key_release(rule, firing), note, by, f"rule:{rule.id}")
 
     def _firing_json(self, firing: Firing) -> dict[str, Any]:
         """A firing as the audit trail, ``GET /alerts`` and the alerts show it: samples
@@ -777,16 +787,20 @@ class Hindsight:
         return released
 
     def flush(self, timeout_s: float = 5.0) -> bool:
-        """Wait until every release handed over so far is written (by the background
-        thread) and the queued sinks have sent it (or given it up); returns False if
-        `timeout_s` seconds passed first.
+        """Wait until what count rules counted so far is in the store and their firings
+        have run, every release handed over so far is written (by the background
+        thread), and the queued sinks and alert targets have sent what they hold (or
+        given it up); returns False if `timeout_s` seconds passed first.
 
         Releases are written off the request path; call this where the next step
         reads what they wrote (a test, the end of a batch job).
         """
         deadline = time.monotonic() + timeout_s
-        written = self.writer.flush(timeout_s)
-        return self.sinks.flush(max(0.0, deadline - time.monotonic())) and written
+        counted = self.counting.settle(timeout_s)
+        written = self.writer.flush(max(0.0, deadline - time.monotonic()))
+        sent = self.sinks.flush(max(0.0, deadline - time.monotonic()))
+        alerted = self.alerts.flush(max(0.0, deadline - time.monotonic()))
+        return counted and written and sent and alerted
 
     # -- rules: the Python API (through the rule book, like the admin API) ----------
 

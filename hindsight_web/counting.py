@@ -36,7 +36,9 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from . import errors
@@ -53,8 +55,16 @@ SLOTS = 10
 SAMPLES = 10
 """Request ids kept per key (the most recent), for the alert and the audit trail."""
 
-TOP_READ = 1000
+TOP_READ = 200
 """Keys (the most recently counted) read to list a rule's top keys."""
+
+FIRINGS_QUEUED = 1000
+"""Firings waiting for the firing thread, at most (beyond, they are dropped and counted)."""
+
+EXPIRY_S = 60.0
+"""Seconds between two purges of the counts past their time (of rules removed too)."""
+
+IDLE_S = 1.0  # how often an idle firing thread checks whether it is still wanted
 
 
 class Firing(NamedTuple):
@@ -98,8 +108,11 @@ class Counting:
         health: notes store calls that fail or succeed again.
         rules: the rules in force (a rule removed meanwhile counts no more).
         interval_s: seconds between two updates of the store (``store_sync_s``).
-        fire: runs a firing's ``then`` (on the background thread; it may block).
-        thread: False to run no background thread: the owner calls `flush`.
+        fire: runs a firing's ``then`` (it may block: on a thread of its own, which
+            takes at most `FIRINGS_QUEUED` firings waiting; those beyond are counted
+            as ``count_firings_dropped``).
+        thread: False to run no background thread: the owner calls `flush`, which
+            then runs the firings itself.
     """
 
     def __init__(
@@ -118,15 +131,20 @@ class Counting:
         self.interval_s = interval_s
         self._fire = fire
         self._lock = new_lock()
-        # Per rule id and key (a copy of a rule read again from the store counts with it).
+        # Per rule id and key: a copy of a rule read again from the store counts with it.
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._sizes: dict[str, int] = {}  # keys pending per rule id
+        self._firings: deque[Firing] = deque()
+        self._busy = False  # a firing is being run
+        self._ready = threading.Condition(new_lock())
         self._stop = threading.Event()
         self._threaded = thread
-        self._running = not thread  # the thread starts with the first request counted
+        self._running = not thread  # the threads start with the first request counted
+        self._next_expiry = 0.0
         self.dropped = 0
         self.evicted = 0
         self.fired = 0
+        self.firings_dropped = 0
         _countings.add(self)
 
     # -- the request path ----------------------------------------------------------
@@ -140,7 +158,13 @@ class Counting:
         rule_id = rule.id
         with self._lock:
             pending = self._pending.get((rule_id, key))
-            if pending is None:
+            if (
+                pending is not None
+                and pending.rule is not rule
+                and counter_name(pending.rule) != counter_name(rule)
+            ):  # the rule changed under its id: its counts start anew
+                pending = self._pending[rule_id, key] = _Pending(rule)
+            elif pending is None:
                 size = self._sizes.get(rule_id, 0)
                 if size >= spec.max_keys:
                     self.dropped += 1
@@ -161,31 +185,81 @@ class Counting:
         if not self._running:
             self._start()
 
-    # -- the background thread -------------------------------------------------------
+    # -- the background threads ------------------------------------------------------
 
     def _start(self) -> None:
         with self._lock:
             if self._running:
                 return
             self._running = True
+        # The first update waits one interval: the request that started the thread is
+        # in its window by then (a release then finds it).
         start_thread(self, Counting._step, self._stop, "hindsight-count")
+        start_thread(self, Counting._fire_next, self._stop, "hindsight-fire")
 
     def stop(self) -> None:
         self._stop.set()
+        with self._ready:
+            self._ready.notify_all()
 
     def _step(self) -> float:
+        if self._next_expiry == 0.0:
+            self._next_expiry = time.monotonic() + EXPIRY_S
+            return self.interval_s
         try:
             self.flush()
+            if time.monotonic() >= self._next_expiry:
+                self._next_expiry = time.monotonic() + EXPIRY_S
+                self.health.checked(lambda: self.store.expire_counts(time.time()), write=True)
+        except StoreError:
+            pass  # noted by `health`; tried again at the next step
         except Exception as exc:
             errors.report("count", exc)
         return self.interval_s
 
+    def _fire_next(self) -> float:
+        with self._ready:
+            while not self._firings and not self._stop.is_set():
+                self._ready.wait(IDLE_S)
+            if not self._firings:
+                return 0.0
+            firing = self._firings.popleft()
+            self._busy = True
+        try:
+            self._run(firing)
+        finally:
+            self._busy = False
+        return 0.0
+
+    def _run(self, firing: Firing) -> None:
+        try:
+            self._fire(firing)
+        except Exception as exc:
+            errors.report("count firing", exc)
+
+    def settle(self, timeout_s: float) -> bool:
+        """Update the store with what was counted so far, and wait until the firings it
+        makes have run; False if `timeout_s` seconds passed first.
+
+        Raises:
+            store.StoreError: the store cannot be used now (what it did not take is
+                counted again at the next update).
+        """
+        deadline = time.monotonic() + timeout_s
+        self.health.checked(self.flush, write=True) if False else self.flush()
+        while self._firings or self._busy:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def flush(self, now: float | None = None) -> list[Firing]:
         """Add what was counted since the last call to the store and fire the keys that
-        reached their threshold; returns the firings (run already).
+        reached their threshold; returns the firings (run by the firing thread, or here
+        when there is none).
 
         What the store did not take (down) is counted again at the next call, within
-        the bounds of `add`.
+        the bounds of `add` and of the window.
         """
         with self._lock:
             pending, self._pending = self._pending, {}
@@ -193,31 +267,38 @@ class Counting:
         if not pending:
             return []
         now = time.time() if now is None else now
-        # Per rule in force (a copy of a rule read again from the store counts with it).
         by_rule: dict[Rule, dict[str, _Pending]] = {}
         in_force: dict[Rule, Rule | None] = {}
         for (_, key), counted in pending.items():
             rule = counted.rule
             if rule not in in_force:
-                now_held = self.rules.get(rule.id)
-                same = now_held is not None and counter_name(now_held) == counter_name(rule)
-                in_force[rule] = now_held if same else None
+                held = self.rules.get(rule.id)
+                same = held is not None and held.count is not None
+                in_force[rule] = held if same and counter_name(held) == counter_name(rule) else None
             held = in_force[rule]
-            if held is None:
-                continue  # removed or changed since: its counts go with it
-            by_rule.setdefault(held, {})[key] = counted
+            if held is not None:  # else removed or changed since: its counts go with it
+                by_rule.setdefault(held, {})[key] = counted
         firings: list[Firing] = []
         for rule, keys in by_rule.items():
             try:
                 firings += self._update(rule, keys, now)
             except StoreError:
-                self._put_back(rule, keys)
-        for firing in firings:
-            self.fired += 1
-            try:
-                self._fire(firing)
-            except Exception as exc:
+                self._put_back(rule, keys, now)
+            except Exception as exc:  # one rule's trouble costs the others nothing
                 errors.report("count", exc)
+        self.fired += len(firings)
+        if not self._threaded:
+            for firing in firings:
+                self._run(firing)
+            return firings
+        with self._ready:
+            for firing in firings:
+                if len(self._firings) >= FIRINGS_QUEUED:
+                    self.firings_dropped += 1
+                    errors.report("count firing", OverflowError("firings waiting: dropped"))
+                else:
+                    self._firings.append(firing)
+            self._ready.notify()
         return firings
 
     def _update(self, rule: Rule, keys: dict[str, _Pending], now: float) -> list[Firing]:
@@ -254,11 +335,17 @@ class Counting:
         self.evicted += evicted
         return fired
 
-    def _put_back(self, rule: Rule, keys: dict[str, _Pending]) -> None:
+    def _put_back(self, rule: Rule, keys: dict[str, _Pending], now: float) -> None:
+        """Count again at the next flush what the store did not take, but for the slots
+        that have left the window meanwhile (so that a long outage holds no more)."""
         spec = rule.count
         assert spec is not None
+        oldest = math.floor(now * SLOTS / spec.window_s) - SLOTS
         with self._lock:
             for key, counted in keys.items():
+                counted.slots = {slot: n for slot, n in counted.slots.items() if slot >= oldest}
+                if not counted.slots:
+                    continue
                 held = self._pending.get((rule.id, key))
                 if held is None:
                     size = self._sizes.get(rule.id, 0)
@@ -293,9 +380,11 @@ class Counting:
         return [{"key": key, "count": count} for count, key in counts[:limit]]
 
     def counters(self) -> dict[str, int]:
-        """``count_firings``, ``count_keys_evicted`` and ``count_keys_dropped`` since start."""
+        """``count_firings``, ``count_firings_dropped``, ``count_keys_evicted`` and
+        ``count_keys_dropped`` since start."""
         return {
             "count_firings": self.fired,
+            "count_firings_dropped": self.firings_dropped,
             "count_keys_evicted": self.evicted,
             "count_keys_dropped": self.dropped,
         }
@@ -345,6 +434,7 @@ def _add(held: _Pending, counted: _Pending) -> None:
     held.last = max(held.last, counted.last)
 
 
+@lru_cache(maxsize=4096)
 def counter_name(rule: Rule) -> str:
     """The store's name for a rule's counts: its id and a digest of what it counts, so
     that a rule changed under the same id starts from nothing."""
@@ -362,6 +452,9 @@ def _after_fork_in_child() -> None:
     for counting in list(_countings):
         counting._pending = {}
         counting._sizes = {}
+        counting._firings = deque()
+        counting._ready = threading.Condition(new_lock())
+        counting._next_expiry = 0.0
         counting._running = not counting._threaded or counting._stop.is_set()
         if not counting._running:
             counting._stop = threading.Event()

@@ -88,6 +88,11 @@ _COUNTERS = {
         "counter",
         "Times a count rule fired for one key (in the process that fired it).",
     ),
+    "count_firings_dropped": (
+        "hindsight_count_firings_dropped_total",
+        "counter",
+        "Firings of count rules not run: too many were waiting for the firing thread.",
+    ),
     "count_keys_evicted": (
         "hindsight_count_keys_evicted_total",
         "counter",

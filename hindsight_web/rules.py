@@ -1052,7 +1052,8 @@ class Count(NamedTuple):
 def count_key(key: str, facts: RequestFacts, fields: Mapping[str, object] | None) -> str | None:
     """The value of count key `key` for a request (None: it has none, it is not counted).
 
-    A client address is normalised as rules match it; a field is its ``str()``.
+    A client address is normalised as rules match it; a field is its ``str()``, when
+    that has at most 256 characters.
     """
     if key == "client_ip":
         return _client_key(facts)
@@ -1063,11 +1064,14 @@ def count_key(key: str, facts: RequestFacts, fields: Mapping[str, object] | None
     if key == "route":
         return facts.route
     value = None if fields is None else fields.get(key[6:])
-    return None if value is None else str(value)[:_MAX_IDENTITY]
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= _MAX_IDENTITY else None
 
 
 def _parse_count(
-    p: _Problems, obj: Mapping[str, object], alerts: tuple[str, ...] | None
+    p: _Problems, obj: Mapping[str, object], alerts: tuple[str, ...] | None, max_detail_s: float
 ) -> Count | None:
     key = obj.get("key")
     if key is None:
@@ -1096,14 +1100,18 @@ def _parse_count(
     max_keys = DEFAULT_MAX_KEYS
     if obj.get("max_keys") is not None:
         max_keys = _parse_int(p, "max_keys", obj["max_keys"], 1, MAX_KEYS)
-    then = _parse_then(p, obj.get("then"), key, alerts)
+    then = _parse_then(p, obj.get("then"), key, alerts, max_detail_s)
     if key is None or threshold is None or window_s is None or then is None:
         return None
     return Count(key, threshold, float(window_s), max_keys, then)
 
 
 def _parse_then(
-    p: _Problems, value: object, key: str | None, alerts: tuple[str, ...] | None
+    p: _Problems,
+    value: object,
+    key: str | None,
+    alerts: tuple[str, ...] | None,
+    max_detail_s: float,
 ) -> tuple[Then, ...] | None:
     expected = 'expected a list of actions such as [{"action": "detail", "ttl_s": 900}, ' + (
         '{"alert": "security"}]'
@@ -1117,13 +1125,21 @@ def _parse_then(
     if not 1 <= len(value) <= _MAX_THEN:
         p.wrong_value("then", value, f"expected 1 to {_MAX_THEN} actions")
         return None
-    parsed = [_parse_one_then(p, f"then[{i}]", item, key, alerts) for i, item in enumerate(value)]
+    parsed = [
+        _parse_one_then(p, f"then[{i}]", item, key, alerts, max_detail_s)
+        for i, item in enumerate(value)
+    ]
     good = tuple(then for then in parsed if then is not None)
     return good if len(good) == len(parsed) else None
 
 
 def _parse_one_then(
-    p: _Problems, field: str, item: object, key: str | None, alerts: tuple[str, ...] | None
+    p: _Problems,
+    field: str,
+    item: object,
+    key: str | None,
+    alerts: tuple[str, ...] | None,
+    max_detail_s: float,
 ) -> Then | None:
     if not isinstance(item, Mapping):
         p.wrong_type(field, item, 'expected an object such as {"action": "release"}')
@@ -1150,14 +1166,16 @@ def _parse_one_then(
         ok = False
     ttl_s = level = None
     if action in ("detail", "tag"):
-        ttl_s = DEFAULT_THEN_TTL_S
+        longest = max_detail_s if action == "detail" else _MAX_TTL_S
+        ttl_s = min(DEFAULT_THEN_TTL_S, longest)
         if item.get("ttl_s") is not None:
             ttl_s = _number(p, f"{field}.ttl_s", item["ttl_s"])
-            if ttl_s is not None and not _MIN_TTL_S <= ttl_s <= _MAX_TTL_S:
+            if ttl_s is not None and not _MIN_TTL_S <= ttl_s <= longest + _SLACK_S:
                 p.wrong_value(
                     f"{field}.ttl_s",
                     item["ttl_s"],
-                    f"expected {_MIN_TTL_S:g} to {_MAX_TTL_S:.0f} seconds",
+                    f"expected {_MIN_TTL_S:g} to {longest:g} seconds"
+                    + (" (max_detail_ttl_s)" if action == "detail" else ""),
                 )
                 ttl_s = None
             ok = ok and ttl_s is not None
@@ -1554,7 +1572,7 @@ def _parse(
     routed = _parse_sinks(p, obj.get("sinks"), sinks)
     retain_s = _parse_retain_s(p, action, obj.get("retain_s"))
     _only_for(p, obj, action)
-    count = _parse_count(p, obj, alerts) if action == "count" else None
+    count = _parse_count(p, obj, alerts, max_detail_ttl_s) if action == "count" else None
     tags = (_parse_tags(p, "tags", obj.get("tags")) or ()) if action == "tag" else ()
     starts_at, expires_at = _window(
         p,

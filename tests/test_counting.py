@@ -359,7 +359,7 @@ class Shop:
         return answer.json()
 
     def fired(self) -> list[dict[str, Any]]:
-        self.hs.counting.flush()
+        self.hs.counting.settle(5)
         alerts: list[dict[str, Any]] = self.admin("/alerts")["alerts"]
         return alerts
 
@@ -531,7 +531,7 @@ def test_a_session_count_rule_details_that_session(out: ListHandler) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://shop") as c:
             for _ in range(3):
                 await c.get("/page?user=ann&session=s-ann-1&status=504")
-            hs.counting.flush()
+            hs.counting.settle(5)
             rids = []
             for user, session in (("ann", "s-ann-1"), ("ann", "s-ann-2"), ("bob", "s-bob")):
                 answer = await c.get(f"/page?user={user}&session={session}")
@@ -587,3 +587,169 @@ def test_a_tag_rule_adds_its_fields_to_records_summary_and_stats(
     }
     found = shop.admin("/requests?field.compliance=pci")["requests"]
     assert len(found) == 2
+
+
+# -- what a review of the firing found ---------------------------------------------------------
+
+
+def test_a_store_down_for_many_windows_holds_no_more_than_one_window(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/down.db", timeout_s=0.02)
+    counted = Counted(store, {**BRUTE, "window_s": 10, "threshold": 10**6})
+    locker = sqlite3.connect(f"{tmp_path}/down.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    t0 = 1_800_000_000.0
+    sizes = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for second in range(0, 300, 5):  # five minutes down, thirty windows of 10 s
+            for key in range(200):
+                counted.counting.add(counted.rule, f"10.0.0.{key}", t0 + second, "r" * 32)
+            assert counted.counting.flush(now=t0 + second) == []
+            sizes.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+        locker.execute("ROLLBACK")
+    # After the first window, what is held stays flat however long the outage lasts.
+    assert sizes[-1] < sizes[5] * 1.3, (sizes[5], sizes[-1])
+    store.close()
+
+
+def test_a_rule_changed_under_its_id_counts_afresh_and_loses_nothing_of_the_new_one() -> None:
+    counted = Counted(open_store("memory://"), {**BRUTE, "threshold": 3})
+    now = time.time()
+    counted.counting.add(counted.rule, "k", now, "old")
+    counted.rules.discard(counted.rule.id)
+    changed = parse_rule({**BRUTE, "threshold": 3, "window_s": 120}, now=now)
+    counted.rules.add(changed)
+    for i in range(3):
+        counted.counting.add(changed, "k", now, f"new{i}")
+    [firing] = counted.counting.flush(now)
+    assert [rid for _, rid in firing.samples] == ["new0", "new1", "new2"]
+
+
+def test_a_count_rules_id_taken_by_another_action_costs_the_other_rules_nothing() -> None:
+    store = open_store("memory://")
+    counted = Counted(store, {**BRUTE, "id": "x", "threshold": 1})
+    other = parse_rule({**BRUTE, "id": "y", "threshold": 1}, now=time.time())
+    counted.rules.add(other)
+    now = time.time()
+    counted.counting.add(counted.rule, "k", now, "r1")
+    counted.counting.add(other, "k", now, "r2")
+    counted.rules.discard("x")
+    counted.rules.add(parse_rule({"id": "x", "action": "release"}, now=now))
+    assert [f.rule.id for f in counted.counting.flush(now)] == ["y"]
+
+
+def test_rules_made_by_count_rules_leave_operators_room_and_made_says_what_was_made() -> None:
+    shop = Shop(max_rules=10)
+    shop.hs.add_rule({**BRUTE, "threshold": 1, "then": [{"action": "detail", "ttl_s": 600}]})
+    for n in range(8):
+        shop.get("/login?status=401", client=f"198.51.100.{n}")
+    fired = shop.fired()
+    assert len(fired) == 8
+    made = [f["made"] for f in fired]
+    assert sum(len(m) for m in made) == 5  # half of max_rules
+    rules = shop.admin("/rules")["rules"]
+    assert sorted(i for m in made for i in m) == sorted(
+        r["id"] for r in rules if "detail" in r["id"]
+    )
+    answer = shop.get("/_hindsight/rules", **AUTH)  # a read; then an operator's own rule still fits
+    assert answer.status_code == 200
+    added = shop.hs.add_rule({"id": "ops", "action": "drop", "match": {"path": "/healthz"}})
+    assert added.id == "ops"
+
+
+def test_a_firing_says_when_this_process_lacks_its_alert_target(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/two.db"
+    receiver = Receiver().start()
+    try:
+        with_target = Shop(
+            store=url, alerts=[{"id": "security", "type": "webhook", "url": receiver.url}]
+        )
+        with_target.hs.add_rule({**BRUTE, "threshold": 2, "then": [{"alert": "security"}]})
+        without = Shop(store=url)
+        without.hs.book.sync()
+        for _ in range(2):
+            without.get("/login?status=401")
+        [fired] = without.fired()
+        assert fired["alerts"] == {"security": "unknown target"}
+        assert without.admin("/stats")["counters"]["alerts_unknown"] == 1
+        assert receiver.posts == 0
+    finally:
+        receiver.stop()
+
+
+def test_a_session_known_only_by_its_cookie_is_not_counted() -> None:
+    shop = Shop(session_cookie="sid")
+    shop.hs.add_rule(
+        {
+            "id": "s",
+            "action": "count",
+            "match": {"status": 401},
+            "key": "session_id",
+            "threshold": 2,
+            "window_s": 60,
+            "then": [{"action": "detail"}],
+        }
+    )
+    for _ in range(3):
+        shop.get("/login?status=401", cookie="sid=abc")
+    assert shop.fired() == []
+
+
+def test_a_then_detail_ttl_beyond_max_detail_ttl_s_is_refused() -> None:
+    shop = Shop(max_detail_ttl_s=3600)
+    rule = {**BRUTE, "then": [{"action": "detail", "ttl_s": 7200}]}
+    with pytest.raises(RuleError) as refused:
+        shop.hs.add_rule(rule)
+    assert refused.value.details[0]["field"] == "then[0].ttl_s"
+    assert "3600" in refused.value.details[0]["error"]
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_release_finds_the_request_that_made_the_rule_fire(
+    out: ListHandler, attempt: int
+) -> None:
+    shop = Shop()
+    shop.hs.add_rule({**BRUTE, "threshold": 1, "then": [{"action": "release"}]})
+    rid = shop.get("/login?status=401&user=eve").headers["x-request-id"]
+    shop.hs.flush()
+    assert debug_lines(out.records, rid) == ["login attempt for eve"]
+
+
+def test_a_field_value_longer_than_an_identity_is_not_counted() -> None:
+    shop = Shop()
+    rule = {**BRUTE, "key": "field.tenant", "threshold": 1, "then": [{"action": "release"}]}
+    shop.hs.add_rule(rule)
+    shop.get("/login?status=401&tenant=" + "x" * 300)
+    assert shop.fired() == []
+    shop.get("/login?status=401&tenant=" + "x" * 256)
+    assert len(shop.fired()) == 1
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite"])
+def test_the_counts_of_a_removed_rule_are_purged_once_past_their_time(
+    url: str, tmp_path: Path
+) -> None:
+    store = open_store(url if url == "memory://" else f"sqlite:///{tmp_path}/purge.db")
+    counted = Counted(store, BRUTE)
+    t0 = time.time()
+    for key in range(100):
+        counted.counting.add(counted.rule, f"k{key}", t0, "r")
+    counted.counting.flush(now=t0)
+    name = counter_name(counted.rule)
+    assert len(store.read_counts(name, 1000)) == 100
+    counted.rules.discard(counted.rule.id)  # removed: nothing counts for it any more
+    store.expire_counts(t0 + 30)  # within its window (and two slots): kept
+    assert len(store.read_counts(name, 1000)) == 100
+    store.expire_counts(t0 + 3600)
+    assert store.read_counts(name, 1000) == {}
+
+
+def test_a_release_action_with_the_window_off_says_so() -> None:
+    shop = Shop(window_s=0)
+    shop.hs.add_rule({**BRUTE, "threshold": 1, "then": [{"action": "release"}]})
+    shop.get("/login?status=401")
+    [fired] = shop.fired()
+    assert "window_s=0" in fired["release"]

@@ -96,8 +96,8 @@ class StoredRule:
     Attributes:
         id: the rule's id.
         body: the rule's stored form: ``Rule.to_json()`` without ``hits`` and ``ttl_s``.
-        origin: who owns it, for :meth:`RulesView.of_origin`: ``"admin"``,
-            ``"startup"`` or ``"rules_url <url>"``.
+        origin: who owns it, for :meth:`RulesView.of_origin`: ``"admin"``, ``"count"``
+            (made by a count rule), ``"startup"`` or ``"rules_url <url>"``.
         hits: requests it matched in every process (flushed by `Store.add_hits`).
     """
 
@@ -361,6 +361,11 @@ class Store(ABC):
         Returns:
             How many keys of `counter` were forgotten for room (not those past their time).
         """
+
+    @abstractmethod
+    def expire_counts(self, now: float) -> None:
+        """Forget the count texts past their time at `now` (epoch seconds), of every counter
+        (those of removed rules too)."""
 
     @abstractmethod
     def read_counts(self, counter: str, limit: int) -> dict[str, str]:

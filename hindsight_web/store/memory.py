@@ -247,12 +247,7 @@ class MemoryStore(Store):
         max_keys: int,
     ) -> int:
         with self._lock:
-            for name in list(self._counts):
-                held = self._counts[name]
-                while held and next(iter(held.values()))[1] < now:
-                    held.popitem(last=False)  # least recently seen: the first past its time
-                if not held and name != counter:
-                    del self._counts[name]
+            self._expire_counts(now)
             table = self._counts.setdefault(counter, OrderedDict())
             given = {key: table[key][0] for key in keys if key in table}
             until = now + keep_s
@@ -263,6 +258,18 @@ class MemoryStore(Store):
             for _ in range(evicted):
                 table.popitem(last=False)
             return evicted
+
+    def expire_counts(self, now: float) -> None:
+        with self._lock:
+            self._expire_counts(now)
+
+    def _expire_counts(self, now: float) -> None:
+        for name in list(self._counts):
+            held = self._counts[name]
+            while held and next(iter(held.values()))[1] < now:
+                held.popitem(last=False)  # least recently seen: the first past its time
+            if not held:
+                del self._counts[name]
 
     def read_counts(self, counter: str, limit: int) -> dict[str, str]:
         now = time.time()

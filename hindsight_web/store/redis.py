@@ -728,6 +728,9 @@ class RedisStore(Store):
 
         return self._transact((held_key, seen_key), attempt)
 
+    def expire_counts(self, now: float) -> None:
+        """Nothing to do: a counter's keys expire with it (see `update_counts`)."""
+
     def read_counts(self, counter: str, limit: int) -> dict[str, str]:
         held_key = self._keys.counts + counter
         with self._guard():

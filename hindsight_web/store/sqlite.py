@@ -565,6 +565,10 @@ class SQLiteStore(Store):
                 conn.execute(sql, (counter, counter, evicted))
             return evicted
 
+    def expire_counts(self, now: float) -> None:
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.execute("DELETE FROM counts WHERE until < ?", (now,))
+
     def read_counts(self, counter: str, limit: int) -> dict[str, str]:
         with self._connected() as conn:
             sql = (
