@@ -9,7 +9,6 @@ by the background thread of `sync`; none of them is on the request path.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import math
 import os
 import re
@@ -19,19 +18,19 @@ from collections.abc import Mapping
 from random import getrandbits
 from time import perf_counter
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from . import audit, capture, errors, options, sources
 from .alerts import Alerts, parse_alerts
 from .book import RuleBook
 from .buffer import Budget, Counts, release_memory
 from .context import CLOSED_LEVEL, RequestState, _current, let_go
-from .counting import SLOTS, Counting, Firing
+from .counting import Counting
 from .fanout import Answers, Fanout
+from .firing import FiringActions
 from .redact import Redactor, hash_session
 from .release import MAX_QUEUED, RateLimit, Release, Writer, write_now
 from .retain import Retainer
-from .rules import Rule, Then, count_key
+from .rules import Rule, count_key
 from .search import Search, StoredRequest, facts_json, records_json
 from .sinks import Sinks, parse_sinks
 from .sources import RulesPoller, load_initial
@@ -47,7 +46,6 @@ __all__ = ["Hindsight"]
 
 logger = errors.logger
 
-_RULE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_PATH_SHOWN = 300
@@ -281,8 +279,11 @@ class Hindsight:
             on_epoch=self.shared.follow_epoch,
             publish=self.shared.publish,
         )
+        self.firing = FiringActions(
+            self.book, self.alerts, self.window, self.admin_path, self.release_everywhere
+        )
         self.counting = Counting(
-            self.store, self.health, rules=self.rules, interval_s=sync_s, fire=self.fire
+            self.store, self.health, rules=self.rules, interval_s=sync_s, fire=self.firing.run
         )
         self.served = False  # True once this process has served a request
         self.retainer = Retainer(self.store, self.health, retain_max_bytes)
@@ -642,79 +643,6 @@ class Hindsight:
             audit.log(event)  # released all the same: the line says so, the store cannot
         return {"released": released, "processes": processes, "complete": complete}
 
-    # -- count rules -------------------------------------------------------------------
-
-    def fire(self, firing: Firing) -> None:
-        """Run what a count rule does when one key reached its threshold (on the firing
-        thread): the ``detail`` and ``tag`` rules it makes for that key, in force with the
-        audit event "fired" (one change); its alerts; the release of that key's matching
-        requests of every window (audited). A dry-run rule's firing is only audited."""
-        rule = firing.rule
-        spec = rule.count
-        assert spec is not None
-        then = () if rule.dry_run else spec.then
-        by = f"rule:{rule.id}"
-        scoped = []
-        for action in then:
-            if action.action in ("detail", "tag"):
-                try:
-                    scoped.append(self.book.parse(_scoped(rule, action, firing.key)))
-                except ValueError as exc:  # a rule this book refuses
-                    errors.report("count rule", exc)
-        shown = self._firing_json(firing)
-        targets = [a.alert for a in then if a.action == "alert" and a.alert is not None]
-        # A target another process has and this one not (configured otherwise) is said.
-        shown["alerts"] = {t: "sent" if t in self.alerts.ids else "unknown target" for t in targets}
-        if self.window is None and any(a.action == "release" for a in then):
-            shown["release"] = "no window here (window_s=0): nothing to release"
-        event = audit.fired(rule.to_json(firing.at), shown, [], by, firing.at)
-        try:
-            made = self.book.fire(scoped, event, by)  # puts the ids made in event["made"]
-        except StoreError as exc:
-            errors.report("count rule", exc)
-            audit.log(event)  # fired all the same: the line says so, the store cannot
-        else:
-            if len(made) < len(scoped):
-                errors.report(
-                    "count rule", OverflowError(f"{by}: too many rules made by count rules")
-                )
-        for target in targets:
-            self.alerts.send(target, {"alert": target, **shown, "made": event["made"]})
-        if self.window is not None and any(a.action == "release" for a in then):
-            note = f"{by} fired for {firing.key}"
-            self.release_everywhere(_key_release(rule, firing), note, by, f"rule:{rule.id}")
-
-    def _firing_json(self, firing: Firing) -> dict[str, Any]:
-        """A firing as the audit trail, ``GET /alerts`` and the alerts show it: samples
-        whose request the window still holds have the admin path that shows it."""
-        rule = firing.rule
-        spec = rule.count
-        assert spec is not None
-        window = self.window
-        horizon = (
-            math.inf if window is None or self.admin_path is None else firing.at - window.window_s
-        )
-        samples = []
-        for at, request_id in firing.samples:
-            sample: dict[str, Any] = {"request_id": request_id, "at": iso(at)}
-            if at >= horizon:
-                sample["link"] = f"{self.admin_path}/requests/{quote(request_id, safe='')}"
-            samples.append(sample)
-        return {
-            "rule": rule.id,
-            "note": rule.note,
-            "key_name": spec.key,
-            "key": firing.key,
-            "count": firing.total,
-            "threshold": spec.threshold,
-            "window_s": spec.window_s,
-            "first": iso(firing.first),
-            "last": iso(firing.last),
-            "fired_at": iso(firing.at),
-            "samples": samples,
-            "dry_run": rule.dry_run,
-        }
-
     def search_retained(self, search: Search) -> list[dict[str, Any]]:
         """The requests kept by ``retain`` rules that `search` finds, newest first, at
         most its limit, from the newest `RETAINED_SCANNED` in its time range (facts
@@ -910,51 +838,6 @@ def new_request_id() -> str:
 # The version (4) and variant (RFC 4122) bits of a UUID 4.
 _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
 _UUID4_SET = (0x4 << 76) | (0x2 << 62)
-
-
-def _scoped(rule: Rule, then: Then, key: str) -> dict[str, Any]:
-    """The rule a count rule's ``detail`` or ``tag`` action makes for one `key`."""
-    spec = rule.count
-    assert spec is not None
-    made_id = f"{rule.id}.{then.action}.{key}"
-    if not _RULE_ID.fullmatch(made_id):
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        made_id = f"{rule.id[:100]}.{then.action}.{digest}"
-    made: dict[str, Any] = {
-        "id": made_id,
-        "action": then.action,
-        "match": {spec.key: key},
-        "ttl_s": then.ttl_s,
-        "note": f"made by count rule {rule.id}: {spec.key} {key} reached {spec.threshold}",
-    }
-    if then.level is not None:
-        made["level"] = then.level
-    if then.tags:
-        made["tags"] = dict(then.tags)
-    return made
-
-
-def _key_release(rule: Rule, firing: Firing) -> dict[str, Any]:
-    """The spec of the release of a count rule's requests of the key that fired, in the
-    window it counted (and the slot before)."""
-    spec = rule.count
-    assert spec is not None
-    match = dict(rule.to_json()["match"])  # type: ignore[call-overload]
-    fields = {}
-    if spec.key.startswith("field."):
-        fields[spec.key[6:]] = firing.key
-    else:
-        match[spec.key] = firing.key
-    since = firing.at - spec.window_s * (1 + 1 / SLOTS)
-    routed = None if rule.sinks is None else list(rule.sinks)
-    return {
-        "match": match,
-        "fields": fields,
-        "since": since,
-        "until": None,
-        "note": None,
-        "sinks": routed,
-    }
 
 
 def _cookie_session(state: RequestState, name: str) -> str | None:
