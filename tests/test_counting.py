@@ -654,8 +654,7 @@ def test_rules_made_by_count_rules_leave_operators_room_and_made_says_what_was_m
     assert sorted(i for m in made for i in m) == sorted(
         r["id"] for r in rules if "detail" in r["id"]
     )
-    answer = shop.get("/_hindsight/rules", **AUTH)  # a read; then an operator's own rule still fits
-    assert answer.status_code == 200
+    # An operator's own rules still fit.
     added = shop.hs.add_rule({"id": "ops", "action": "drop", "match": {"path": "/healthz"}})
     assert added.id == "ops"
 
