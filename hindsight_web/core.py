@@ -414,7 +414,7 @@ class Hindsight:
         state.keep_level = CLOSED_LEVEL
         reason = None
         ended = False
-        counted: list[tuple[Rule, str]] = []
+        counted: list[tuple[Rule, str]] | tuple[()] = ()
         try:
             end = state.ended
             if end is None:

@@ -139,7 +139,8 @@ class Counting:
         self._ready = threading.Condition(new_lock())
         self._stop = threading.Event()
         self._threaded = thread
-        self._running = not thread  # the threads start with the first request counted
+        self._running = not thread  # the thread starts with the first request counted
+        self._firing = False  # the firing thread starts with the first firing
         self._next_expiry = 0.0
         self.dropped = 0
         self.evicted = 0
@@ -195,7 +196,6 @@ class Counting:
         # The first update waits one interval: the request that started the thread is
         # in its window by then (a release then finds it).
         start_thread(self, Counting._step, self._stop, "hindsight-count")
-        start_thread(self, Counting._fire_next, self._stop, "hindsight-fire")
 
     def stop(self) -> None:
         self._stop.set()
@@ -292,6 +292,9 @@ class Counting:
                 self._run(firing)
             return firings
         with self._ready:
+            if firings and not self._firing:
+                self._firing = True
+                start_thread(self, Counting._fire_next, self._stop, "hindsight-fire")
             for firing in firings:
                 if len(self._firings) >= FIRINGS_QUEUED:
                     self.firings_dropped += 1
@@ -455,6 +458,7 @@ def _after_fork_in_child() -> None:
         counting._firings = deque()
         counting._ready = threading.Condition(new_lock())
         counting._next_expiry = 0.0
+        counting._firing = False
         counting._running = not counting._threaded or counting._stop.is_set()
         if not counting._running:
             counting._stop = threading.Event()
