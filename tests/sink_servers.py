@@ -8,12 +8,13 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .servers import free_port
+from .servers import Server, free_port, uvicorn_argv, write_app
 
 
 class Receiver:
@@ -125,3 +126,68 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
+
+
+ALERT_APP = """
+import asyncio
+import logging
+import sys
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from hindsight_web import Hindsight, HindsightMiddleware, set_user
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format={FORMAT})
+log = logging.getLogger("app")
+
+
+async def login(request):
+    query = request.query_params
+    if query.get("user"):
+        set_user(query["user"])
+    log.debug("login attempt")
+    await asyncio.sleep(int(query.get("delay_ms", "0")) / 1000)
+    return PlainTextResponse("login", status_code=int(query.get("status", "200")))
+
+
+app = HindsightMiddleware(
+    Starlette(routes=[Route("/login", login)]),
+    hindsight=Hindsight(
+        admin_token={TOKEN},
+        store_sync_s=0.2,
+        slow_ms=200,
+        alerts=[
+            {"id": "security", "type": "webhook", "url": {SECURITY}},
+            {"id": "pager", "type": "webhook", "url": {PAGER}},
+        ],
+    ),
+)
+"""
+"""An app whose count rules alert `security` (a receiver that takes every alert) and
+`pager` (one that refuses every alert with a 404: failed at once, not retried);
+``GET /login`` answers ``?status=`` (200), after ``?delay_ms=``, as ``?user=``."""
+
+
+@contextmanager
+def alerting_app(workdir: Path, token: str) -> Iterator[tuple[Server, Receiver, Receiver]]:
+    """`ALERT_APP` under uvicorn in `workdir` with admin token `token`, and its two
+    receivers: ``(server, security, pager)``, stopped when the block ends."""
+    security = Receiver().start()
+    pager = Receiver(statuses=[404] * 1000).start()
+    source = (
+        ALERT_APP.replace("{TOKEN}", repr(token))
+        .replace("{SECURITY}", repr(security.url))
+        .replace("{PAGER}", repr(pager.url))
+    )
+    write_app(workdir, "alerting_app", source)
+    port = free_port()
+    server = Server(uvicorn_argv(workdir, "alerting_app")(port), workdir, "uvicorn")
+    try:
+        server.start(port)
+        yield server, security, pager
+    finally:
+        server.stop()
+        security.stop()
+        pager.stop()

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from .servers import REPO, Server, free_port, launch, uvicorn_argv, write_app
-from .sink_servers import Receiver
+from .sink_servers import Receiver, alerting_app
 
 __all__ = ["launch"]
 
@@ -378,42 +378,6 @@ def test_empty_answers_say_so(launch: Callable[..., Server]) -> None:
 # -- count rules, alerts and tags ------------------------------------------------------------
 
 WATCH_TOKEN = "cli-watch-token-0123456789"
-WATCH_APP = """
-    import asyncio
-    import logging
-
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
-
-    import hindsight_web
-    from hindsight_web import Hindsight, HindsightMiddleware
-
-    logging.basicConfig(level=logging.INFO, format={FORMAT})
-
-
-    async def login(request):
-        query = request.query_params
-        if query.get("user"):
-            hindsight_web.set_user(query["user"])
-        logging.getLogger("app").debug("login attempt")
-        await asyncio.sleep(int(query.get("delay_ms", "0")) / 1000)
-        return PlainTextResponse("login", status_code=int(query.get("status", "200")))
-
-
-    app = HindsightMiddleware(
-        Starlette(routes=[Route("/login", login)]),
-        hindsight=Hindsight(
-            admin_token={TOKEN},
-            store_sync_s=0.2,
-            slow_ms=200,
-            alerts=[
-                {"id": "security", "type": "webhook", "url": {SECURITY}},
-                {"id": "pager", "type": "webhook", "url": {PAGER}},
-            ],
-        ),
-    )
-"""
 
 
 @dataclass
@@ -428,25 +392,9 @@ class Watch:
 
 @pytest.fixture(scope="module")
 def watch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watch]:
-    workdir = tmp_path_factory.mktemp("watch")
-    security = Receiver().start()
-    pager = Receiver(statuses=[404] * 1000).start()
-    source = (
-        WATCH_APP.replace("{TOKEN}", repr(WATCH_TOKEN))
-        .replace("{SECURITY}", repr(security.url))
-        .replace("{PAGER}", repr(pager.url))
-    )
-    write_app(workdir, "watch_app", source)
-    port = free_port()
-    server = Server(uvicorn_argv(workdir, "watch_app")(port), workdir, "uvicorn")
-    try:
-        server.start(port)
+    with alerting_app(tmp_path_factory.mktemp("watch"), WATCH_TOKEN) as (server, security, pager):
         env = {"HINDSIGHT_URL": server.base_url + ADMIN, "HINDSIGHT_ADMIN_TOKEN": WATCH_TOKEN}
         yield Watch(server, env, security, pager)
-    finally:
-        server.stop()
-        security.stop()
-        pager.stop()
 
 
 def login(watch: Watch, client: str, rid: str | None = None, **query: str | int) -> str:
@@ -554,18 +502,10 @@ def test_alerts_lists_a_firing_then_the_targets_deliveries(watch: Watch) -> None
     assert run("show", "cli-brute-0", env=env).returncode == 0
 
 
-def test_alerts_limit_and_none_fired(launch: Callable[..., Server], tmp_path: Path) -> None:
+def test_alerts_limit_and_none_fired(tmp_path: Path) -> None:
     """A fresh app: no firing yet, its targets with nothing sent; then two firings, the
     newest first, and --limit 1 shows only it."""
-    receiver = Receiver().start()
-    try:
-        source = (
-            WATCH_APP.replace("{TOKEN}", repr(WATCH_TOKEN))
-            .replace("{SECURITY}", repr(receiver.url))
-            .replace("{PAGER}", repr(receiver.url))
-        )
-        write_app(tmp_path, "quiet_app", source)
-        server = launch(uvicorn_argv(tmp_path, "quiet_app"), "quiet")
+    with alerting_app(tmp_path, WATCH_TOKEN) as (server, security, pager):
         env = {"HINDSIGHT_URL": server.base_url + ADMIN, "HINDSIGHT_ADMIN_TOKEN": WATCH_TOKEN}
         done = run("alerts", env=env)
         assert done.returncode == 0, done.stderr
@@ -582,7 +522,7 @@ def test_alerts_limit_and_none_fired(launch: Callable[..., Server], tmp_path: Pa
         rule: dict[str, Any] = {"action": "count", "match": {"status": 403}, "key": "client_ip"}
         rule |= {"threshold": 1, "window_s": 60, "then": [{"alert": "security"}]}
         assert run("rules", "add", json.dumps({"id": "cli-quiet", **rule}), env=env).stdout
-        quiet = Watch(server, env, receiver, receiver)
+        quiet = Watch(server, env, security, pager)
         login(quiet, "192.0.2.1", status=403)
         poll_json(env, ["alerts"], lambda a: len(a["alerts"]) == 1)
         login(quiet, "192.0.2.2", status=403)
@@ -591,8 +531,6 @@ def test_alerts_limit_and_none_fired(launch: Callable[..., Server], tmp_path: Pa
         assert [r["key"] for r in listed] == ["client_ip=192.0.2.2", "client_ip=192.0.2.1"]
         newest = rows(run("alerts", "--limit", "1", env=env).stdout.split("\n\n")[0])
         assert [r["key"] for r in newest] == ["client_ip=192.0.2.2"]
-    finally:
-        receiver.stop()
 
 
 def test_alerts_limit_must_be_a_number_from_1_to_1000(watch: Watch) -> None:

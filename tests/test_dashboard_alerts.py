@@ -18,8 +18,8 @@ import httpx
 import pytest
 from playwright.sync_api import Route, expect
 
-from .servers import Server, free_port, uvicorn_argv, write_app
-from .sink_servers import Receiver
+from .servers import Server
+from .sink_servers import Receiver, alerting_app
 from .test_dashboard import AUTH, TOKEN, Tab, browser, tab_for
 
 __all__ = ["browser", "tab_for"]
@@ -27,44 +27,6 @@ __all__ = ["browser", "tab_for"]
 pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 
 HOSTILE = '<img src=x onerror="window.pwned = 1">'
-
-APP = """
-import asyncio
-import logging
-import sys
-
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
-
-from hindsight_web import Hindsight, HindsightMiddleware, set_user
-
-logging.basicConfig(level=logging.INFO, stream=sys.stderr, format={FORMAT})
-log = logging.getLogger("app")
-
-
-async def login(request):
-    query = request.query_params
-    if query.get("user"):
-        set_user(query["user"])
-    log.debug("login attempt")
-    await asyncio.sleep(int(query.get("delay_ms", "0")) / 1000)
-    return PlainTextResponse("login", status_code=int(query.get("status", "200")))
-
-
-app = HindsightMiddleware(
-    Starlette(routes=[Route("/login", login)]),
-    hindsight=Hindsight(
-        admin_token={TOKEN},
-        store_sync_s=0.2,
-        slow_ms=200,
-        alerts=[
-            {"id": "security", "type": "webhook", "url": {SECURITY}},
-            {"id": "pager", "type": "webhook", "url": {PAGER}},
-        ],
-    ),
-)
-"""
 
 
 @dataclass
@@ -110,24 +72,8 @@ class Watched:
 
 @pytest.fixture(scope="module")
 def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
-    workdir = tmp_path_factory.mktemp("alerts")
-    security = Receiver().start()
-    pager = Receiver(statuses=[404] * 1000).start()
-    source = (
-        APP.replace("{TOKEN}", repr(TOKEN))
-        .replace("{SECURITY}", repr(security.url))
-        .replace("{PAGER}", repr(pager.url))
-    )
-    write_app(workdir, "alerts_app", source)
-    port = free_port()
-    server = Server(uvicorn_argv(workdir, "alerts_app")(port), workdir, "uvicorn")
-    try:
-        server.start(port)
+    with alerting_app(tmp_path_factory.mktemp("alerts"), TOKEN) as (server, security, pager):
         yield Watched(server, security, pager)
-    finally:
-        server.stop()
-        security.stop()
-        pager.stop()
 
 
 def signed_in(tab_for: Callable[[Server], Tab], watched: Watched) -> Tab:
