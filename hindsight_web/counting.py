@@ -30,6 +30,7 @@ under 1.5 KB per key of ``max_keys``, whatever the number of distinct keys seen.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -65,6 +66,10 @@ EXPIRY_S = 60.0
 """Seconds between two purges of the counts past their time (of rules removed too)."""
 
 IDLE_S = 1.0  # how often an idle firing thread checks whether it is still wanted
+
+UNSURE_KEPT = 10  # batches per rule whose update raised, remembered until one succeeds
+
+_batches = itertools.count()
 
 
 class Firing(NamedTuple):
@@ -142,6 +147,9 @@ class Counting:
         self._running = not thread  # the thread starts with the first request counted
         self._firing = False  # the firing thread starts with the first firing
         self._next_expiry = 0.0
+        # Per rule id, the batches whose update raised: the store may have applied one
+        # and lost its answer (a Redis reply lost after EXEC), with a key marked fired.
+        self._unsure: dict[str, list[str]] = {}
         self.dropped = 0
         self.evicted = 0
         self.fired = 0
@@ -305,11 +313,20 @@ class Counting:
         return firings
 
     def _update(self, rule: Rule, keys: dict[str, _Pending], now: float) -> list[Firing]:
+        """One atomic update of `rule`'s counts in the store; the keys it fires.
+
+        Each update carries a batch id, kept with a key it marks fired (``"b"``). When an
+        update raised, its batch id is remembered: should the store have applied it and
+        lost its answer, the next update of the key finds the mark and runs the firing,
+        which would otherwise be lost (the counts put back are then counted twice).
+        """
         spec = rule.count
         assert spec is not None
         slot_s = spec.window_s / SLOTS
         oldest = math.floor(now * SLOTS / spec.window_s) - SLOTS
         fired: list[Firing] = []
+        batch = f"{os.getpid()}:{next(_batches)}"
+        unsure = self._unsure.get(rule.id, ())
 
         def update(held: dict[str, str]) -> dict[str, str]:
             fired.clear()
@@ -317,25 +334,33 @@ class Counting:
             for key, counted in keys.items():
                 body = _merged(held.get(key), counted, oldest)
                 count, first = window_count(body, oldest)
-                if count >= spec.threshold and body.get("f", 0) <= now:
-                    body["f"] = now + spec.window_s
+                lost = body.get("b") in unsure and body.get("f", 0) > now
+                if lost or (count >= spec.threshold and body.get("f", 0) <= now):
+                    if not lost:
+                        body["f"] = now + spec.window_s
+                    body["b"] = batch
                     samples = [(at, request_id) for at, request_id in body["x"]]
                     fired.append(Firing(rule, key, count, first, body["l"], samples, now))
                 texts[key] = json.dumps(body, separators=(",", ":"))
             return texts
 
-        evicted = self.health.checked(
-            lambda: self.store.update_counts(
-                counter_name(rule),
-                list(keys),
-                update,
-                now=now,
-                keep_s=spec.window_s + 2 * slot_s,
-                max_keys=spec.max_keys,
-            ),
-            write=True,
-        )
+        try:
+            evicted = self.health.checked(
+                lambda: self.store.update_counts(
+                    counter_name(rule),
+                    list(keys),
+                    update,
+                    now=now,
+                    keep_s=spec.window_s + 2 * slot_s,
+                    max_keys=spec.max_keys,
+                ),
+                write=True,
+            )
+        except StoreError:
+            self._unsure[rule.id] = [*unsure[-(UNSURE_KEPT - 1) :], batch]
+            raise
         self.evicted += evicted
+        self._unsure.pop(rule.id, None)
         return fired
 
     def _put_back(self, rule: Rule, keys: dict[str, _Pending], now: float) -> None:
@@ -459,6 +484,7 @@ def _after_fork_in_child() -> None:
         counting._ready = threading.Condition(new_lock())
         counting._next_expiry = 0.0
         counting._firing = False
+        counting._unsure = {}
         counting._running = not counting._threaded or counting._stop.is_set()
         if not counting._running:
             counting._stop = threading.Event()

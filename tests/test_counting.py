@@ -28,8 +28,9 @@ from starlette.routing import Route
 from hindsight_web import Hindsight, HindsightMiddleware, bind, set_user
 from hindsight_web.counting import SLOTS, Counting, Firing, counter_name
 from hindsight_web.rules import RuleError, RuleSet, parse_rule
-from hindsight_web.store import Store, open_store
+from hindsight_web.store import Store, StoreError, open_store
 from hindsight_web.store.health import Health
+from hindsight_web.store.memory import MemoryStore
 
 from .conftest import ListHandler
 from .redis_server import RedisServer
@@ -752,3 +753,36 @@ def test_a_release_action_with_the_window_off_says_so() -> None:
     shop.get("/login?status=401")
     [fired] = shop.fired()
     assert "window_s=0" in fired["release"]
+
+
+class LostReplyStore(MemoryStore):
+    """A store that applies an update and then fails to say so, `lost` times (as a Redis
+    whose reply to EXEC is lost)."""
+
+    def __init__(self, lost: int) -> None:
+        super().__init__()
+        self.lost = lost
+
+    def update_counts(self, *args: Any, **kwargs: Any) -> int:
+        evicted = super().update_counts(*args, **kwargs)
+        if self.lost:
+            self.lost -= 1
+            raise StoreError("store memory://: ConnectionError: the reply was lost")
+        return evicted
+
+
+@pytest.mark.parametrize("lost", [1, 2])
+def test_a_firing_whose_update_lost_its_answer_still_runs_once(lost: int) -> None:
+    store = LostReplyStore(lost)
+    counted = Counted(store, {**BRUTE, "threshold": 3})
+    now = time.time()
+    for i in range(3):
+        counted.counting.add(counted.rule, "203.0.113.9", now, f"r{i}")
+    for _ in range(lost):
+        assert counted.counting.flush(now) == []  # applied, marked fired, answer lost
+    [firing] = counted.counting.flush(now + 1)  # the mark is found: the firing runs
+    assert firing.key == "203.0.113.9"
+    assert counted.counting.flush(now + 2) == []
+    counted.counting.add(counted.rule, "203.0.113.9", now + 3, "r9")
+    assert counted.counting.flush(now + 3) == []  # fired for this window already
+    assert len(counted.fired) == 1
