@@ -16,7 +16,9 @@ seconds; a key's count is the sum of the slots that began within the last
 
 Firing. The update that finds a key at or above the threshold marks it fired
 until ``now + window_s``, in the same atomic update: one process in all fires it,
-at most once per key and window (`Counting.fire` runs its ``then``).
+at most once per key and window. Its ``then`` runs on a thread of its own (the
+`fire` callable given, `firing.FiringActions.run`), so that a slow action (a release
+that waits for every process) holds up no count.
 
 Memory. Per rule, the store holds at most ``max_keys`` keys (the least recently
 counted go first, counted as ``count_keys_evicted``), about 0.6 KB each (a JSON

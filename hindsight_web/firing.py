@@ -77,7 +77,9 @@ class FiringActions:
         shown = self._firing_json(firing)
         targets = [a.alert for a in then if a.action == "alert" and a.alert is not None]
         # A target another process has and this one not (configured otherwise) is said.
-        shown["alerts"] = {t: "sent" if t in self.alerts.ids else "unknown target" for t in targets}
+        shown["alerts"] = {
+            t: "queued" if t in self.alerts.ids else "unknown target" for t in targets
+        }
         if self.window is None and any(a.action == "release" for a in then):
             shown["release"] = "no window here (window_s=0): nothing to release"
         event = audit.fired(rule.to_json(firing.at), shown, [], by, firing.at)
