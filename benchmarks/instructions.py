@@ -145,14 +145,22 @@ def per_request(framework: str, variant: str, small: int, large: int) -> float:
     return (high - low) / (requests_made(large) - requests_made(small))
 
 
-def window_tables(frameworks: list[str], small: int, large: int, runs: int) -> None:
-    """Window kept against window off, per framework and DEBUG lines per request."""
-    jobs = [(f, v, r) for f in frameworks for v in WINDOW_VARIANTS for r in range(runs)]
+def runs_of(
+    frameworks: list[str], variants: list[str], small: int, large: int, runs: int
+) -> dict[tuple[str, str], list[float]]:
+    """Per (framework, variant), the instructions per request of each of `runs` runs."""
+    jobs = [(f, v, r) for f in frameworks for v in variants for r in range(runs)]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         found = list(pool.map(lambda job: per_request(job[0], job[1], small, large), jobs))
     counts: dict[tuple[str, str], list[float]] = {}
     for (framework, variant, _), n in zip(jobs, found, strict=True):
         counts.setdefault((framework, variant), []).append(n)
+    return counts
+
+
+def window_tables(frameworks: list[str], small: int, large: int, runs: int) -> None:
+    """Window kept against window off, per framework and DEBUG lines per request."""
+    counts = runs_of(frameworks, WINDOW_VARIANTS, small, large, runs)
     median = {key: statistics.median(values) for key, values in counts.items()}
     for framework in frameworks:
         print(f"### {framework}")
@@ -204,12 +212,7 @@ def window_tables(frameworks: list[str], small: int, large: int, runs: int) -> N
 def count_tables(frameworks: list[str], small: int, large: int, runs: int) -> None:
     """Per framework: hindsight with count rules against hindsight with no rule."""
     variants = ["bare", "hindsight", *COUNT_VARIANTS]
-    jobs = [(f, v) for f in frameworks for v in variants for _ in range(runs)]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = list(pool.map(lambda job: per_request(job[0], job[1], small, large), jobs))
-    found: dict[tuple[str, str], list[float]] = {}
-    for job, n in zip(jobs, results, strict=True):
-        found.setdefault(job, []).append(n)
+    found = runs_of(frameworks, variants, small, large, runs)
     for framework in frameworks:
         counts = {v: statistics.median(found[(framework, v)]) for v in variants}
         print(f"### {framework}")
@@ -247,7 +250,7 @@ def main() -> int:
         return 0
     frameworks = ["asgi"] if args.smoke else FRAMEWORKS
     small, large = (100, 200) if args.smoke else (200, 1000)
-    if args.count:
+    if args.count or args.window:
         runs = 1 if args.smoke else args.runs
         print(machine_line())
         print(
@@ -255,17 +258,7 @@ def main() -> int:
             f"{requests_made(large)} per variant, difference per request, median of {runs} runs"
         )
         print()
-        count_tables(frameworks, small, large, runs)
-        return 0
-    if args.window:
-        runs = 1 if args.smoke else args.runs
-        print(machine_line())
-        print(
-            f"instructions: valgrind cachegrind, requests {requests_made(small)} and "
-            f"{requests_made(large)} per variant, difference per request, median of {runs} runs"
-        )
-        print()
-        window_tables(frameworks, small, large, runs)
+        (count_tables if args.count else window_tables)(frameworks, small, large, runs)
         return 0
     variants = STORE_VARIANTS if args.stores else VARIANTS
     print(machine_line())
