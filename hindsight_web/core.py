@@ -240,9 +240,10 @@ class Hindsight:
         self._counts = Counts()
         # Sinks (the option's, then a rules file's): releases go to them from the writer
         # thread; a rule may name only their ids.
-        file_sinks = parse_sinks(sources.file_section(rules, "sinks"), "rules file 'sinks'")
+        sections = sources.file_sections(rules)
+        file_sinks = parse_sinks(sections.get("sinks"), "rules file 'sinks'")
         self.sinks = Sinks([*parse_sinks(sinks), *file_sinks])
-        file_alerts = parse_alerts(sources.file_section(rules, "alerts"), "rules file 'alerts'")
+        file_alerts = parse_alerts(sections.get("alerts"), "rules file 'alerts'")
         self.alerts = Alerts([*parse_alerts(alerts), *file_alerts])
         self.writer = Writer(self._counts, self.sinks)
         self.stats = Stats(max_routes=self._stats_limits[0], max_sessions=self._stats_limits[1])

@@ -26,7 +26,7 @@ __all__ = [
     "FETCH_TIMEOUT_S",
     "MAX_DOCUMENT_BYTES",
     "RulesPoller",
-    "file_section",
+    "file_sections",
     "load_initial",
     "parse_document",
 ]
@@ -70,23 +70,25 @@ def load_initial(rules: Any, parse: Callable[[object], Rule]) -> tuple[list[Rule
     return parse_document(rules, where, parse), fingerprint(rules)
 
 
-def file_section(rules: Any, name: str) -> Any:
-    """The ``"sinks"`` or ``"alerts"`` (`name`) of a rules file (``{"rules": [...],
-    "sinks": [...], "alerts": [...]}``), or None when `rules` is not a path or its file
-    has none (an unreadable file is reported by `load_initial`)."""
+def file_sections(rules: Any) -> dict[str, Any]:
+    """The ``"sinks"`` and ``"alerts"`` of a rules file (``{"rules": [...], "sinks":
+    [...], "alerts": [...]}``), read once: those it has (none when `rules` is not a path;
+    an unreadable file is reported by `load_initial`)."""
     if not isinstance(rules, (str, os.PathLike)):
-        return None
+        return {}
     try:
         with Path(rules).open("rb") as file:
             document = json.loads(file.read(MAX_DOCUMENT_BYTES + 1))
     except (OSError, ValueError):
-        return None
-    return document.get(name) if isinstance(document, dict) else None
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    return {name: document[name] for name in ("sinks", "alerts") if name in document}
 
 
 def parse_document(document: Any, where: str, parse: Callable[[object], Rule]) -> list[Rule]:
     """The rules of a decoded JSON document: a list of rules or ``{"rules": [...]}``
-    (``"sinks"`` and ``"alerts"`` beside them are read by `file_section`)."""
+    (``"sinks"`` and ``"alerts"`` beside them are read by `file_sections`)."""
     if isinstance(document, dict) and "rules" in document and set(document) <= _SECTIONS:
         document = document["rules"]
     if not isinstance(document, list):
