@@ -184,7 +184,7 @@ const time = (iso) => iso ? el("time", new Date(iso).toLocaleTimeString(), {date
   title: iso}) : null;
 const plural = (n, word) => n + " " + (n === 1 ? word : word.endsWith("s") ? word + "es"
   : word + "s");
-const clock = (date) => date.toLocaleTimeString(undefined, {hour: "numeric",
+const clock = (date) => date.toLocaleTimeString(undefined, {hour: "2-digit",
   minute: "2-digit"});
 const round1 = (v) => String(Math.round(v * 10) / 10);
 const seconds = (s) => s >= 3600 ? round1(s / 3600) + " h" : s >= 60 ? round1(s / 60) + " min"
