@@ -3,7 +3,7 @@ went wrong (slow, failing, raised, or picked by a runtime rule)."""
 
 from ._version import __version__
 from .asgi import HindsightMiddleware
-from .context import bind, set_user
+from .binding import bind, set_user
 from .core import Hindsight
 from .redact import hash_session
 from .wsgi import HindsightWSGIMiddleware

@@ -13,6 +13,11 @@ _Owner = TypeVar("_Owner")
 
 _locks: weakref.WeakSet[Any] = weakref.WeakSet()
 
+forks = 0
+"""Forks this process was made by (counted in the child): an object that notes it when
+made can tell that it now lives in a forked child, where its parent's other threads and
+their requests do not exist (compiled classes cannot be held in a `weakref.WeakSet`)."""
+
 
 def new_lock() -> threading.Lock:
     """A lock that is re-created in the child after a fork, even if another thread held it."""
@@ -45,10 +50,12 @@ def _loop(ref: weakref.ref[_Owner], step: Callable[[_Owner], float], stop: threa
         stop.wait(wait)
 
 
-def _reinit_locks() -> None:
+def _after_fork_in_child() -> None:
+    global forks
+    forks += 1
     for lock in list(_locks):
         lock._at_fork_reinit()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_locks)
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -37,9 +37,7 @@ class HindsightMiddleware:
         app.add_middleware(HindsightMiddleware, slow_ms=500)
     """
 
-    def __init__(
-        self, app: ASGIApp | None = None, /, hindsight: Hindsight | None = None, **options: Any
-    ) -> None:
+    def __init__(self, *app: ASGIApp, hindsight: Hindsight | None = None, **options: Any) -> None:
         name = type(self).__name__
         self.app, self.hindsight = middleware_arguments(name, app, hindsight, options)
         self.admin = Admin(self.hindsight)

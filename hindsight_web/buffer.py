@@ -10,12 +10,10 @@ does not fit is dropped and counted.
 
 from __future__ import annotations
 
-import os
-import weakref
 from collections import deque
 from typing import Any
 
-from . import errors
+from . import _sync, errors
 from ._sync import new_lock
 from .context import RequestState
 from .messages import text
@@ -105,10 +103,21 @@ class Budget:
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self.used = 0
+        self._used = 0
         self.exhausted = False  # since it last ran out, until bytes come back
         self._lock = new_lock()
-        _budgets.add(self)
+        self._forks = _sync.forks
+
+    @property
+    def used(self) -> int:
+        """Bytes reserved now by the live requests of this process."""
+        with self._lock:
+            return self._in_use()
+
+    def _in_use(self) -> int:
+        if self._forks != _sync.forks:  # a forked child: the parent's requests are not here
+            self._forks, self._used = _sync.forks, 0
+        return self._used
 
     def reserve(self, state: RequestState) -> None:
         """Grant `state` more bytes, up to what it needs and may have.
@@ -121,9 +130,9 @@ class Budget:
                 return
             ahead = min(CHUNK, max(_FIRST, state.reserved))
             wanted = min(state.nbytes - state.reserved + ahead, state.max_bytes - state.reserved)
-            granted = min(wanted, self.total - self.used)
+            granted = min(wanted, self.total - self._in_use())
             if granted > 0:
-                self.used += granted
+                self._used += granted
                 state.reserved += granted
             report = granted < wanted and not self.exhausted
             if report:
@@ -134,8 +143,8 @@ class Budget:
     def give_back(self, nbytes: int) -> None:
         """Take back `nbytes` reserved by a request that no longer holds them."""
         with self._lock:
-            self.used = max(0, self.used - nbytes)
-            if self.exhausted and self.used < self.total // 2:
+            self._used = max(0, self._in_use() - nbytes)
+            if self.exhausted and self._used < self.total // 2:
                 self.exhausted = False  # reported again if it runs out again
 
     def release(self, state: RequestState) -> None:
@@ -143,9 +152,6 @@ class Budget:
         reserved, state.reserved = state.reserved, 0
         if reserved:
             self.give_back(reserved)
-
-
-_budgets: weakref.WeakSet[Budget] = weakref.WeakSet()
 
 
 def _report_exhausted(budget: Budget) -> None:
@@ -159,16 +165,6 @@ def _report_exhausted(budget: Budget) -> None:
         )
     except Exception:
         pass  # a handler that fails: the drops are counted all the same
-
-
-def _after_fork_in_child() -> None:
-    # The requests of other threads do not exist in the child.
-    for budget in list(_budgets):
-        budget.used = 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Counts:

@@ -2,7 +2,7 @@
 
 The state object is shared by reference with every task, thread-pool call and
 background task that copies the request's context, so `set_user()` and `bind()`
-called from any of them change what the whole request sees.
+(`binding`) called from any of them change what the whole request sees.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from .escaping import escape
 from .messages import text
-from .redact import hash_session
 
 if TYPE_CHECKING:
     from .buffer import Budget, Counts
     from .redact import Redactor
 
-__all__ = ["RequestState", "bind", "current", "mark_exception", "of_exception", "set_user"]
+__all__ = ["RequestState", "current", "mark_exception", "of_exception"]
 
 # Above every logging level: a request with this `keep_level` keeps nothing on the fast path.
 CLOSED_LEVEL = 1 << 62
@@ -186,9 +185,9 @@ class RequestState:
             value = headers.get(key)
             return value if isinstance(value, str) else None
         wanted = name.encode("latin-1")
-        for key, value in headers:
-            if key.lower() == wanted:
-                return str(value.decode("latin-1"))
+        for raw_name, raw_value in headers:  # ASGI: (bytes, bytes) pairs
+            if raw_name.lower() == wanted:
+                return str(raw_value.decode("latin-1"))
         return None
 
     def retag(self) -> None:
@@ -260,89 +259,3 @@ def of_exception(exc_info: Any) -> RequestState | None:
 def current() -> RequestState | None:
     """The state of the request running in this context, or None outside requests."""
     return _current.get()
-
-
-def set_user(user_id: str | int | None, session_id: str | int | None = None) -> None:
-    """Say who the current request is for, once the app knows it.
-
-    Every record of the request from then on carries ``user_id`` and
-    ``session_id``, and rules scoped to that user or session apply. Outside a
-    request this does nothing. The session id is kept and shown only as its hash
-    (`hash_session`: 16 hex digits), so that nothing hindsight writes or shows can
-    take the session over; rules and searches given the id itself hash it too.
-
-    Args:
-        user_id: the user's id (a string or an int), or None if unknown.
-        session_id: the user's session id, if the app has one (None leaves the
-            session already known, if any, as it is).
-
-    Example::
-
-        @app.get("/cart")
-        def cart(user: User = Depends(current_user)):
-            hindsight_web.set_user(user.id, session_id=user.session_id)
-    """
-    uid = _identity("user_id", user_id)
-    sid = _identity("session_id", session_id)
-    state = _current.get()
-    if state is None:
-        return
-    state.user_id = uid
-    if sid is not None:
-        state.session_id = hash_session(sid)
-    state.retag()
-    if state.on_identity is not None:
-        state.on_identity(state)
-
-
-def bind(**fields: Any) -> None:
-    """Attach fields to the current request: every record of it carries them.
-
-    ``bind(user_id=..., session_id=...)`` is the same as :func:`set_user`.
-    Other names become attributes of every record written for the request,
-    so a formatter can print them. Outside a request this does nothing. With
-    redaction on (the default), the value of a field whose name holds a
-    redaction key (``token``, ``password``, ...) is kept as ``[redacted]``.
-
-    Raises:
-        ValueError: a field name is not an identifier or would overwrite a
-            standard LogRecord attribute.
-
-    Example::
-
-        hindsight_web.bind(tenant="acme", plan="pro")
-    """
-    identity = {k: fields.pop(k) for k in ("user_id", "session_id") if k in fields}
-    for name in fields:
-        if not name.isidentifier() or name.startswith("_") or name in RESERVED:
-            raise ValueError(
-                f"invalid bind() field {name!r}: expected an identifier that does not start "
-                f"with '_' and is not a LogRecord attribute"
-            )
-    uid = _identity("user_id", identity["user_id"]) if "user_id" in identity else None
-    sid = _identity("session_id", identity["session_id"]) if "session_id" in identity else None
-    state = _current.get()
-    if state is None:
-        return
-    if fields:
-        if state.redactor is not None:
-            fields = state.redactor.fields(fields)
-        state.fields = {**(state.fields or {}), **fields}
-    if "user_id" in identity:
-        state.user_id = uid
-    if "session_id" in identity:
-        state.session_id = None if sid is None else hash_session(sid)
-    state.retag()
-    if identity and state.on_identity is not None:
-        state.on_identity(state)
-
-
-def _identity(name: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise TypeError(f"invalid {name!r} {value!r}: expected a string, an int or None")
-    text = str(value)
-    if not text or len(text) > 256:
-        raise ValueError(f"invalid {name!r} {text[:40]!r}: expected 1 to 256 characters")
-    return text

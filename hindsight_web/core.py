@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import contextvars
 import math
-import os
 import re
 import time
 from collections import deque
-from collections.abc import Mapping
 from random import getrandbits
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import audit, capture, errors, options, sources
 from .alerts import Alerts, parse_alerts
@@ -27,6 +25,7 @@ from .context import CLOSED_LEVEL, RequestState, _current, let_go
 from .counting import Counting
 from .fanout import Answers, Fanout
 from .firing import FiringActions
+from .options import DEFAULTS, HindsightOptions
 from .redact import Redactor, hash_session
 from .release import MAX_QUEUED, RateLimit, Release, Writer, write_now
 from .retain import Retainer
@@ -41,6 +40,9 @@ from .store.health import Health
 from .sync import Sync
 from .tokens import Failures, parse_tokens
 from .window import Window
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Hindsight"]
 
@@ -168,87 +170,63 @@ class Hindsight:
         app.add_middleware(HindsightMiddleware, hindsight=hs)
     """
 
-    def __init__(
-        self,
-        *,
-        slow_ms: float | None = 1000,
-        release_on_status: int | None = 500,
-        release_on_exception: bool = True,
-        capture_level: int | str = "DEBUG",
-        admin_path: str | None = "/_hindsight",
-        admin_token: str | None = None,
-        admin_tokens: Mapping[str, Any] | None = None,
-        store: str = "memory://",
-        store_sync_s: float = 0.5,
-        stats_flush_s: float = 5.0,
-        max_records: int = 5000,
-        max_bytes: int = 1_000_000,
-        max_total_bytes: int = 64_000_000,
-        release_handler_level: int | str = "INFO",
-        max_releases_per_s: float = 20,
-        request_id_header: str = "X-Request-ID",
-        admin_read_token: str | None = None,
-        admin_max_body: int = 64 * 1024,
-        rules: list[Any] | str | os.PathLike[str] | None = None,
-        rules_url: str | None = None,
-        rules_poll_s: float = 30.0,
-        max_rules: int = 10_000,
-        max_detail_ttl_s: float = 24 * 3600.0,
-        max_routes: int = 500,
-        max_sessions: int = 10_000,
-        session_cookie: str | None = None,
-        window_s: float = 300.0,
-        window_bytes: int = 32_000_000,
-        search_timeout_s: float = 1.0,
-        retain_max_bytes: int = 64_000_000,
-        redact: bool = True,
-        redact_keys: list[str] | tuple[str, ...] = (),
-        redact_patterns: list[str] | tuple[str, ...] = (),
-        sinks: list[Any] | None = None,
-        alerts: list[Any] | None = None,
-    ) -> None:
-        self.slow_ms = options.optional_number("slow_ms", slow_ms)
-        self.release_on_status = options.optional_status(release_on_status)
-        self.release_on_exception = options.boolean("release_on_exception", release_on_exception)
-        self.capture_level = options.level("capture_level", capture_level)
-        self.admin_path = options.admin_path(admin_path)
-        self.tokens = parse_tokens(admin_token, admin_read_token, admin_tokens)
+    def __init__(self, **given: Unpack[HindsightOptions]) -> None:
+        unknown = sorted(given.keys() - DEFAULTS.keys())
+        if unknown:
+            raise TypeError(
+                f"Hindsight() got an unexpected keyword argument {unknown[0]!r} (the options: "
+                f"{', '.join(DEFAULTS)})"
+            )
+        # Typed as objects: each is checked here, and a wrong one is a ValueError naming it.
+        o: dict[str, Any] = {**DEFAULTS, **given}
+        self.slow_ms = options.optional_number("slow_ms", o["slow_ms"])
+        self.release_on_status = options.optional_status(o["release_on_status"])
+        self.release_on_exception = options.boolean(
+            "release_on_exception", o["release_on_exception"]
+        )
+        self.capture_level = options.level("capture_level", o["capture_level"])
+        self.admin_path = options.admin_path(o["admin_path"])
+        self.tokens = parse_tokens(o["admin_token"], o["admin_read_token"], o["admin_tokens"])
         self.failures = Failures()
-        self.admin_max_body = options.positive_int("admin_max_body", admin_max_body)
-        self.max_records = options.positive_int("max_records", max_records)
-        self.max_bytes = options.positive_int("max_bytes", max_bytes)
-        self.max_total_bytes = options.positive_int("max_total_bytes", max_total_bytes)
-        self.request_id_header = options.header_name("request_id_header", request_id_header)
-        self.session_cookie = options.cookie_name("session_cookie", session_cookie)
-        max_detail_ttl_s = options.seconds("max_detail_ttl_s", max_detail_ttl_s)
-        sync_s = options.seconds("store_sync_s", store_sync_s)
-        flush_s = options.seconds("stats_flush_s", stats_flush_s)
-        poll_s = options.seconds("rules_poll_s", rules_poll_s)
-        max_rules = options.positive_int("max_rules", max_rules)
-        self._stats_limits = (max_routes, max_sessions)
-        window_s = options.non_negative_number("window_s", window_s)
-        window_bytes = options.non_negative_int("window_bytes", window_bytes)
+        self.admin_max_body = options.positive_int("admin_max_body", o["admin_max_body"])
+        self.max_records = options.positive_int("max_records", o["max_records"])
+        self.max_bytes = options.positive_int("max_bytes", o["max_bytes"])
+        self.max_total_bytes = options.positive_int("max_total_bytes", o["max_total_bytes"])
+        self.request_id_header = options.header_name("request_id_header", o["request_id_header"])
+        self.session_cookie = options.cookie_name("session_cookie", o["session_cookie"])
+        max_detail_ttl_s = options.seconds("max_detail_ttl_s", o["max_detail_ttl_s"])
+        sync_s = options.seconds("store_sync_s", o["store_sync_s"])
+        flush_s = options.seconds("stats_flush_s", o["stats_flush_s"])
+        poll_s = options.seconds("rules_poll_s", o["rules_poll_s"])
+        max_rules = options.positive_int("max_rules", o["max_rules"])
+        self._stats_limits = (o["max_routes"], o["max_sessions"])
+        window_s = options.non_negative_number("window_s", o["window_s"])
+        window_bytes = options.non_negative_int("window_bytes", o["window_bytes"])
         self.window = Window(window_s, window_bytes) if window_s and window_bytes else None
-        self.search_timeout_s = options.seconds("search_timeout_s", search_timeout_s)
-        retain_max_bytes = options.positive_int("retain_max_bytes", retain_max_bytes)
-        redactor = Redactor(redact_keys, redact_patterns)
-        self.redactor = redactor if options.boolean("redact", redact) else None
+        self.search_timeout_s = options.seconds("search_timeout_s", o["search_timeout_s"])
+        retain_max_bytes = options.positive_int("retain_max_bytes", o["retain_max_bytes"])
+        redactor = Redactor(o["redact_keys"], o["redact_patterns"])
+        self.redactor = redactor if options.boolean("redact", o["redact"]) else None
         self.budget = Budget(self.max_total_bytes)
-        self.release_handler_level = options.level("release_handler_level", release_handler_level)
-        self.max_releases_per_s = options.positive_number("max_releases_per_s", max_releases_per_s)
+        self.release_handler_level = options.level(
+            "release_handler_level", o["release_handler_level"]
+        )
+        self.max_releases_per_s = options.positive_number(
+            "max_releases_per_s", o["max_releases_per_s"]
+        )
         self._limit = RateLimit(self.max_releases_per_s, burst=2 * self.max_releases_per_s)
         self._counts = Counts()
         # Sinks (the option's, then a rules file's): releases go to them from the writer
         # thread; a rule may name only their ids.
-        sections = sources.file_sections(rules)
+        sections = sources.file_sections(o["rules"])
         file_sinks = parse_sinks(sections.get("sinks"), "rules file 'sinks'")
-        self.sinks = Sinks([*parse_sinks(sinks), *file_sinks])
+        self.sinks = Sinks([*parse_sinks(o["sinks"]), *file_sinks])
         file_alerts = parse_alerts(sections.get("alerts"), "rules file 'alerts'")
-        self.alerts = Alerts([*parse_alerts(alerts), *file_alerts])
+        self.alerts = Alerts([*parse_alerts(o["alerts"]), *file_alerts])
         self.writer = Writer(self._counts, self.sinks)
         self.stats = Stats(max_routes=self._stats_limits[0], max_sessions=self._stats_limits[1])
 
-        self.store = open_store(store)
+        self.store = open_store(o["store"])
         self.health = Health(self.store.url)
         self.book = RuleBook(
             self.store,
@@ -260,11 +238,13 @@ class Hindsight:
             alerts=self.alerts.ids,
         )
         self.rules = self.book.active
-        if rules is not None:
-            self._load_rules(rules, max_rules)
+        if o["rules"] is not None:
+            self._load_rules(o["rules"], max_rules)
         if self.store.shared:
             self._first_read()
-        self._poller = RulesPoller(self.book, rules_url, poll_s) if rules_url is not None else None
+        self._poller = (
+            RulesPoller(self.book, o["rules_url"], poll_s) if o["rules_url"] is not None else None
+        )
         self.shared = SharedStats(
             self.store,
             self.health,
@@ -798,16 +778,24 @@ _App = TypeVar("_App")
 
 
 def middleware_arguments(
-    middleware: str, app: _App | None, hindsight: Hindsight | None, options: dict[str, Any]
+    middleware: str, apps: tuple[_App, ...], hindsight: Hindsight | None, options: dict[str, Any]
 ) -> tuple[_App, Hindsight]:
     """The app a middleware wraps and its `Hindsight`, from the middleware's arguments.
 
-    The app comes positionally, or as ``app=`` (Starlette before 0.41.3 builds its
-    middleware stack with keyword arguments); `options` are those of `Hindsight`.
+    The app comes positionally (`apps`: the positional arguments), or as ``app=``
+    (Starlette before 0.41.3 builds its middleware stack with keyword arguments);
+    `options` are those of `Hindsight`.
 
     Raises:
-        TypeError: no app, the app twice, or both `hindsight` and options.
+        TypeError: no app, the app twice, more than one positional argument, or both
+            `hindsight` and options.
     """
+    if len(apps) > 1:
+        raise TypeError(
+            f"{middleware} takes one positional argument, the app to wrap, and options by "
+            f"name: got {len(apps)} positional arguments"
+        )
+    app = apps[0] if apps else None
     if "app" in options:
         if app is not None:
             raise TypeError(f"{middleware} got the app twice: positionally and as app=")

@@ -122,7 +122,7 @@ class Histogram:
         """How many values were recorded."""
         return sum(self._counts)
 
-    def quantile(self, q: float) -> float:
+    def quantile(self, q: object) -> float:
         """The value (ms) at or below which a share `q` (0 to 1) of the values lie.
 
         The true quantile is the nearest-rank one: the smallest recorded value with at
@@ -138,7 +138,7 @@ class Histogram:
         count = self.count
         return self.sum / count if count else 0.0
 
-    def merge(self, other: Histogram) -> None:
+    def merge(self, other: object) -> None:
         """Add the counts of `other` (another `Histogram`) to this one."""
         if not isinstance(other, Histogram):
             raise TypeError(f"invalid histogram {other!r}: expected a Histogram")
@@ -254,7 +254,7 @@ class RouteStats(Histogram):
         new.releases = self.releases
         return new
 
-    def merge(self, other: Histogram) -> None:
+    def merge(self, other: object) -> None:
         """Add the counts of `other` to these."""
         super().merge(other)
         if isinstance(other, RouteStats):

@@ -28,7 +28,7 @@ import re
 import time
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from heapq import heappush, heapreplace
 from itertools import chain, count
 from operator import attrgetter
@@ -332,11 +332,11 @@ class Stats:
     def __init__(
         self,
         *,
-        max_routes: int = 500,
-        max_sessions: int = 10_000,
-        slow_kept: int = 50,
-        window_s: float = 900.0,
-        clock: Callable[[], float] = time.time,
+        max_routes: object = 500,
+        max_sessions: object = 10_000,
+        slow_kept: object = 50,
+        window_s: object = 900.0,
+        clock: object = time.time,
     ) -> None:
         self.max_routes = _int("max_routes", max_routes, 1)
         self.max_sessions = _int("max_sessions", max_sessions, 0)
@@ -765,42 +765,41 @@ class Stats:
         with self._lock:
             return {"requests": self._requests, "releases": self._releases}
 
-    def snapshot(self, window: str = "all") -> Snapshot:
+    def snapshot(self, window: object = "all") -> Snapshot:
         """The statistics of `window` (``"all"`` or ``"recent"``), merged per route."""
-        return self._view_of(window).snapshot(window)
+        kind = _window(window)
+        return self._view_of(kind).snapshot(kind)
 
-    def overview(self, window: str = "all") -> dict[str, Any]:
+    def overview(self, window: object = "all") -> dict[str, Any]:
         """Totals and per-route latency of `window`, as ``GET /stats`` answers for this
         process alone (``"processes": 1``); see `StatsView.overview`."""
-        return self._view_of(window).overview(window)
+        kind = _window(window)
+        return self._view_of(kind).overview(kind)
 
-    def slowest(self, limit: int = 20, window: str = "recent") -> dict[str, Any]:
+    def slowest(self, limit: object = 20, window: object = "recent") -> dict[str, Any]:
         """The `limit` slowest requests of `window`, slowest first (``GET /stats/slow``).
 
         At most `slow_kept` of them: the slowest since start (``"all"``) or of the
         recent window (``"recent"``, the last `window_s` seconds to within one slot).
         """
-        limit = _limit(limit)
-        window = _window(window)
-        exported = self._export({}, since_start=window == "all", routes=False, sessions=(0, 0))
-        return StatsView([exported], now=exported.at).slowest(limit, window)
+        wanted, kind = _limit(limit), _window(window)
+        exported = self._export({}, since_start=kind == "all", routes=False, sessions=(0, 0))
+        return StatsView([exported], now=exported.at).slowest(wanted, kind)
 
-    def sessions(self, limit: int = 20, window: str = "recent") -> dict[str, Any]:
+    def sessions(self, limit: object = 20, window: object = "recent") -> dict[str, Any]:
         """The `limit` slowest sessions, by ``max_ms``, slowest first (``GET /stats/sessions``).
 
         ``"recent"`` lists the sessions seen in the last `window_s` seconds, ``"all"``
         every session in the tables. The counts of a session are since it entered a
         table. ``p95_ms`` is within 6.25 % (`SESSION_RELATIVE_ERROR`).
         """
-        limit = _limit(limit)
-        window = _window(window)
-        wanted = (limit, 0) if window == "recent" else (0, limit)
+        most, kind = _limit(limit), _window(window)
+        wanted = (most, 0) if kind == "recent" else (0, most)
         exported = self._export({}, since_start=False, routes=False, sessions=wanted)
-        return StatsView([exported], now=exported.at).sessions(limit, window)
+        return StatsView([exported], now=exported.at).sessions(most, kind)
 
     def _view_of(self, window: str) -> StatsView:
         """A view of this process that holds what `window` needs (no sessions)."""
-        window = _window(window)
         exported = self._export({}, since_start=window == "all", sessions=(0, 0))
         return StatsView([exported], now=exported.at)
 
@@ -906,7 +905,7 @@ def _duration(r: Mapping[str, Any]) -> float:
     return duration
 
 
-def _counters(counters: Mapping[str, int | float] | None) -> dict[str, int | float]:
+def _counters(counters: object) -> dict[str, int | float]:
     if counters is None:
         return {}
     if not isinstance(counters, Mapping):

@@ -16,12 +16,11 @@ drops requests older than `window_s`.
 
 from __future__ import annotations
 
-import os
 import time
-import weakref
 from collections import deque
 from typing import Any
 
+from . import _sync
 from ._sync import new_lock
 from .buffer import EXC_INFO, MORE, NO_RECORDS, Entry, entry_size
 from .context import RequestState
@@ -61,7 +60,7 @@ class Window:
         # Added, not settled yet (bounded: a thread held up long leaves the rest as is).
         self._fresh: deque[RequestState] = deque(maxlen=_FRESH_KEPT)
         self._lock = new_lock()
-        _windows.add(self)
+        self._forks = _sync.forks
 
     def __len__(self) -> int:
         return len(self._states)
@@ -74,6 +73,8 @@ class Window:
         else:
             state.records = NO_RECORDS  # an empty deque holds 760 bytes: share one
         with self._lock:
+            if self._forks != _sync.forks:
+                self._forked()
             self._states.append(state)
             if records:
                 self._fresh.append(state)
@@ -97,6 +98,7 @@ class Window:
         """Let go of the tracebacks the records of newly added requests hold (their text
         stays) and forget requests older than `window_s`; the background thread's work."""
         with self._lock:
+            self._forked()
             fresh, self._fresh = self._fresh, deque(maxlen=_FRESH_KEPT)
         for state in fresh:
             records = state.records
@@ -112,9 +114,19 @@ class Window:
             while states and states[0].at < limit:
                 self._forget(states.popleft())
 
+    def _forked(self) -> None:
+        """Forget the parent's requests when this runs in a forked child (under the
+        lock): a worker answers for its own only."""
+        if self._forks != _sync.forks:
+            self._forks = _sync.forks
+            self._states.clear()
+            self._fresh.clear()
+            self.used = 0
+
     def states(self) -> list[RequestState]:
         """The requests kept now, oldest first (a copy: reading it holds no lock)."""
         with self._lock:
+            self._forked()
             return list(self._states)
 
     def take(self, state: RequestState) -> tuple[deque[Entry], int] | None:
@@ -161,18 +173,3 @@ def _settled(entry: Entry) -> Entry:
         return entry
     more: Any = entry[MORE]
     return (*entry[:MORE], (*more[:EXC_INFO], None))
-
-
-_windows: weakref.WeakSet[Window] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # The parent's requests are the parent's: a worker answers for its own only.
-    for window in list(_windows):
-        window._states.clear()
-        window._fresh.clear()
-        window.used = 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -39,9 +39,7 @@ class HindsightWSGIMiddleware:
         flask_app.wsgi_app = HindsightWSGIMiddleware(flask_app.wsgi_app, slow_ms=500)
     """
 
-    def __init__(
-        self, app: WSGIApp | None = None, /, hindsight: Hindsight | None = None, **options: Any
-    ) -> None:
+    def __init__(self, *app: WSGIApp, hindsight: Hindsight | None = None, **options: Any) -> None:
         name = type(self).__name__
         self.app, self.hindsight = middleware_arguments(name, app, hindsight, options)
         self.admin = Admin(self.hindsight)

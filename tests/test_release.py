@@ -10,7 +10,6 @@ at what was written.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import re
@@ -28,6 +27,7 @@ import pytest
 
 import hindsight_web
 from hindsight_web import Hindsight, HindsightMiddleware, HindsightWSGIMiddleware
+from hindsight_web.options import DEFAULTS
 
 from .admin_apps import TOKEN, make_client
 from .apps import call_asgi, call_wsgi, log, run_asgi
@@ -59,7 +59,7 @@ def flush(hs: Hindsight) -> None:
 def make_hindsight(**options: Any) -> Hindsight:
     """A Hindsight with `options`, leaving out the release-limit options a Hindsight does not
     take, so that a test fails on the behaviour it checks rather than on a keyword."""
-    accepted = inspect.signature(Hindsight).parameters
+    accepted = DEFAULTS
     return Hindsight(**{name: value for name, value in options.items() if name in accepted})
 
 
