@@ -29,6 +29,25 @@ def machine_line() -> str:
     )
 
 
+def build_compiled(env: dict[str, str] | None = None) -> bool:
+    """Whether the hindsight_web that workers import (with `env`) is the compiled build."""
+    cmd = [sys.executable, "-c", "import hindsight_web; print(hindsight_web.__compiled__)"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return done.stdout.strip() == "True"
+
+
+def build_line() -> str:
+    """Which build of hindsight_web the workers run."""
+    if build_compiled():
+        return "build: compiled (mypyc)"
+    return "build: pure Python (scripts/build-compiled makes the compiled one)"
+
+
+PURE_ONLY = ("hindsight-nostats",)
+"""Variants that replace a method of hindsight's (analysis only): not possible on the
+compiled build, whose classes are closed."""
+
+
 @dataclass
 class Series:
     name: str

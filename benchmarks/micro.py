@@ -26,7 +26,17 @@ from contextvars import ContextVar
 from time import perf_counter
 from typing import Any
 
-from common import Budget, interleave, machine_line, print_verdicts, run_worker, table
+from common import (
+    PURE_ONLY,
+    Budget,
+    build_compiled,
+    build_line,
+    interleave,
+    machine_line,
+    print_verdicts,
+    run_worker,
+    table,
+)
 
 LINES = 10
 LOG = logging.getLogger("bench.app")
@@ -929,6 +939,8 @@ def main() -> int:
     flask_n = 200 if smoke else 2000
     rec_n = 2000 if smoke else 200_000
     print(machine_line())
+    print(build_line())
+    pure_only = () if build_compiled() else PURE_ONLY
     print(f"micro: rounds={rounds} (interleaved), requests per timing={req_n}, smoke={smoke}")
     print()
     verdicts: list[tuple[str, str, bool]] = []
@@ -953,7 +965,7 @@ def main() -> int:
     requests_table(
         "Fixed cost: raw ASGI app, HindsightMiddleware, no records",
         "asgi",
-        ["bare", "minimal", "hindsight", "hindsight-nostats"],
+        ["bare", "minimal", "hindsight", *pure_only],
         req_n * 4,
         {"hindsight": Budget("diff<=", 5.0)},
     )
@@ -964,7 +976,7 @@ def main() -> int:
         "hindsight-imported",
         "minimal",
         "hindsight",
-        "hindsight-nostats",
+        *pure_only,
         "hindsight-10-discarded",
         "hindsight-10-released",
         "handler-capture",

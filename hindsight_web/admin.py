@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
-from . import audit, dashboard, errors, metrics, search
+from . import _build, audit, dashboard, errors, metrics, search
 from ._version import __version__
 from .rules import RuleError, iso_moment
 from .stats import iso
@@ -288,7 +288,12 @@ def _bearer(value: str) -> bytes | None:
 
 
 def _health(hs: Hindsight, request: AdminRequest) -> AdminResponse:
-    answer: dict[str, object] = {"status": "ok", "version": __version__, "store": hs.store.url}
+    answer: dict[str, object] = {
+        "status": "ok",
+        "version": __version__,
+        "build": _build.running(),
+        "store": hs.store.url,
+    }
     health = hs.health
     try:
         health.checked(hs.store.state)

@@ -8,11 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
+import hindsight_web
 from hindsight_web import errors
 
 from .redis_server import REDIS_SERVER, RedisServer
 
 FORMAT = "%(levelname)s %(name)s rid=%(request_id)s uid=%(user_id)s %(message)s"
+
+
+def pytest_report_header() -> str:
+    return f"hindsight-web build: {'compiled' if hindsight_web.__compiled__ else 'pure Python'}"
 
 
 class ListHandler(logging.Handler):
