@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from time import perf_counter
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -47,63 +48,77 @@ class HindsightMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # ASGI scopes and messages are dicts: read as dicts, they cost a compiled build
+        # far less (any other mapping is read through a copy).
+        http: dict[str, Any] = scope if isinstance(scope, dict) else dict(scope)
         hindsight = self.hindsight
-        path = scope.get("path", "")
+        path = http.get("path", "")
         marker = self.admin.marker
         if marker is not None and marker in path:
-            segments = self.admin.route(_raw_path(scope), encoded=True)
+            segments = self.admin.route(_raw_path(http), encoded=True)
             if segments is not None:
-                await serve_admin(self.admin, segments, scope, receive, send)
+                await serve_admin(self.admin, segments, http, receive, send)
                 return
         try:
-            headers = scope.get("headers", ())
+            headers = http.get("headers", ())
             incoming = None
             wanted = self._header
             for name, value in headers:
                 if name == wanted:
                     incoming = value.decode("latin-1")
                     break
-            client = scope.get("client")
+            client = http.get("client")
             state = hindsight.begin(
-                scope.get("method", "GET"), path, client[0] if client else None, incoming, headers
+                http.get("method", "GET"), path, client[0] if client else None, incoming, headers
             )
             request_id = state.request_id.encode("latin-1")
             if incoming is None:  # the app and inner layers see the same id
-                scope = {**scope, "headers": [*headers, (wanted, request_id)]}
+                http = {**http, "headers": [*headers, (wanted, request_id)]}
             elif incoming != state.request_id:  # not a valid id: replaced
                 kept = [h for h in headers if h[0] != wanted]
-                scope = {**scope, "headers": [*kept, (wanted, request_id)]}
+                http = {**http, "headers": [*kept, (wanted, request_id)]}
         except Exception as exc:  # fail open: serve the request without hindsight
             errors.report("begin", exc)
             await self.app(scope, receive, send)
             return
         token = _current.set(state)
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state.status = message["status"]
-                state.ttfb = perf_counter()
-                message = _with_request_id(message, wanted, request_id, state)
-            elif not message.get("more_body", False) and state.ended is None:
-                state.ended = perf_counter()  # the last body byte
-            await send(message)
-
         exception = None
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(http, receive, partial(_send, send, state, wanted, request_id))
         except BaseException as exc:
             exception = exc
             raise
         finally:
-            route = scope.get("route")  # Starlette and FastAPI put the matched route here
+            route = http.get("route")  # Starlette and FastAPI put the matched route here
             if route is not None:
                 state.route = getattr(route, "path", None)
-            elif "router" in scope:  # Starlette routed the request and no route matched
+            elif "router" in http:  # Starlette routed the request and no route matched
                 state.route = UNMATCHED
             hindsight.finish(state, exception)
             _current.reset(token)
             if exception is not None:
                 mark_exception(exception, state)
+
+
+async def _send(
+    send: Send, state: RequestState, name: bytes, request_id: bytes, message: Message
+) -> None:
+    """The `send` the app is given (bound to its first four arguments): notes the
+    status, the time of the first and of the last body byte, and adds the request-id
+    header (`name`: `request_id`) to the response start.
+
+    A partial rather than a closure: nothing of it refers back to the request's
+    coroutine, so both are freed when the request ends, without the garbage collector.
+    """
+    sent: dict[str, Any] = message if isinstance(message, dict) else dict(message)
+    kind = sent["type"]
+    if kind == "http.response.start":
+        state.status = sent["status"]
+        state.ttfb = perf_counter()
+        sent = _with_request_id(sent, name, request_id, state)
+    elif state.ended is None and not sent.get("more_body", False):
+        state.ended = perf_counter()  # the last body byte
+    await send(sent)
 
 
 class AdminASGIApp:
@@ -242,8 +257,8 @@ async def _serve_lifespan(receive: Receive, send: Send) -> None:
 
 
 def _with_request_id(
-    message: Message, name: bytes, request_id: bytes, state: RequestState
-) -> Message:
+    message: dict[str, Any], name: bytes, request_id: bytes, state: RequestState
+) -> dict[str, Any]:
     """The response start with the request-id header (`name`: `request_id`); an id the
     app answered with itself is kept, and becomes the request's (its summary and
     records carry it)."""
@@ -251,8 +266,9 @@ def _with_request_id(
     if not isinstance(headers, (list, tuple)):  # any iterable is allowed: read it once
         headers = list(headers)
         message = {**message, "headers": headers}
-    for key, value in headers:
-        if key.lower() == name:
+    size = len(name)
+    for key, value in headers:  # compared as bytes: ASGI's header names are
+        if len(key) == size and key.lower() == name:
             adopt_request_id(state, value.decode("latin-1"))
             return message
     return {**message, "headers": [*headers, (name, request_id)]}

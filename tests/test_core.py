@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -181,3 +183,26 @@ def test_background_threads_end_with_a_hindsight_nobody_holds() -> None:
     while any(t.is_alive() for t in started):
         assert time.monotonic() < deadline, [t.name for t in started if t.is_alive()]
         time.sleep(0.05)
+
+
+def test_request_ids_are_distinct_uuid4s_and_a_forked_child_makes_its_own() -> None:
+    from hindsight_web.core import new_request_id
+
+    ids = [new_request_id() for _ in range(1000)]  # several batches
+    assert len(set(ids)) == 1000
+    for rid in ids:
+        parsed = uuid.UUID(rid)
+        assert (parsed.hex, parsed.version, parsed.variant) == (rid, 4, uuid.RFC_4122)
+    new_request_id()  # the parent holds ids made ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.write(write, " ".join(new_request_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [new_request_id() for _ in range(100)]
+    assert len(child) == 100
+    assert not set(child) & set(parent)
