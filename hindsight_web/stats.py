@@ -35,6 +35,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
 from ._sync import new_lock
+from .context import RequestState
 from .histogram import PAIR_BUCKETS, RouteStats
 from .redact import hash_session
 from .stats_view import (
@@ -181,6 +182,10 @@ class Finished(Protocol):
     @property
     def tagged(self) -> Mapping[str, str] | None: ...
 
+
+Facts = RequestState | Finished
+"""What `Stats.record` takes: the middleware's own request state is named apart, so that a
+compiled build reads its attributes directly, not by name."""
 
 _Kept = tuple[float, int, RequestRecord]  # (duration_ms, sequence, record), a min-heap entry
 
@@ -381,7 +386,7 @@ class Stats:
 
     # -- the hot path -----------------------------------------------------------------
 
-    def record(self, r: Finished) -> None:
+    def record(self, r: Facts) -> None:
         """Count one finished request (called once per request; cheap).
 
         Raises:
@@ -482,7 +487,7 @@ class Stats:
             counts[1] += errored
             counts[2] += slow
 
-    def _keep_slow(self, slot: _Slot, r: Finished, route: str, now: float) -> None:
+    def _keep_slow(self, slot: _Slot, r: Facts, route: str, now: float) -> None:
         """Keep `r` among the slowest of `slot` (it is slower than the fastest kept)."""
         slowest = slot.slowest
         entry = (r.duration_ms, next(self._seq), _kept(r, route, now))
@@ -494,7 +499,7 @@ class Stats:
             slot.floor = slowest[0][0]
 
     def _other_session(
-        self, r: Finished, key: _SessionKey, sid: str | None, uid: str | None
+        self, r: Facts, key: _SessionKey, sid: str | None, uid: str | None
     ) -> _Session | None:
         """The session of `key` when it is neither an identified one nor a cookie-only
         one seen without its user: a cookie-only one whose user is now known (it
@@ -838,7 +843,7 @@ _ID_SEGMENT = re.compile(
 # -- helpers ----------------------------------------------------------------------------
 
 
-def _kept(r: Finished, route: str, now: float) -> RequestRecord:
+def _kept(r: Facts, route: str, now: float) -> RequestRecord:
     """`r` as kept among the slowest: a `RequestRecord` with its grouping route and a
     bounded method and path; `at` (its start) is `now` less its duration unless `r`
     tells it."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from functools import partial
 from http import HTTPStatus
 from time import perf_counter
 from typing import Any
 from urllib.parse import parse_qsl
 
 from . import errors
-from ._types import OptExcInfo, StartResponse, WSGIApp, WSGIEnviron
+from ._types import StartResponse, WSGIApp, WSGIEnviron
 from .admin import Admin, AdminRequest, admin_segments, too_large
 from .buffer import release_memory
 from .context import RequestState, _current, mark_exception
@@ -60,39 +61,15 @@ class HindsightWSGIMiddleware:
             errors.report("begin", exc)
             return self.app(environ, start_response)
         header_name = self.hindsight.request_id_header
-        wanted = header_name.lower()
-        header = (header_name, state.request_id)
-
-        def observing_start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
-        ) -> Any:
-            try:
-                state.status = int(status[:3])
-            except ValueError:
-                state.status = None
-            # Flask (werkzeug) answers inside its request context: the matched URL rule,
-            # or the routing exception of a request that matched none (404, 405).
-            request = environ.get("werkzeug.request")
-            rule = getattr(request, "url_rule", None)
-            if rule is not None:
-                state.route = getattr(rule, "rule", None)
-            elif getattr(request, "routing_exception", None) is not None:
-                state.route = UNMATCHED
-            for name, value in headers:
-                if name.lower() == wanted:  # the app answered with its own id: the request's
-                    adopt_request_id(state, value)
-                    break
-            else:
-                headers = [*headers, header]
-            if exc_info is not None:
-                return start_response(status, headers, exc_info)
-            return start_response(status, headers)
-
+        observing = partial(
+            _observe_start, start_response, state, environ, header_name.lower(),
+            (header_name, state.request_id),
+        )  # fmt: skip
         # Not in a copied context: what the app sets (Flask's request context, which its
         # test client keeps and pops later) must stay in the server's context.
         token = _current.set(state)
         try:
-            iterable = self.app(environ, observing_start_response)
+            iterable = self.app(environ, observing)
         except BaseException as exc:
             self.hindsight.finish(state, exc)
             mark_exception(exc, state)  # the server's line about it names the request
@@ -109,6 +86,48 @@ class HindsightWSGIMiddleware:
             environ.get(self._environ_key),
             environ,
         )
+
+
+def _observe_start(
+    start_response: StartResponse,
+    state: RequestState,
+    environ: WSGIEnviron,
+    wanted: str,
+    header: tuple[str, str],
+    status: Any,
+    headers: Any,
+    exc_info: Any = None,
+) -> Any:
+    """The `start_response` the app is given (bound to its first five arguments): notes
+    the status and the route, and adds the request-id `header` (its name lower-case:
+    `wanted`) unless the app answered with its own id, which becomes the request's.
+
+    A partial rather than a closure: nothing of it refers back to the call that made it,
+    so both are freed when the request ends, without the garbage collector. What the app
+    passes is typed `Any`: a compiled build checks annotations, and whatever the app
+    passes goes to the server as it is.
+    """
+    try:
+        state.status = int(status[:3])
+    except ValueError:
+        state.status = None
+    # Flask (werkzeug) answers inside its request context: the matched URL rule, or the
+    # routing exception of a request that matched none (404, 405).
+    request = environ.get("werkzeug.request")
+    rule = getattr(request, "url_rule", None)
+    if rule is not None:
+        state.route = getattr(rule, "rule", None)
+    elif getattr(request, "routing_exception", None) is not None:
+        state.route = UNMATCHED
+    for name, value in headers:
+        if name.lower() == wanted:  # the app answered with its own id: the request's
+            adopt_request_id(state, value)
+            break
+    else:
+        headers = [*headers, header]
+    if exc_info is not None:
+        return start_response(status, headers, exc_info)
+    return start_response(status, headers)
 
 
 class AdminWSGIApp:
@@ -206,6 +225,9 @@ def _admin_text(path: str) -> str:
         return path
 
 
+_END = object()  # what `next` gives for the end of the app's iterable
+
+
 class _Response:
     """The app's iterable, passed through chunk by chunk with the request's state current.
 
@@ -231,37 +253,40 @@ class _Response:
         hindsight: Hindsight,
     ) -> None:
         self._iterable = iterable
-        self._iterator: Iterator[bytes] | None = None
+        self._iterator: Iterator[Any] | None = None
         self._state = state
         self._hindsight = hindsight
         self._exception: BaseException | None = None
         self._closed = False
 
-    def __iter__(self) -> _Response:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        """The app's chunks as they come, each fetched with the request's state current.
 
-    def __next__(self) -> bytes:
+        A generator (not `__next__` on this object): the end of the app's iterable is
+        seen without an exception raised and caught here.
+        """
         state = self._state
-        token = _current.set(state)
-        try:
-            if self._iterator is None:
-                self._iterator = iter(self._iterable)
-            chunk: bytes = next(self._iterator)
-        except StopIteration:
-            if state.ended is None:
-                state.ended = perf_counter()
-            raise
-        except BaseException as exc:
-            self._exception = exc
-            mark_exception(exc, state)
-            if state.ended is None:
-                state.ended = perf_counter()
-            raise
-        finally:
-            _current.reset(token)
-        if state.ttfb is None and chunk:
-            state.ttfb = perf_counter()
-        return chunk
+        while True:
+            token = _current.set(state)
+            try:
+                if self._iterator is None:
+                    self._iterator = iter(self._iterable)
+                chunk: Any = next(self._iterator, _END)
+            except BaseException as exc:
+                self._exception = exc
+                mark_exception(exc, state)
+                if state.ended is None:
+                    state.ended = perf_counter()
+                raise
+            finally:
+                _current.reset(token)
+            if chunk is _END:
+                if state.ended is None:
+                    state.ended = perf_counter()
+                return
+            if state.ttfb is None and chunk:
+                state.ttfb = perf_counter()
+            yield chunk
 
     def close(self) -> None:
         if self._closed:

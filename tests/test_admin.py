@@ -165,6 +165,7 @@ def test_health(make: Make) -> None:
     assert response.json() == {
         "status": "ok",
         "version": hindsight_web.__version__,
+        "build": "compiled" if hindsight_web.__compiled__ else "pure",
         "store": "memory://",
     }
 
