@@ -82,6 +82,7 @@ class HindsightMiddleware:
             await self.app(scope, receive, send)
             return
         token = _current.set(state)
+        unfinished = _Unfinished(hindsight, state) if _COMPILED else None  # noqa: F841
         exception = None
         try:
             await self.app(http, receive, partial(_send, send, state, wanted, request_id))
@@ -98,6 +99,27 @@ class HindsightMiddleware:
             _current.reset(token)
             if exception is not None:
                 mark_exception(exception, state)
+
+
+_COMPILED = not __file__.endswith(".py")
+
+
+class _Unfinished:
+    """Finishes a request whose coroutine was dropped before it ended (never resumed nor
+    closed again), when the coroutine is freed.
+
+    Interpreted, the coroutine's ``finally`` does that; a compiled coroutine (mypyc) runs
+    no ``finally`` when it is dropped, so the compiled build makes one of these per
+    request: its finalizer finishes the request unless the request finished already.
+    """
+
+    def __init__(self, hindsight: Hindsight, state: RequestState) -> None:
+        self.hindsight = hindsight
+        self.state = state
+
+    def __del__(self) -> None:
+        if not self.state.closed:
+            self.hindsight.finish(self.state)
 
 
 async def _send(

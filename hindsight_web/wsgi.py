@@ -13,7 +13,7 @@ from . import errors
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 from .admin import Admin, AdminRequest, admin_segments, too_large
 from .buffer import release_memory
-from .context import RequestState, _current, mark_exception
+from .context import RequestState, _current, let_go, mark_exception
 from .core import Hindsight, adopt_request_id, middleware_arguments
 from .stats import UNMATCHED
 
@@ -312,6 +312,8 @@ class _Response:
                 _current.reset(token)
 
     def __del__(self) -> None:
-        # A server that never calls close() breaks PEP 3333; at least give the memory back.
+        # A server that never calls close() breaks PEP 3333; at least give the memory
+        # back, and the contexts its records hold (they hold the state).
         if not self._closed:
+            let_go(self._state)
             release_memory(self._state)

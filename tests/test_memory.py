@@ -147,3 +147,70 @@ def test_a_message_rule_keeps_no_text_of_the_records_written() -> None:
     # 500 requests wrote 1 MB of messages each while in flight together; a copy of the
     # text they wrote would take 500 MB (max_total_bytes is 1 MB).
     assert int(peak) < 50_000_000, f"peak {int(peak) / 1e6:.0f} MB"
+
+
+ABANDONED_SCRIPT = textwrap.dedent(
+    """
+    import gc, logging, os, tracemalloc
+    from hindsight_web import HindsightMiddleware, HindsightWSGIMiddleware, bind
+
+    logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"))
+    log = logging.getLogger("app")
+
+    class Wait:
+        def __await__(self):
+            yield  # suspended here: the coroutine is dropped while it waits
+
+    async def app(scope, receive, send):
+        bind(tenant="acme")
+        for i in range(5):
+            log.debug("request %s line %d", scope["path"], i)
+        await Wait()
+
+    def wsgi_app(environ, start_response):
+        bind(tenant="acme")
+        for i in range(5):
+            log.debug("request %s line %d", environ["PATH_INFO"], i)
+        start_response("200 OK", [])
+        return iter([b"ok"])
+
+    asgi = HindsightMiddleware(app, window_s=0)
+    wsgi = HindsightWSGIMiddleware(wsgi_app, window_s=0)
+
+    def abandon(n):
+        for i in range(n):
+            scope = {"type": "http", "method": "GET", "path": f"/a/{i}", "headers": []}
+            coroutine = asgi(scope, None, None)
+            try:
+                coroutine.send(None)  # up to the wait
+            except StopIteration:
+                raise SystemExit("the app did not wait")
+            del coroutine  # dropped, never resumed nor closed
+            response = wsgi({"REQUEST_METHOD": "GET", "PATH_INFO": f"/w/{i}"}, lambda *a: None)
+            del response  # dropped, never iterated nor closed
+        gc.collect()
+
+    tracemalloc.start()
+    abandon(500)
+    first = tracemalloc.get_traced_memory()[0]
+    abandon(5000)
+    last = tracemalloc.get_traced_memory()[0]
+    print(first, last, asgi.hindsight.budget.used, wsgi.hindsight.budget.used)
+    """
+)
+
+
+def test_requests_abandoned_mid_way_leave_nothing_behind() -> None:
+    # An ASGI request whose coroutine is dropped while it waits, a WSGI response never
+    # iterated nor closed: both had kept records (whose contexts hold the request).
+    done = subprocess.run(
+        [sys.executable, "-c", ABANDONED_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    first, last, asgi_bytes, wsgi_bytes = map(int, done.stdout.split())
+    assert (asgi_bytes, wsgi_bytes) == (0, 0)
+    grew = last - first
+    assert grew < 200_000, f"traced memory grew by {grew / 1024:.1f} KB over 5000 requests"
