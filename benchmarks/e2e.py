@@ -2,10 +2,12 @@
 
 uvicorn (1 worker) serving FastAPI, and gunicorn (1 sync worker) serving Flask; the
 endpoint logs 10 DEBUG lines per request, which the app's configuration does not
-write (DEBUG disabled). Both servers of a stack run side by side and wrk loads them
-in interleaved rounds (A B B A ...). After the rounds, each server's /_count must
-show that it served what wrk counted and, with hindsight, captured 10 records per
-request and released none.
+write (DEBUG disabled). Per stack, the servers run side by side: the bare app, the app
+with the minimal capture middleware (the reference), and with hindsight, pure Python
+and, when scripts/build-compiled put it in place, compiled. wrk loads them in
+interleaved rounds (A B C D, then D C B A ...). After the rounds, each server's /_count
+must show that it served what wrk counted and, with hindsight, captured 10 records per
+request, released none, and ran the build claimed.
 
 Usage: python benchmarks/e2e.py [--smoke] [--rounds N] [--duration S]
 """
@@ -24,7 +26,16 @@ import time
 import urllib.request
 from typing import Any
 
-from common import HERE, BenchFailure, Budget, Series, machine_line, print_verdicts, table
+from common import (
+    HERE,
+    BenchFailure,
+    Budget,
+    Series,
+    build_compiled,
+    machine_line,
+    print_verdicts,
+    table,
+)
 
 VENV_BIN = os.path.dirname(sys.executable)
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -37,8 +48,24 @@ def free_port() -> int:
         return port
 
 
-def start(stack: str, hindsight: bool, port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, HINDSIGHT="1" if hindsight else "0")
+# Each server of a stack: HINDSIGHT (off, minimal, on) and HINDSIGHT_PURE_PYTHON.
+VARIANTS = {
+    "without": ("0", "1"),
+    "minimal": ("minimal", "1"),
+    "pure": ("1", "1"),
+    "compiled": ("1", "0"),
+}
+LABELS = {
+    "without": "without hindsight (DEBUG disabled)",
+    "minimal": "reference: minimal capture middleware",
+    "pure": "with hindsight, pure Python",
+    "compiled": "with hindsight, compiled",
+}
+
+
+def start(stack: str, variant: str, port: int) -> subprocess.Popen[bytes]:
+    mode, pure = VARIANTS[variant]
+    env = dict(os.environ, HINDSIGHT=mode, HINDSIGHT_PURE_PYTHON=pure)
     if stack == "uvicorn":
         env["BENCH_APP"] = "fastapi"
         cmd = [
@@ -82,7 +109,7 @@ def start(stack: str, hindsight: bool, port: int) -> subprocess.Popen[bytes]:
         except OSError:
             time.sleep(0.1)
     proc.terminate()
-    raise BenchFailure(f"{stack} (hindsight={hindsight}) did not start on port {port}")
+    raise BenchFailure(f"{stack} ({variant}) did not start on port {port}")
 
 
 def counts(port: int) -> dict[str, Any]:
@@ -124,20 +151,18 @@ def wrk(port: int, duration: float, connections: int) -> dict[str, float]:
     return parse_wrk(proc.stdout)
 
 
-def run_stack(stack: str, rounds: int, duration: float, connections: int) -> tuple[str, list[Any]]:
-    ports = {"without": free_port(), "with": free_port()}
-    procs = {
-        "without": start(stack, False, ports["without"]),
-        "with": start(stack, True, ports["with"]),
-    }
+def run_stack(
+    stack: str, rounds: int, duration: float, connections: int, variants: list[str]
+) -> tuple[str, list[Any]]:
+    ports = {name: free_port() for name in variants}
+    procs = {name: start(stack, name, ports[name]) for name in variants}
     try:
-        for name in ("without", "with"):  # warm-up
+        for name in variants:  # warm-up
             wrk(ports[name], max(1.0, duration / 3), connections)
         before = {name: counts(ports[name]) for name in ports}
-        results: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
         for r in range(rounds):
-            order = ["without", "with"] if r % 2 == 0 else ["with", "without"]
-            for name in order:
+            for name in variants if r % 2 == 0 else variants[::-1]:
                 results[name].append(wrk(ports[name], duration, connections))
         after = {name: counts(ports[name]) for name in ports}
     finally:
@@ -157,18 +182,24 @@ def run_stack(stack: str, rounds: int, duration: float, connections: int) -> tup
             raise BenchFailure(
                 f"{stack}/{name}: served {served}, wrk counted {counted}, errors {bad}"
             )
-        if name == "with":
+        if after[name]["hindsight"] != (name in ("pure", "compiled")):
+            raise BenchFailure(f"{stack}/{name}: server not configured as claimed")
+        if after[name]["minimal"] != (name == "minimal"):
+            raise BenchFailure(f"{stack}/{name}: server not configured as claimed")
+        if name in ("pure", "compiled"):
             captured = after[name]["records_captured"] - before[name]["records_captured"]
             released = after[name]["releases"] - before[name]["releases"]
             # Requests in flight when a count was read may fall on either side of it.
             if abs(captured - 10 * served) > 10 * connections or released:
                 raise BenchFailure(
-                    f"{stack}/with: captured {captured} for {served} requests, released {released}"
+                    f"{stack}/{name}: captured {captured} for {served} requests, "
+                    f"released {released}"
                 )
-            if not after[name]["hindsight"] or after["without"]["hindsight"]:
-                raise BenchFailure(f"{stack}: servers not configured as claimed")
+            if after[name]["build"] != name:
+                raise BenchFailure(f"{stack}/{name}: ran the {after[name]['build']} build")
 
-    labels = {"without": "without hindsight (DEBUG disabled)", "with": "with hindsight"}
+    labels = {name: LABELS[name] for name in variants}
+    ours = [name for name in variants if name in ("pure", "compiled")]
     rps = {n: Series(n, [x["rps"] for x in results[n]]) for n in ports}
     p50 = {n: Series(n, [x["p50"] for x in results[n]]) for n in ports}
     p99 = {n: Series(n, [x["p99"] for x in results[n]]) for n in ports}
@@ -182,7 +213,7 @@ def run_stack(stack: str, rounds: int, duration: float, connections: int) -> tup
         rps,
         "without",
         "req/s",
-        {"with": Budget("ratio>=", rps_limit)},
+        {name: Budget("ratio>=", rps_limit) for name in ours},
         labels,
         digits=0,
     )
@@ -195,7 +226,7 @@ def run_stack(stack: str, rounds: int, duration: float, connections: int) -> tup
         p99,
         "without",
         "ms",
-        {"with": Budget("ratio<=", 1.3)},
+        {name: Budget("ratio<=", 1.3) for name in ours},
         labels,
         digits=3,
     )
@@ -216,12 +247,17 @@ def main() -> int:
         return 2
     rounds = args.rounds or (1 if args.smoke else 5)
     duration = args.duration or (1.0 if args.smoke else 5.0)
+    variants = ["without", "minimal", "pure"]
+    if build_compiled(dict(os.environ, HINDSIGHT_PURE_PYTHON="0")):
+        variants.append("compiled")
     print(machine_line())
     print(f"e2e: rounds={rounds} (interleaved), duration={duration:g}s, smoke={args.smoke}")
+    if "compiled" not in variants:
+        print("the compiled build is not in place (scripts/build-compiled): pure Python only")
     print()
     verdicts: list[Any] = []
     for stack in ("uvicorn", "gunicorn"):
-        text, v = run_stack(stack, rounds, duration, args.connections)
+        text, v = run_stack(stack, rounds, duration, args.connections, variants)
         verdicts += v
         print(text, flush=True)
     print_verdicts("Budget lines (e2e)", verdicts)

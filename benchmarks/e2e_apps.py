@@ -1,6 +1,8 @@
 """Apps served by e2e.py: an endpoint logging 10 DEBUG lines (DEBUG disabled by the
-app's configuration). HINDSIGHT=1 wraps the app with hindsight; /_count answers how
-many requests the endpoint served and how many records hindsight captured."""
+app's configuration). HINDSIGHT=1 wraps the app with hindsight (the build that
+HINDSIGHT_PURE_PYTHON picks), HINDSIGHT=minimal with the minimal capture middleware of
+micro.py (the reference); /_count answers how many requests the endpoint served and how
+many records hindsight captured."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 
 LINES = 10
 HINDSIGHT = os.environ.get("HINDSIGHT") == "1"
+MINIMAL = os.environ.get("HINDSIGHT") == "minimal"
 
 _out = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
 _out.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
@@ -33,10 +36,14 @@ def work() -> None:
 
 
 def counts() -> str:
-    c = dict(served)
+    c: dict[str, Any] = dict(served)
     c["hindsight"] = HINDSIGHT
+    c["minimal"] = MINIMAL
     if hs is not None:
+        import hindsight_web
+
         c.update(hs.counters())
+        c["build"] = "compiled" if hindsight_web.__compiled__ else "pure"
     return json.dumps(c)
 
 
@@ -59,6 +66,10 @@ def _fastapi() -> Any:
         import hindsight_web
 
         app.add_middleware(hindsight_web.HindsightMiddleware, hindsight=hs)
+    if MINIMAL:
+        from micro import minimal_asgi
+
+        return minimal_asgi(app)
     return app
 
 
@@ -80,6 +91,10 @@ def _flask() -> Any:
         import hindsight_web
 
         app.wsgi_app = hindsight_web.HindsightWSGIMiddleware(app.wsgi_app, hindsight=hs)  # type: ignore[method-assign]
+    if MINIMAL:
+        from micro import minimal_wsgi
+
+        app.wsgi_app = minimal_wsgi(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 
