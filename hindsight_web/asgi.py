@@ -135,7 +135,8 @@ async def _send(
     sent: dict[str, Any] = message if isinstance(message, dict) else dict(message)
     kind = sent["type"]
     if kind == "http.response.start":
-        state.status = sent["status"]
+        status = sent["status"]  # an int by ASGI: anything else is the server's to refuse
+        state.status = status if isinstance(status, int) else None
         state.ttfb = perf_counter()
         sent = _with_request_id(sent, name, request_id, state)
     elif state.ended is None and not sent.get("more_body", False):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import hindsight_web
-from hindsight_web import Hindsight, HindsightMiddleware
+from hindsight_web import Hindsight, HindsightMiddleware, HindsightWSGIMiddleware
 from hindsight_web.rules import RuleSet
 from hindsight_web.tokens import Caller
 
@@ -206,3 +206,36 @@ def test_request_ids_are_distinct_uuid4s_and_a_forked_child_makes_its_own() -> N
     parent = [new_request_id() for _ in range(100)]
     assert len(child) == 100
     assert not set(child) & set(parent)
+
+
+@pytest.mark.parametrize("status", ["200 OK", None, 2.5], ids=["text", "none", "float"])
+def test_a_response_start_with_a_status_asgi_forbids_reaches_the_server_as_sent(
+    status: Any,
+) -> None:
+    # The server, not hindsight, answers for a malformed message (in both builds).
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"served"})
+
+    result = run_asgi(HindsightMiddleware(app))
+    assert result["exception"] is None
+    assert result["status"] == status
+    assert result["body"] == b"served"
+    assert hindsight_web.errors.count() == 0
+
+
+def test_a_wsgi_app_passing_headers_as_a_tuple_is_served_as_sent() -> None:
+    seen: list[Any] = []
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", (("Content-Type", "text/plain"),))
+        return [b"served"]
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        seen.append(headers)
+
+    response = HindsightWSGIMiddleware(app)({"REQUEST_METHOD": "GET"}, start_response)
+    assert list(response) == [b"served"]
+    response.close()  # type: ignore[attr-defined]
+    assert seen[0][0] == ("Content-Type", "text/plain")
+    assert seen[0][1][0] == "X-Request-ID"
