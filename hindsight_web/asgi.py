@@ -82,7 +82,7 @@ class HindsightMiddleware:
             await self.app(scope, receive, send)
             return
         token = _current.set(state)
-        unfinished = _Unfinished(hindsight, state) if _COMPILED else None  # noqa: F841
+        unfinished = _Unfinished(hindsight, state) if _COMPILED else None
         exception = None
         try:
             await self.app(http, receive, partial(_send, send, state, wanted, request_id))
@@ -95,7 +95,10 @@ class HindsightMiddleware:
                 state.route = getattr(route, "path", None)
             elif "router" in http:  # Starlette routed the request and no route matched
                 state.route = UNMATCHED
-            hindsight.finish(state, exception)
+            if unfinished is None:
+                hindsight.finish(state, exception)
+            else:  # its last use: it lives until the request is over
+                unfinished.finish(exception)
             _current.reset(token)
             if exception is not None:
                 mark_exception(exception, state)
@@ -110,12 +113,17 @@ class _Unfinished:
 
     Interpreted, the coroutine's ``finally`` does that; a compiled coroutine (mypyc) runs
     no ``finally`` when it is dropped, so the compiled build makes one of these per
-    request: its finalizer finishes the request unless the request finished already.
+    request, and finishes the request through it (so that it lives as long as the
+    request): its finalizer finishes the request unless the request finished already.
     """
 
     def __init__(self, hindsight: Hindsight, state: RequestState) -> None:
         self.hindsight = hindsight
         self.state = state
+
+    def finish(self, exception: BaseException | None) -> None:
+        """Finish the request (the coroutine's own ``finally``)."""
+        self.hindsight.finish(self.state, exception)
 
     def __del__(self) -> None:
         if not self.state.closed:
