@@ -6,6 +6,15 @@ import subprocess
 import sys
 import textwrap
 
+
+def run_script(script: str) -> str:
+    """What `script` prints, run in a fresh interpreter (five minutes at most)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    return done.stdout
+
+
 SCRIPT = textwrap.dedent(
     """
     import asyncio, logging, os
@@ -54,11 +63,9 @@ SCRIPT = textwrap.dedent(
 
 
 def test_memory_is_flat_over_10000_requests_of_50_debug_lines() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, check=True
-    )
+    output = run_script(SCRIPT)
     first, last, requests, releases, buffer_bytes, window_bytes, evicted, path, records = (
-        done.stdout.split()
+        output.split()
     )
     assert int(requests) == 10_000
     assert int(releases) == 1_000
@@ -135,14 +142,8 @@ MESSAGE_RULE_SCRIPT = textwrap.dedent(
 
 
 def test_a_message_rule_keeps_no_text_of_the_records_written() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", MESSAGE_RULE_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    peak, *released = done.stdout.split()
+    output = run_script(MESSAGE_RULE_SCRIPT)
+    peak, *released = output.split()
     assert released == ["/r/7"]  # the written line matched, in the one request that wrote it
     # 500 requests wrote 1 MB of messages each while in flight together; a copy of the
     # text they wrote would take 500 MB (max_total_bytes is 1 MB).
@@ -203,14 +204,8 @@ ABANDONED_SCRIPT = textwrap.dedent(
 def test_requests_abandoned_mid_way_leave_nothing_behind() -> None:
     # An ASGI request whose coroutine is dropped while it waits, a WSGI response never
     # iterated nor closed: both had kept records (whose contexts hold the request).
-    done = subprocess.run(
-        [sys.executable, "-c", ABANDONED_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    first, last, asgi_bytes, wsgi_bytes = map(int, done.stdout.split())
+    output = run_script(ABANDONED_SCRIPT)
+    first, last, asgi_bytes, wsgi_bytes = map(int, output.split())
     assert (asgi_bytes, wsgi_bytes) == (0, 0)
     grew = last - first
     assert grew < 200_000, f"traced memory grew by {grew / 1024:.1f} KB over 5000 requests"
